@@ -1,0 +1,60 @@
+"""The ``s3mount`` command: one module per subcommand, each with ``register(subparsers)``.
+
+Every failure the user can cause ends as one line on stderr and a non-zero exit (``CliError`` or
+any of our own errors); a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..credentials.base import ProviderError
+from ..errors import S3MountError
+
+# Subcommand modules (s3mount/cli/<name>.py); each defines register(subparsers).
+COMMANDS = ["mount", "umount"]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3mount", description="Mount your own S3-compatible bucket as a directory.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # mount.fuse3 runs "s3mount SOURCE DIR -o OPTS": treat a first word that is no command as a mount.
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv.insert(0, "mount")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"s3mount: {exc}", file=sys.stderr)
+        return exc.status
+    except (S3MountError, ProviderError) as exc:
+        print(f"s3mount: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"s3mount {__version__}"

@@ -1,0 +1,1 @@
+"""Where S3 keys come from and how they stay fresh; knows nothing of files."""

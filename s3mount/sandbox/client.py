@@ -1,0 +1,99 @@
+"""Start a sandbox in a subprocess and talk to its admin API (for tests, bench and demo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import boto3
+import requests
+from botocore.config import Config
+
+from ..credentials.base import KeySet
+from .s3server import keys_from_json
+
+
+class SandboxProcess:
+    """A running ``python -m s3mount.sandbox``; a context manager that always stops it."""
+
+    def __init__(self, *, providers: list[str] | None = None, credential_lifetime: float = 3600,
+                 buckets: list[str] | None = None, log_file: str | None = None,
+                 startup_timeout: float = 60) -> None:
+        self._dir = tempfile.mkdtemp(prefix="s3mount-sandbox-")
+        self.state_file = os.path.join(self._dir, "state.json")
+        cmd = [sys.executable, "-m", "s3mount.sandbox", "--state-file", self.state_file,
+               "--providers", ",".join(providers or []),
+               "--credential-lifetime", str(credential_lifetime)]
+        for b in buckets or []:
+            cmd += ["--bucket", b]
+        self._log = open(log_file or os.path.join(self._dir, "sandbox.log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + startup_timeout
+        while not os.path.exists(self.state_file):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sandbox exited with {self.proc.returncode}; see "
+                                   f"{self._log.name}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("sandbox did not start in time")
+            time.sleep(0.05)
+        with open(self.state_file) as f:
+            self.state: dict[str, Any] = json.load(f)
+        self.url: str = self.state["s3"]
+        self.admin = keys_from_json(self.state["admin"])
+
+    def __enter__(self) -> SandboxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    # -- admin API -----------------------------------------------------------------------------
+
+    def _admin(self, call: str, body: dict[str, Any]) -> Any:
+        r = requests.post(f"{self.url}/_sandbox/{call}", json=body, timeout=30,
+                          headers={"X-Sandbox-Admin": self.state["admin_token"]})
+        r.raise_for_status()
+        return r.json()
+
+    def create_bucket(self, name: str) -> None:
+        self._admin("buckets", {"name": name})
+
+    def issue_keys(self, buckets: list[str] | str, *, actions: list[str] | str = "*",
+                   lifetime: float | None = None) -> KeySet:
+        return keys_from_json(self._admin("keys", {"buckets": buckets, "actions": actions,
+                                                   "lifetime": lifetime}))
+
+    def revoke(self, access_key: str) -> None:
+        self._admin("revoke", {"access_key": access_key})
+
+    def advance_clock(self, seconds: float) -> None:
+        self._admin("clock", {"advance": seconds})
+
+    def s3(self, keys: KeySet | None = None) -> Any:
+        """A boto3 client (admin keys unless given) for looking into buckets directly."""
+        k = keys or self.admin
+        return boto3.client(
+            "s3", endpoint_url=self.url, region_name="us-east-1",
+            aws_access_key_id=k.access_key, aws_secret_access_key=k.secret_key,
+            aws_session_token=k.session_token,
+            config=Config(s3={"addressing_style": "path"},
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"),
+        )

@@ -1,0 +1,1 @@
+"""The object store: buckets, keys, ETags and HTTP. Never imports pyfuse3."""

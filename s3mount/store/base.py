@@ -1,0 +1,81 @@
+"""The ``ObjectStore`` interface the filesystem core talks to.
+
+All methods are blocking (the core runs them in worker threads) and raise only the error types of
+``s3mount.errors``. Keys are full keys inside the bucket; the store knows nothing of directories,
+inodes or the mount's prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What we know of one object.
+
+    ``metadata`` is the user metadata (``x-amz-meta-*`` without the prefix, lower-case names), or None
+    when the info came from a listing, which does not carry it.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float
+    metadata: Mapping[str, str] | None = None
+    content_type: str | None = None
+
+
+@dataclass
+class ListPage:
+    """One page of a delimited listing."""
+
+    objects: list[ObjectInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+    next_token: str | None = None
+
+
+class ObjectStore(Protocol):
+    """One bucket on an S3-compatible server."""
+
+    def check(self) -> None:
+        """Raise unless the bucket exists and the keys may list it (used once at mount)."""
+
+    def head(self, key: str) -> ObjectInfo:
+        """Metadata of ``key``; NotFound when absent."""
+
+    def list_page(
+        self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,
+        max_keys: int = 1000, start_after: str | None = None,
+    ) -> ListPage:
+        """One page of ListObjectsV2 under ``prefix``."""
+
+    def list_all(self, prefix: str, *, delimiter: str | None = "/") -> Iterator[ListPage]:
+        """Every page under ``prefix``, following continuation tokens."""
+
+    def get_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end); PreconditionFailed if the ETag moved."""
+
+    def download(self, key: str, out: BinaryIO, *, etag: str | None = None) -> ObjectInfo:
+        """The whole object into ``out`` (parallel ranged GETs for large objects)."""
+
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str],
+            content_type: str | None = None) -> str:
+        """A single PUT; returns the new ETag."""
+
+    def upload(self, key: str, src: BinaryIO, *, metadata: Mapping[str, str],
+               content_type: str | None = None) -> str:
+        """Upload a file (multipart with parallel parts above the threshold); returns the ETag."""
+
+    def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
+             size: int | None = None) -> str:
+        """Server-side copy (multipart copy when large). ``metadata`` replaces the source's when
+        given, otherwise it is kept."""
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error (S3 semantics)."""
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete several keys, in batches."""

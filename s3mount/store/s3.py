@@ -1,0 +1,403 @@
+"""The boto3 implementation of ``ObjectStore``: the only module that talks to an S3 server.
+
+Retrying lives in botocore (standard mode, bounded attempts and timeouts); this module adds exactly
+one thing on top: a request refused because the keys expired or were revoked renews them (single
+flight, through the key source) and is retried once. S3 errors leave here as ``s3mount.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, TypeVar
+
+import botocore.credentials
+import botocore.session
+from boto3.s3.transfer import S3Transfer, TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..credentials.base import KeySet
+from ..errors import (
+    AccessDenied,
+    CredentialsExpired,
+    FsError,
+    NotFound,
+    PreconditionFailed,
+    S3MountError,
+    Unavailable,
+)
+from .base import ListPage, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Error codes that mean "these keys are no good (any more)": renew and retry once.
+RENEWABLE_CODES = frozenset(
+    {"ExpiredToken", "InvalidToken", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+     "TokenRefreshRequired", "InvalidClientTokenId"}
+)
+# Servers differ: RGW answers AccessDenied for expired STS keys. We renew on AccessDenied only when
+# the keys are this close to (or past) their expiry, so a plain policy denial does not loop.
+ACCESS_DENIED_RENEW_WINDOW = 300.0
+
+
+class KeySource(Protocol):
+    """What the store needs from the credential side (the refresher implements it)."""
+
+    def current(self) -> KeySet: ...
+
+    def renew_after_rejection(self, rejected: KeySet) -> KeySet | None: ...
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Connection and transfer settings of one mount."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    verify_ssl: bool = True
+    timeout: float = 60.0
+    """Upper bound in seconds for one store call including retries (connect + read per attempt)."""
+    max_attempts: int = 4
+    part_size: int = 8 * 1024 * 1024
+    """Multipart part size; files up to this size go in one PUT."""
+    max_concurrency: int = 8
+    """Parallel parts per transfer."""
+    max_pool_connections: int = 32
+
+
+class _LiveCredentials(botocore.credentials.Credentials):
+    """botocore credentials that read the key source's current keys on every request.
+
+    botocore asks the credentials object for a frozen copy each time it signs, so swapping keys in
+    the refresher takes effect on the next request without rebuilding the client or disturbing
+    requests in flight.
+    """
+
+    def __init__(self, source: KeySource) -> None:
+        self._source = source
+        super().__init__("", "", None, method="s3mount")
+
+    def get_frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
+        k = self._source.current()
+        return botocore.credentials.ReadOnlyCredentials(k.access_key, k.secret_key, k.session_token)
+
+    # botocore reads these attributes in a few places (e.g. presigning); keep them live too.
+    @property
+    def access_key(self) -> str:  # type: ignore[override]
+        return self._source.current().access_key
+
+    @access_key.setter
+    def access_key(self, value: str) -> None:  # the base __init__ assigns it
+        pass
+
+    @property
+    def secret_key(self) -> str:  # type: ignore[override]
+        return self._source.current().secret_key
+
+    @secret_key.setter
+    def secret_key(self, value: str) -> None:
+        pass
+
+    @property
+    def token(self) -> str | None:  # type: ignore[override]
+        return self._source.current().session_token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        pass
+
+
+class _LiveProvider(botocore.credentials.CredentialProvider):
+    METHOD = "s3mount"
+    CANONICAL_NAME = "s3mount"
+
+    def __init__(self, creds: _LiveCredentials) -> None:
+        super().__init__()
+        self._creds = creds
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self._creds
+
+
+class S3Store:
+    """``ObjectStore`` on one bucket of an S3-compatible server, through boto3."""
+
+    def __init__(self, config: StoreConfig, keys: KeySource) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self._keys = keys
+        self._creds = _LiveCredentials(keys)
+        self._client_lock = threading.Lock()
+        self._client_key: tuple[str | None, str | None] | None = None
+        self._client = None
+        self._transfer_config = TransferConfig(
+            multipart_threshold=config.part_size,
+            multipart_chunksize=config.part_size,
+            max_concurrency=config.max_concurrency,
+            use_threads=True,
+        )
+
+    # -- client ------------------------------------------------------------------------------
+
+    def _client_for(self, keys: KeySet):  # noqa: ANN202 - botocore client type is dynamic
+        """The client for the keys' endpoint; rebuilt only when a provider moves the endpoint."""
+        where = (keys.endpoint_url or self.config.endpoint_url, keys.region or self.config.region)
+        with self._client_lock:
+            if self._client is None or where != self._client_key:
+                if self._client is not None:
+                    log.info("endpoint changed to %s; reconnecting", where[0])
+                self._client = self._make_client(*where)
+                self._client_key = where
+            return self._client
+
+    def _make_client(self, endpoint_url: str | None, region: str | None):  # noqa: ANN202
+        c = self.config
+        session = botocore.session.Session()
+        session.get_component("credential_provider").insert_before(
+            "env", _LiveProvider(self._creds)
+        )
+        per_attempt = max(c.timeout / max(c.max_attempts, 1), 1.0)
+        cfg = Config(
+            region_name=region or "us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"mode": "standard", "total_max_attempts": c.max_attempts},
+            connect_timeout=min(5.0, per_attempt),
+            read_timeout=per_attempt,
+            max_pool_connections=c.max_pool_connections,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            tcp_keepalive=True,
+        )
+        return session.create_client(
+            "s3", endpoint_url=endpoint_url, verify=c.verify_ssl, config=cfg
+        )
+
+    # -- the one wrapper every call goes through ----------------------------------------------
+
+    def _call(self, what: str, key: str, fn: Callable[[object], T]) -> T:
+        """Run ``fn(client)``; map errors; renew keys and retry once when they were rejected."""
+        keys = self._keys.current()
+        if keys.expired():
+            renewed = self._keys.renew_after_rejection(keys)
+            if renewed is None:
+                raise CredentialsExpired(f"{what} {key!r}: credentials expired and renewal failed")
+            keys = renewed
+        try:
+            return fn(self._client_for(keys))
+        except (ClientError, BotoCoreError) as exc:
+            err = _translate(exc, what, key, keys)
+            if not isinstance(err, CredentialsExpired):
+                raise err from None
+            log.info("%s %s: keys rejected (%s); renewing and retrying once", what, key or "/",
+                     _code(exc) if isinstance(exc, ClientError) else type(exc).__name__)
+            renewed = self._keys.renew_after_rejection(keys)
+            if renewed is None:
+                raise AccessDenied(f"{what} {key!r}: credentials rejected and not renewable") \
+                    from None
+        try:
+            return fn(self._client_for(renewed))
+        except (ClientError, BotoCoreError) as exc:
+            err = _translate(exc, what, key, renewed)
+            if isinstance(err, CredentialsExpired):
+                err = AccessDenied(str(err))
+            raise err from None
+
+    # -- ObjectStore -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        # ListObjectsV2 with one key needs only s3:ListBucket (HeadBucket is not always allowed and
+        # ListBuckets never is for scoped keys).
+        self._call("check", "", lambda c: c.list_objects_v2(Bucket=self.bucket, MaxKeys=1))
+
+    def head(self, key: str) -> ObjectInfo:
+        r = self._call("head", key, lambda c: c.head_object(Bucket=self.bucket, Key=key))
+        return _info_from_head(key, r)
+
+    def list_page(
+        self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,
+        max_keys: int = 1000, start_after: str | None = None,
+    ) -> ListPage:
+        kw: dict[str, object] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if token:
+            kw["ContinuationToken"] = token
+        if start_after:
+            kw["StartAfter"] = start_after
+        r = self._call("list", prefix, lambda c: c.list_objects_v2(**kw))
+        page = ListPage(next_token=r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+        for o in r.get("Contents", ()):
+            page.objects.append(ObjectInfo(
+                key=o["Key"], size=int(o["Size"]), etag=o.get("ETag", "").strip('"'),
+                last_modified=o["LastModified"].timestamp(),
+            ))
+        page.prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
+        return page
+
+    def list_all(self, prefix: str, *, delimiter: str | None = "/") -> Iterator[ListPage]:
+        token = None
+        while True:
+            page = self.list_page(prefix, delimiter=delimiter, token=token)
+            yield page
+            token = page.next_token
+            if not token:
+                return
+
+    def get_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
+        if length <= 0:
+            return b""
+        kw: dict[str, object] = {"Bucket": self.bucket, "Key": key,
+                                 "Range": f"bytes={start}-{start + length - 1}"}
+        if etag:
+            kw["IfMatch"] = f'"{etag}"'
+
+        def get(c: object) -> bytes:
+            try:
+                r = c.get_object(**kw)  # type: ignore[attr-defined]
+            except ClientError as exc:
+                if _code(exc) == "InvalidRange":  # reading at or past the end
+                    return b""
+                raise
+            return r["Body"].read()
+
+        return self._call("get", key, get)
+
+    def download(self, key: str, out: BinaryIO, *, etag: str | None = None,
+                 size: int | None = None) -> None:
+        extra = {"IfMatch": f'"{etag}"'} if etag else {}
+        if size is not None and size <= self.config.part_size:
+            def small(c: object) -> None:
+                r = c.get_object(Bucket=self.bucket, Key=key, **extra)  # type: ignore[attr-defined]
+                out.seek(0)
+                out.truncate()
+                for chunk in r["Body"].iter_chunks(1024 * 1024):
+                    out.write(chunk)
+            self._call("get", key, small)
+            return
+
+        def big(c: object) -> None:
+            out.seek(0)
+            out.truncate()
+            S3Transfer(client=c, config=self._transfer_config).download_file(
+                self.bucket, key, _fd_path(out), extra_args=extra
+            )
+        self._call("download", key, big)
+
+    def put(self, key: str, data: bytes, *, metadata: Mapping[str, str],
+            content_type: str | None = None) -> str:
+        r = self._call("put", key, lambda c: c.put_object(
+            Bucket=self.bucket, Key=key, Body=data, Metadata=dict(metadata),
+            ContentType=content_type or _guess_type(key),
+        ))
+        return r["ETag"].strip('"')
+
+    def upload(self, key: str, src: BinaryIO, *, metadata: Mapping[str, str],
+               content_type: str | None = None) -> str:
+        src.seek(0, 2)
+        size = src.tell()
+        if size <= self.config.part_size:
+            src.seek(0)
+            return self.put(key, src.read(), metadata=metadata, content_type=content_type)
+        extra = {"Metadata": dict(metadata), "ContentType": content_type or _guess_type(key)}
+
+        def up(c: object) -> None:
+            src.seek(0)
+            c.upload_fileobj(src, self.bucket, key, ExtraArgs=extra,  # type: ignore[attr-defined]
+                             Config=self._transfer_config)
+        self._call("upload", key, up)
+        # The transfer manager does not hand back the ETag; one HEAD gets it.
+        return self.head(key).etag
+
+    def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
+             size: int | None = None) -> str:
+        extra: dict[str, object] = {}
+        if metadata is not None:
+            extra = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE",
+                     "ContentType": _guess_type(dst)}
+        if size is not None and size <= self.config.part_size * 4:
+            r = self._call("copy", src, lambda c: c.copy_object(
+                Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src},
+                **extra))
+            return r["CopyObjectResult"]["ETag"].strip('"')
+        self._call("copy", src, lambda c: c.copy(
+            {"Bucket": self.bucket, "Key": src}, self.bucket, dst, ExtraArgs=extra or None,
+            Config=self._transfer_config))
+        return self.head(dst).etag
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda c: c.delete_object(Bucket=self.bucket, Key=key))
+
+    def delete_many(self, keys: list[str]) -> None:
+        # DeleteObjects needs Content-MD5/checksums some servers reject and is a separate permission
+        # on some providers; single deletes in the caller's parallel threads are portable.
+        for key in keys:
+            self.delete(key)
+
+
+def _fd_path(f: BinaryIO) -> str:
+    """A path for an open staging file, so s3transfer can write ranges into it in parallel."""
+    name = getattr(f, "name", None)
+    if isinstance(name, str):
+        return name
+    return f"/proc/self/fd/{f.fileno()}"
+
+
+def _guess_type(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _info_from_head(key: str, r: Mapping) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=int(r.get("ContentLength", 0)),
+        etag=str(r.get("ETag", "")).strip('"'),
+        last_modified=r["LastModified"].timestamp(),
+        metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+        content_type=r.get("ContentType"),
+    )
+
+
+def _translate(exc: Exception, what: str, key: str, keys: KeySet) -> S3MountError:
+    """Map a botocore error to ours. Messages name the operation and key, never a secret."""
+    where = f"{what} {key!r}" if key else what
+    if isinstance(exc, BotoCoreError):
+        return Unavailable(f"{where}: {type(exc).__name__}: server unreachable or not answering")
+    assert isinstance(exc, ClientError)
+    code = _code(exc)
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    message = str(exc.response.get("Error", {}).get("Message", "") or "")
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return NotFound(f"{where}: no such object")
+    if code == "NoSuchBucket":
+        return NotFound(f"{where}: bucket does not exist")
+    if code in ("PreconditionFailed", "412"):
+        return PreconditionFailed(f"{where}: object changed meanwhile")
+    if code in RENEWABLE_CODES:
+        return CredentialsExpired(f"{where}: {code}")
+    if code == "400" and what == "head":  # HEAD errors have no body; an expired token looks so
+        return CredentialsExpired(f"{where}: HTTP 400 on HEAD")
+    if code == "RequestTimeTooSkewed":
+        return AccessDenied(f"{where}: the local clock is off by more than 15 minutes")
+    if code in ("AccessDenied", "403", "AllAccessDisabled"):
+        if keys.remaining() < ACCESS_DENIED_RENEW_WINDOW or "expired" in message.lower():
+            return CredentialsExpired(f"{where}: AccessDenied near key expiry")
+        return AccessDenied(f"{where}: access denied")
+    if code in ("EntityTooLarge",):
+        return FsError(f"{where}: object too large for the server", errno=27)  # EFBIG
+    if code in ("KeyTooLongError",):
+        return FsError(f"{where}: key too long", errno=36)  # ENAMETOOLONG
+    if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+        return Unavailable(f"{where}: server error {code or status} after retries")
+    return S3MountError(f"{where}: {code or status}: {message[:200]}")
