@@ -1,0 +1,168 @@
+"""Mount options: the one table every front end (CLI ``-o``, mount(8), fstab, systemd) reads.
+
+``OPTIONS`` lists each of our options with its type and meaning; the man pages document exactly
+this table (a test compares them). Options that mount(8) and systemd pass along but that mean
+nothing to us are accepted and ignored; anything else is refused with one clear line, so a typo in
+fstab fails loudly instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+from .errors import S3MountError
+
+
+class OptionError(S3MountError):
+    """A bad ``-o`` option; the message names it."""
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: type  # bool, int, float, str, or "mode" (octal) as int with octal parsing
+    help: str
+    octal: bool = False
+
+
+OPTIONS: dict[str, Option] = {
+    "ro": Option(bool, "mount read-only: writes fail with EROFS"),
+    "rw": Option(bool, "mount read-write (the default)"),
+    "uid": Option(int, "owner of files without x-amz-meta-uid (default: the mounting user)"),
+    "gid": Option(int, "group of files without x-amz-meta-gid (default: the mounting user's group)"),
+    "file_mode": Option(int, "permission bits of files without x-amz-meta-mode (default 0644)",
+                        octal=True),
+    "dir_mode": Option(int, "permission bits of directories without x-amz-meta-mode "
+                            "(default 0755)", octal=True),
+    "umask": Option(int, "umask applied to file_mode and dir_mode defaults", octal=True),
+    "allow_other": Option(bool, "let other users access the mount (needs user_allow_other in "
+                                "/etc/fuse.conf for non-root)"),
+    "default_permissions": Option(bool, "let the kernel check permissions (always on)"),
+    "cache_dir": Option(str, "directory for staging files and the attribute cache "
+                             "(default ${XDG_CACHE_HOME:-~/.cache}/s3mount)"),
+    "cache_size": Option(int, "size limit of the staging area in MiB; writers wait when full "
+                              "(default 4096)"),
+    "attr_timeout": Option(float, "seconds attributes are trusted before asking S3 again "
+                                  "(default 1)"),
+    "dir_timeout": Option(float, "seconds a directory listing is trusted (default 1)"),
+    "neg_timeout": Option(float, "seconds a missing name is remembered as missing (default 1)"),
+    "async_upload": Option(bool, "close() returns before the upload; uploads run in the "
+                                 "background and survive a crash in cache_dir"),
+    "no_posix_metadata": Option(bool, "serve attributes from listings only (no HEAD per file); "
+                                      "chmod/chown/utimens still write metadata"),
+    "endpoint_url": Option(str, "S3 endpoint URL (default: from the profile or AWS config)"),
+    "region": Option(str, "S3 signing region (default us-east-1)"),
+    "profile": Option(str, "s3mount profile to take credentials and bucket from"),
+    "no_verify_ssl": Option(bool, "do not verify the server's TLS certificate (insecure; warns)"),
+    "timeout": Option(float, "seconds before a store call that gets no answer fails with EIO, "
+                             "retries included (default 60)"),
+    "part_size": Option(int, "multipart part size in MiB (default 8)"),
+    "max_uploads": Option(int, "parallel part transfers per file (default 8)"),
+    "debug": Option(bool, "log at debug level (secrets are never logged)"),
+    "log_file": Option(str, "log file when running in the background "
+                            "(default ${XDG_STATE_HOME:-~/.local/state}/s3mount/<mount>.log)"),
+}
+
+# Accepted for mount(8)/fstab/systemd compatibility and ignored.
+IGNORED = frozenset({
+    "defaults", "user", "users", "nouser", "owner", "group", "auto", "noauto", "_netdev", "nofail",
+    "nosuid", "suid", "nodev", "dev", "exec", "noexec", "atime", "noatime", "relatime",
+    "norelatime", "strictatime", "lazytime", "nodiratime", "diratime", "sync", "async", "dirsync",
+    "loud", "silent", "comment", "helper",
+})
+IGNORED_PREFIXES = ("x-systemd.", "x-gvfs-", "x-", "comment=")
+
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+@dataclass
+class MountOptions:
+    """Parsed ``-o`` options with their defaults. Field names equal option names."""
+
+    ro: bool = False
+    rw: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    umask: int | None = None
+    allow_other: bool = False
+    default_permissions: bool = True
+    cache_dir: str | None = None
+    cache_size: int = 4096
+    attr_timeout: float = 1.0
+    dir_timeout: float = 1.0
+    neg_timeout: float = 1.0
+    async_upload: bool = False
+    no_posix_metadata: bool = False
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    no_verify_ssl: bool = False
+    timeout: float = 60.0
+    part_size: int = 8
+    max_uploads: int = 8
+    debug: bool = False
+    log_file: str | None = None
+    ignored: list[str] = field(default_factory=list)
+
+
+def split_options(values: list[str] | None) -> list[str]:
+    """``["a,b=1", "c"]`` -> ``["a", "b=1", "c"]`` (repeated ``-o`` and comma lists both work)."""
+    out: list[str] = []
+    for v in values or []:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def parse_options(values: list[str] | None) -> MountOptions:
+    """Parse ``-o`` values; raise OptionError with one clear line on anything we cannot use."""
+    opts = MountOptions()
+    known = {f.name for f in fields(MountOptions)}
+    for item in split_options(values):
+        name, eq, value = item.partition("=")
+        if name in IGNORED or item.startswith(IGNORED_PREFIXES) or name.startswith("x-"):
+            opts.ignored.append(item)
+            continue
+        spec = OPTIONS.get(name)
+        if spec is None or name not in known or not _NAME_RE.match(name):
+            raise OptionError(f"unknown mount option {name!r}")
+        if spec.kind is bool:
+            if eq:
+                raise OptionError(f"option {name!r} takes no value")
+            setattr(opts, name, True)
+            continue
+        if not eq or value == "":
+            raise OptionError(f"option {name!r} needs a value ({name}=...)")
+        try:
+            parsed: object
+            if spec.kind is int:
+                parsed = int(value, 8) if spec.octal else int(value, 10)
+                if parsed < 0:  # type: ignore[operator]
+                    raise ValueError
+            elif spec.kind is float:
+                parsed = float(value)
+                if not parsed >= 0:  # also rejects NaN
+                    raise ValueError
+            else:
+                if "\n" in value or "\0" in value:
+                    raise ValueError
+                parsed = value
+        except ValueError:
+            kind = "octal number" if spec.octal else spec.kind.__name__
+            raise OptionError(f"option {name!r}: {value!r} is not a valid {kind}") from None
+        setattr(opts, name, parsed)
+    if opts.ro and opts.rw:
+        raise OptionError("options 'ro' and 'rw' contradict each other")
+    for mode_opt in ("file_mode", "dir_mode", "umask"):
+        v = getattr(opts, mode_opt)
+        if v is not None and v > 0o7777:
+            raise OptionError(f"option {mode_opt!r}: {oct(v)} is not a permission mode")
+    if opts.umask is not None:
+        opts.file_mode &= ~opts.umask & 0o7777
+        opts.dir_mode &= ~opts.umask & 0o7777
+    if opts.part_size < 5 or opts.part_size > 5120:
+        raise OptionError("option 'part_size' must be between 5 and 5120 MiB")
+    if opts.max_uploads < 1 or opts.max_uploads > 64:
+        raise OptionError("option 'max_uploads' must be between 1 and 64")
+    return opts
