@@ -1,0 +1,231 @@
+"""Where live mounts publish their state, so ``s3mount status`` can show it without a socket.
+
+Each mount process rewrites one small JSON file every few seconds in a per-user runtime directory;
+``status`` reads them all. The file name is a hash of the mountpoint, so two mounts never collide
+and a remount simply overwrites the previous entry. A mount that died without withdrawing its entry
+(SIGKILL, crash) leaves a stale file behind: readers recognise it by a dead ``pid`` or a mountpoint
+that is no longer mounted, and delete it.
+
+The directory is private (0700, owned by us; checked on every use, because ``/tmp`` is shared and
+somebody else could have created ``/tmp/s3mount-<uid>`` first), the files are 0600, and only the
+keys in ``STATE_KEYS`` are accepted, so a secret cannot slip into a file by accident.
+
+Mount processes started by mount(8) or fstab get an empty environment (no ``XDG_RUNTIME_DIR``),
+while the user's shell has one; readers therefore look in every candidate directory, writers use
+the first usable one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import S3MountError
+
+log = logging.getLogger(__name__)
+
+# What a mount may publish: descriptions for the man page and for reviewers. Nothing secret.
+STATE_KEYS: dict[str, str] = {
+    "mountpoint": "absolute path of the mountpoint",
+    "pid": "process id of the mount daemon",
+    "source": "what was mounted, as given (s3://bucket/prefix or a profile name)",
+    "profile": "s3mount profile name, or null",
+    "provider": "credential provider name (cleverbase, clevercloud, lyvecloud, static, env)",
+    "bucket": "bucket name",
+    "prefix": "key prefix inside the bucket, or empty",
+    "endpoint": "S3 endpoint URL",
+    "read_only": "true when mounted read-only",
+    "credentials_expire_at": "epoch seconds when the current keys expire, or null for no expiry",
+    "next_renewal_at": "epoch seconds of the next planned renewal, or null",
+    "renewals": "number of successful credential renewals since the mount started",
+    "pending_uploads": "files written but not yet stored in the bucket",
+    "failed_uploads": "uploads that failed and are kept in the cache for a retry",
+    "cache_bytes": "bytes used in the staging area",
+    "started_at": "epoch seconds when the mount started",
+    "updated_at": "epoch seconds when this entry was last written",
+    "last_error": "the most recent error message, or null",
+}
+
+
+class RuntimeDirError(S3MountError):
+    """The runtime directory exists but is not safely ours."""
+
+
+def _candidate_dirs() -> list[str]:
+    """Runtime directories in order of preference (writers use the first usable one)."""
+    uid = os.getuid()
+    dirs = []
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg) and _owned_dir(xdg):
+        dirs.append(os.path.join(xdg, "s3mount"))
+    run_user = f"/run/user/{uid}"
+    if _owned_dir(run_user):
+        dirs.append(os.path.join(run_user, "s3mount"))
+    dirs.append(os.path.join(tempfile.gettempdir(), f"s3mount-{uid}"))
+    return list(dict.fromkeys(os.path.normpath(d) for d in dirs))
+
+
+def _owned_dir(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+
+
+def _check_private(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"{path} is not a directory; remove it")
+    if st.st_uid != os.getuid():
+        raise RuntimeDirError(f"{path} belongs to uid {st.st_uid}, not to us; remove it")
+    if st.st_mode & 0o077:
+        raise RuntimeDirError(f"{path} is accessible by other users (mode "
+                              f"{oct(st.st_mode & 0o777)}); remove it")
+
+
+def runtime_dir(create: bool = True) -> str:
+    """The directory this process publishes into, created 0700 if missing."""
+    path = _candidate_dirs()[0]
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    _check_private(path, os.lstat(path))
+    return path
+
+
+def _existing_dirs() -> Iterator[str]:
+    """Candidate directories that exist and are safely ours (others are skipped with a warning)."""
+    for path in _candidate_dirs():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        try:
+            _check_private(path, st)
+        except RuntimeDirError as exc:
+            log.warning("ignoring runtime directory: %s", exc)
+            continue
+        yield path
+
+
+def mountpoint_key(mountpoint: str) -> str:
+    """Canonical absolute path of a mountpoint, computed without touching the mount itself.
+
+    ``os.path.realpath(mountpoint)`` would stat the mountpoint, i.e. send a request to the FUSE
+    filesystem mounted there; called from the mount daemon's own event loop that deadlocks, and on
+    a hung mount it blocks ``status``. Only the parent directory is resolved.
+    """
+    path = os.path.abspath(mountpoint)
+    if path == "/":
+        return path
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _entry_name(mountpoint: str) -> str:
+    return hashlib.sha256(mountpoint_key(mountpoint).encode()).hexdigest()[:16] + ".json"
+
+
+def publish(mountpoint: str, state: dict[str, Any]) -> None:
+    """Write (or replace) the state entry of the mount at ``mountpoint``, atomically, mode 0600."""
+    unknown = set(state) - set(STATE_KEYS)
+    if unknown:
+        raise ValueError(f"runtime.publish: keys not in STATE_KEYS: {sorted(unknown)}")
+    entry = dict(state)
+    entry["mountpoint"] = mountpoint_key(mountpoint)
+    entry.setdefault("pid", os.getpid())
+    entry["updated_at"] = time.time()
+    directory = runtime_dir()
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f)
+        os.replace(tmp, os.path.join(directory, _entry_name(mountpoint)))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def withdraw(mountpoint: str) -> None:
+    """Remove the entry of ``mountpoint`` (on unmount); missing entries are fine."""
+    name = _entry_name(mountpoint)
+    for directory in _existing_dirs():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+
+
+def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
+    """Mountpoints currently mounted in our mount namespace."""
+    paths = set()
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) > 4:
+                paths.add(_unescape(fields[4]))
+    return paths
+
+
+def _unescape(field: str) -> str:
+    r"""mountinfo escapes space, tab, newline and backslash as ``\040`` etc."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but somebody else's
+        return True
+    return True
+
+
+def read_all() -> list[dict[str, Any]]:
+    """State of every live mount, sorted by mountpoint; stale entries are deleted on the way."""
+    mounted = mounted_paths()
+    found: dict[str, dict[str, Any]] = {}
+    for directory in _existing_dirs():
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path) as f:
+                    entry = json.load(f)
+            except FileNotFoundError:  # withdrawn meanwhile
+                continue
+            except (OSError, ValueError) as exc:
+                log.warning("removing unreadable runtime entry %s: %s", path, exc)
+                _remove(path)
+                continue
+            if (not isinstance(entry, dict) or not _pid_alive(entry.get("pid"))
+                    or entry.get("mountpoint") not in mounted):
+                log.debug("removing stale runtime entry %s", path)
+                _remove(path)
+                continue
+            prev = found.get(entry["mountpoint"])
+            if prev is None or entry.get("updated_at", 0) > prev.get("updated_at", 0):
+                found[entry["mountpoint"]] = entry
+    return [found[k] for k in sorted(found)]
+
+
+def find(mountpoint: str) -> dict[str, Any] | None:
+    """State of the live mount at ``mountpoint``, or None."""
+    key = mountpoint_key(mountpoint)
+    return next((e for e in read_all() if e["mountpoint"] == key), None)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
