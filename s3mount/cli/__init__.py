@@ -14,7 +14,7 @@ from ..credentials.base import ProviderError
 from ..errors import S3MountError
 
 # Subcommand modules (s3mount/cli/<name>.py); each defines register(subparsers).
-COMMANDS = ["mount", "umount", "status"]
+COMMANDS = ["mount", "umount", "status", "install_helpers"]
 
 
 class CliError(Exception):
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # mount.fuse3 runs "s3mount SOURCE DIR -o OPTS": treat a first word that is no command as a mount.
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+    if argv and not argv[0].startswith("-") and argv[0].replace("-", "_") not in COMMANDS:
         argv.insert(0, "mount")
     parser = build_parser()
     args = parser.parse_args(argv)

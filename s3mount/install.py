@@ -1,0 +1,120 @@
+"""Make an s3mount installed in a virtualenv visible where mount(8) and systemd look for it.
+
+mount(8) runs ``/sbin/mount.<type>`` for ``-t s3mount`` and fstab; ``mount -t fuse.s3mount`` runs
+``mount.fuse3``, which starts ``s3mount`` through ``/bin/sh`` with no PATH of its own (the shell's
+default includes /usr/local/bin); systemd resolves ``ExecStart=s3mount`` in /usr/local/bin,
+/usr/bin, ... only. A pip install into a venv or ~/.local puts the scripts elsewhere, so this
+links them into those places. Links (not copies) keep working across upgrades of the venv, and
+the shebang of the linked script picks the venv's interpreter.
+
+The user unit ``s3mount@.service`` is copied (not linked: systemd refuses unit symlinks into a
+home directory that is not mounted yet at boot) to /etc/systemd/user so every user can
+``systemctl --user enable --now s3mount@PROFILE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import S3MountError
+
+log = logging.getLogger(__name__)
+
+UNIT = "s3mount@.service"
+
+
+class InstallError(S3MountError):
+    """A helper cannot be installed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    sbin_dir: str = "/sbin"
+    bin_dir: str = "/usr/local/bin"
+    unit_dir: str = "/etc/systemd/user"
+
+
+def scripts_dir() -> Path:
+    """Where pip put our console scripts (the venv's bin, or ~/.local/bin for --user)."""
+    for candidate in (Path(sys.argv[0]).resolve().parent, Path(sys.executable).parent,
+                      Path(sysconfig.get_path("scripts"))):
+        if (candidate / "mount.s3mount").is_file() and (candidate / "s3mount").is_file():
+            return candidate
+    raise InstallError("cannot find the s3mount and mount.s3mount scripts next to "
+                       f"{sys.executable}; run install-helpers with the s3mount of your install")
+
+
+def unit_file() -> Path:
+    """The shipped unit: installed as data next to the package, or in a source checkout."""
+    for candidate in (Path(sys.prefix) / "share" / "s3mount" / "systemd" / UNIT,
+                      Path(__file__).resolve().parent.parent / "systemd" / UNIT):
+        if candidate.is_file():
+            return candidate
+    raise InstallError(f"cannot find {UNIT} (neither in {sys.prefix}/share/s3mount/systemd nor "
+                       "in a source checkout)")
+
+
+def plan(targets: Targets) -> list[tuple[Path, Path, str]]:
+    """(destination, source, "link"|"copy") for every file we install."""
+    scripts = scripts_dir()
+    return [
+        (Path(targets.sbin_dir) / "mount.s3mount", scripts / "mount.s3mount", "link"),
+        (Path(targets.bin_dir) / "s3mount", scripts / "s3mount", "link"),
+        (Path(targets.unit_dir) / UNIT, unit_file(), "copy"),
+    ]
+
+
+def install(targets: Targets = Targets()) -> list[str]:
+    """Install every helper; return one line per action. Refuses to replace foreign files."""
+    done = []
+    for dest, src, how in plan(targets):
+        _check_replaceable(dest, src, how)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.s3mount-tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            if how == "link":
+                tmp.symlink_to(src)
+            else:
+                shutil.copyfile(src, tmp)
+                tmp.chmod(0o644)
+            os.replace(tmp, dest)
+        except PermissionError:
+            raise InstallError(f"cannot write {dest}: permission denied (run as root: "
+                               f"sudo {sys.argv[0]} install-helpers)") from None
+        done.append(f"{dest} -> {src}" if how == "link" else f"{dest} (copied from {src})")
+    return done
+
+
+def uninstall(targets: Targets = Targets()) -> list[str]:
+    """Remove what ``install`` created; leave anything that is not ours alone."""
+    done = []
+    for dest, src, how in plan(targets):
+        if not os.path.lexists(dest):
+            continue
+        if not _is_ours(dest, src, how):
+            done.append(f"{dest}: left alone (not installed by s3mount install-helpers)")
+            continue
+        dest.unlink()
+        done.append(f"removed {dest}")
+    return done
+
+
+def _is_ours(dest: Path, src: Path, how: str) -> bool:
+    if how == "link":
+        return dest.is_symlink() and Path(os.readlink(dest)).name == src.name
+    return dest.is_file() and not dest.is_symlink() and "s3mount" in dest.read_text()[:200]
+
+
+def _check_replaceable(dest: Path, src: Path, how: str) -> None:
+    """A link to another s3mount install is replaced; a real file someone put there is not."""
+    if os.path.lexists(dest) and not _is_ours(dest, src, how):
+        raise InstallError(f"{dest} exists and is not from s3mount; remove it first")
