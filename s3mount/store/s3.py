@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar
 
+import boto3.session
 import botocore.credentials
 import botocore.session
-from boto3.s3.transfer import S3Transfer, TransferConfig
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -176,7 +177,9 @@ class S3Store:
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        return session.create_client(
+        # A boto3 client (not a bare botocore one) for the managed transfer methods
+        # (upload_fileobj, download_fileobj, copy) that do parallel multipart.
+        return boto3.session.Session(botocore_session=session).client(
             "s3", endpoint_url=endpoint_url, verify=c.verify_ssl, config=cfg
         )
 
@@ -284,11 +287,12 @@ class S3Store:
             return
 
         def big(c: object) -> None:
+            # download_fileobj writes ranges into ``out`` in place (download_file would write a
+            # temporary file and rename it over the path, orphaning the caller's descriptor).
             out.seek(0)
             out.truncate()
-            S3Transfer(client=c, config=self._transfer_config).download_file(
-                self.bucket, key, _fd_path(out), extra_args=extra
-            )
+            c.download_fileobj(self.bucket, key, out, ExtraArgs=extra,  # type: ignore[attr-defined]
+                               Config=self._transfer_config)
         self._call("download", key, big)
 
     def put(self, key: str, data: bytes, *, metadata: Mapping[str, str],
@@ -340,14 +344,6 @@ class S3Store:
         # on some providers; single deletes in the caller's parallel threads are portable.
         for key in keys:
             self.delete(key)
-
-
-def _fd_path(f: BinaryIO) -> str:
-    """A path for an open staging file, so s3transfer can write ranges into it in parallel."""
-    name = getattr(f, "name", None)
-    if isinstance(name, str):
-        return name
-    return f"/proc/self/fd/{f.fileno()}"
 
 
 def _guess_type(key: str) -> str:

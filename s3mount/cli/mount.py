@@ -1,0 +1,169 @@
+"""``s3mount mount SOURCE MOUNTPOINT``: mount a bucket (or a profile's bucket).
+
+Without ``-f`` the command starts the mount process in the background (a new session, logging to a
+file) and returns only once the mount is live, or fails with the child's one-line reason. The child
+is the same command with ``-f``; it reports readiness through the pipe named by
+``S3MOUNT_READY_FD`` (and to systemd through ``NOTIFY_SOCKET``), so no state is shared by ``fork``
+with threads already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+from ..config import load_profile
+from ..credentials.build import provider_from_profile
+from ..credentials.static import EnvironmentProvider
+from ..errors import S3MountError
+from ..mount import MountRunner, MountSpec, prepare
+from ..notify import notify
+from ..options import parse_options
+from . import CliError
+
+log = logging.getLogger(__name__)
+
+READY_FD_ENV = "S3MOUNT_READY_FD"
+STARTUP_TIMEOUT = 120.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mount", help="mount a bucket or a profile's bucket",
+                       description="Mount s3://BUCKET[/PREFIX] or a profile's bucket on MOUNTPOINT.")
+    p.add_argument("source", metavar="SOURCE", help="s3://BUCKET[/PREFIX] or a profile name")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    p.add_argument("--endpoint-url", help="S3 endpoint URL (e.g. http://127.0.0.1:9000)")
+    p.add_argument("--region", help="S3 signing region")
+    p.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
+                   help="mount options (see s3mount(1)); may be repeated")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground and log to stderr")
+    p.set_defaults(func=run)
+
+
+def parse_source(source: str) -> tuple[str | None, str, str | None]:
+    """(bucket, prefix, profile) from ``s3://bucket/prefix`` or a profile name."""
+    if source.startswith("s3://"):
+        u = urlparse(source)
+        if not u.netloc:
+            raise CliError(f"no bucket in {source!r} (expected s3://BUCKET[/PREFIX])")
+        return u.netloc, u.path.strip("/"), None
+    if "/" in source or ":" in source or not source or source.startswith("-"):
+        raise CliError(f"{source!r} is neither s3://BUCKET[/PREFIX] nor a profile name")
+    return None, "", source
+
+
+def build_spec(args: argparse.Namespace) -> MountSpec:
+    opts = parse_options(args.options)
+    if args.endpoint_url:
+        opts.endpoint_url = args.endpoint_url
+    if args.region:
+        opts.region = args.region
+    bucket, prefix, profile = parse_source(args.source)
+    profile = profile or opts.profile
+    if profile is None:
+        provider = EnvironmentProvider(endpoint_url=opts.endpoint_url, region=opts.region)
+        return MountSpec(bucket=bucket, prefix=prefix, mountpoint=args.mountpoint,
+                         provider=provider, options=opts, source=args.source)
+    prof = load_profile(profile)
+    provider = provider_from_profile(prof, interactive=False)
+    opts.endpoint_url = opts.endpoint_url or prof.get("endpoint_url")
+    opts.region = opts.region or prof.get("region")
+    return MountSpec(bucket=bucket or prof.get("bucket"), prefix=prefix or prof.get("prefix", ""),
+                     mountpoint=args.mountpoint, provider=provider, options=opts,
+                     profile=profile, source=args.source)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.foreground:
+        return _start_background(args)
+    from ..logsetup import setup_logging
+
+    spec = build_spec(args)
+    setup_logging(debug=spec.options.debug, log_file=None)
+    return _serve(spec)
+
+
+def _serve(spec: MountSpec) -> int:
+    ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
+
+    def report(line: str) -> None:
+        if ready_fd >= 0:
+            try:
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
+            except OSError:
+                pass
+
+    try:
+        prepared = prepare(spec)
+        runner = MountRunner(prepared)
+        runner.mount()
+    except S3MountError as exc:
+        report(f"error: {exc}")
+        raise
+    def on_ready() -> None:
+        log.info("mounted s3://%s/%s on %s", prepared.bucket, spec.prefix, spec.mountpoint)
+        notify("READY=1", f"STATUS=mounted s3://{prepared.bucket}/{spec.prefix}")
+        report("ok")
+
+    failed = runner.serve(on_ready)
+    if failed:
+        print(f"s3mount: {failed} file(s) could not be uploaded; they are kept in the cache "
+              "directory and uploaded by the next mount", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    argv = [sys.executable, "-m", "s3mount", "mount", args.source, args.mountpoint, "-f"]
+    if args.endpoint_url:
+        argv += ["--endpoint-url", args.endpoint_url]
+    if args.region:
+        argv += ["--region", args.region]
+    for o in args.options or []:
+        argv += ["-o", o]
+    return argv
+
+
+def _start_background(args: argparse.Namespace) -> int:
+    # Parse here too, so bad options and sources fail before anything starts.
+    spec = build_spec(args)
+    from ..logsetup import log_path_for
+
+    log_file = spec.options.log_file or log_path_for(args.mountpoint)
+    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+    r, w = os.pipe()
+    env = dict(os.environ, **{READY_FD_ENV: str(w), "S3MOUNT_LOG_FILE": log_file})
+    with open(log_file, "ab") as logf:
+        proc = subprocess.Popen(_child_argv(args), stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=logf, pass_fds=(w,), env=env, start_new_session=True)
+    os.close(w)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    buf = b""
+    with os.fdopen(r, "rb", buffering=0) as pipe:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.terminate()
+                raise CliError(f"the mount did not come up within {STARTUP_TIMEOUT:.0f}s; "
+                               f"see {log_file}")
+            ready, _, _ = select.select([pipe], [], [], min(left, 1.0))
+            if ready:
+                chunk = pipe.read(4096)
+                if not chunk:
+                    break
+                buf += chunk
+    line = buf.decode(errors="replace").strip()
+    if line == "ok":
+        return 0
+    if line.startswith("error: "):
+        raise CliError(line[len("error: "):])
+    code = proc.wait(timeout=10) if proc.poll() is None else proc.returncode
+    raise CliError(f"the mount process exited ({code}) before the mount was live; see {log_file}")

@@ -1,0 +1,133 @@
+"""The read path for objects not staged locally: ranged GETs with sequential prefetch.
+
+A reader belongs to one open file handle. Small objects (up to ``whole_object_max``) are fetched in
+one GET on the first read and served from memory. For larger ones the reader watches the offsets:
+while reads continue where the last one ended (or inside what is already scheduled, since the kernel
+sends readahead requests concurrently) it keeps a window of parts in flight ahead of the reader,
+doubling the window up to ``max_window``; a read elsewhere drops the window and fetches just what
+was asked, so random access does not trigger wasteful prefetch. Every GET is pinned to the ETag seen
+at open, so a file that changes mid-read fails with an error instead of mixing two versions. Memory
+is bounded by ``max_window`` per open handle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+Fetch = Callable[[int, int], Awaitable[bytes]]
+"""fetch(start, length) -> bytes: one ranged GET (run in a worker thread by the caller)."""
+
+
+@dataclass
+class _Part:
+    start: int
+    length: int
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes = b""
+    error: BaseException | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class Reader:
+    """Serves ``read(offset, size)`` of one object of known size."""
+
+    def __init__(
+        self, fetch: Fetch, size: int, nursery: trio.Nursery, *,
+        whole_object_max: int = 1 * MiB, initial_window: int = 1 * MiB,
+        max_window: int = 64 * MiB, part_size: int = 8 * MiB,
+    ) -> None:
+        self._fetch = fetch
+        self.size = size
+        self._nursery = nursery
+        self._whole_max = whole_object_max
+        self._initial = initial_window
+        self._max_window = max_window
+        self._part_size = part_size
+        self._window = initial_window
+        self._parts: list[_Part] = []
+        self._scheduled_to = 0  # prefetch has been scheduled up to here
+        self._last_end = 0  # where the previous read ended: a read starting here is sequential
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if offset >= self.size or size <= 0:
+            return b""
+        end = min(offset + size, self.size)
+        if self.size <= self._whole_max:
+            if not self._parts:
+                self._schedule(0, self.size)
+            return await self._collect(offset, end)
+        if self._parts and self._parts[0].start <= offset <= self._scheduled_to:
+            # Sequential (or a concurrent readahead inside the window): keep the window ahead.
+            self._drop_before(offset)
+            self._window = min(self._window * 2, self._max_window)
+            self._ensure(offset, end)
+        elif not self._parts and offset == self._last_end:
+            self._window = self._initial
+            self._ensure(offset, end)
+        else:
+            # Random access: forget the window, fetch exactly what was asked.
+            self._reset()
+            self._last_end = end
+            return await self._fetch(offset, end - offset)
+        self._last_end = end
+        return await self._collect(offset, end)
+
+    def close(self) -> None:
+        """Stop using prefetched data; fetches in flight finish and are dropped."""
+        self._parts.clear()
+
+    def _reset(self) -> None:
+        self._parts.clear()
+        self._scheduled_to = 0
+        self._window = self._initial
+
+    def _ensure(self, offset: int, end: int) -> None:
+        if not self._parts:
+            self._scheduled_to = offset
+        target = min(max(end, offset + self._window), self.size)
+        while self._scheduled_to < target:
+            length = min(self._part_size, target - self._scheduled_to)
+            self._schedule(self._scheduled_to, length)
+
+    def _schedule(self, start: int, length: int) -> None:
+        part = _Part(start, length)
+        self._parts.append(part)
+        self._scheduled_to = start + length
+        self._nursery.start_soon(self._run, part)
+
+    async def _run(self, part: _Part) -> None:
+        try:
+            part.data = await self._fetch(part.start, part.length)
+        except Exception as exc:  # noqa: BLE001 - handed to the reader that waits for this part
+            part.error = exc
+        finally:
+            part.done.set()
+
+    def _drop_before(self, offset: int) -> None:
+        self._parts = [p for p in self._parts if p.end > offset]
+
+    async def _collect(self, offset: int, end: int) -> bytes:
+        chunks = []
+        for part in list(self._parts):
+            if part.end <= offset or part.start >= end:
+                continue
+            await part.done.wait()
+            if part.error is not None:
+                self._reset()
+                raise part.error
+            lo = max(offset, part.start) - part.start
+            hi = min(end, part.end) - part.start
+            chunks.append(part.data[lo:hi])
+        return b"".join(chunks)

@@ -1,0 +1,147 @@
+"""Staging files: where written data lives on local disk until the bucket has it.
+
+Dirty data is never only in memory. Each file being written has a data file in
+``<cache_dir>/staging/`` and, beside it, a small JSON record saying which key it belongs to, with
+what metadata and on which ETag it was based. Until an upload is confirmed the staging file is the
+truth; after a crash the next mount of the same bucket finds the records (``StagingArea.leftovers``)
+and uploads what was left. The record is written (fsync'd, atomically replaced) whenever the file
+becomes dirty or its key or metadata change, so a ``kill -9`` at any moment leaves either the old or
+the new record, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Record:
+    """What a staging file belongs to (persisted beside it)."""
+
+    key: str
+    metadata: dict[str, str]
+    base_etag: str | None
+    """ETag of the object the data was based on (None for a new file): if the object has another
+    ETag when we recover, someone else changed it meanwhile and we must not overwrite it."""
+    dirty: bool = True
+
+
+class StagingFile:
+    """One staging data file plus its record. Not thread-safe: the core serialises access."""
+
+    def __init__(self, area: StagingArea, name: str) -> None:
+        self.area = area
+        self.name = name
+        self.path = os.path.join(area.dir, name + ".data")
+        self.record_path = os.path.join(area.dir, name + ".json")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def open_reader(self):  # noqa: ANN201 - a binary file object
+        """A separate file object for uploading, so uploads do not move anyone's offset."""
+        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+
+    def save_record(self, record: Record) -> None:
+        tmp = self.record_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record.__dict__, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.record_path)
+
+    def discard(self) -> None:
+        """Close and delete data and record (after a confirmed upload, or when the file is gone)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        for p in (self.path, self.record_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+class StagingArea:
+    """The staging directory of one mount.
+
+    ``root`` is per bucket and prefix. Several mounts of the same bucket may run at once, so each
+    takes the first free *slot* below it (a subdirectory held with an exclusive ``flock`` for the
+    life of the mount); a slot left by a crashed mount is free again, and whoever takes it next
+    recovers what it holds.
+    """
+
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+        for slot in range(64):
+            directory = os.path.join(root, f"slot-{slot}")
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            lock_fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                continue
+            self.dir = directory
+            self._lock_fd = lock_fd
+            return
+        raise OSError(f"all staging slots under {root} are in use by other mounts")
+
+    def close(self) -> None:
+        os.close(self._lock_fd)
+
+    def new(self) -> StagingFile:
+        return StagingFile(self, uuid.uuid4().hex)
+
+    def used_bytes(self) -> int:
+        total = 0
+        with os.scandir(self.dir) as it:
+            for e in it:
+                if e.name.endswith(".data"):
+                    with contextlib.suppress(FileNotFoundError):
+                        total += e.stat().st_blocks * 512
+        return total
+
+    def leftovers(self) -> Iterator[tuple[StagingFile, Record]]:
+        """Dirty staging files left by an earlier run of this mount (crash, kill, reboot)."""
+        for entry in sorted(os.listdir(self.dir)):
+            if not entry.endswith(".json"):
+                continue
+            name = entry[: -len(".json")]
+            try:
+                with open(os.path.join(self.dir, entry)) as f:
+                    rec = Record(**json.load(f))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("unreadable staging record %s (%s); leaving it in place", entry, exc)
+                continue
+            if not os.path.exists(os.path.join(self.dir, name + ".data")):
+                os.unlink(os.path.join(self.dir, entry))
+                continue
+            yield StagingFile(self, name), rec
+        # Data files with no record were never dirty (or the record write was cut): not ours to
+        # upload, and nothing promised them to anyone.
+        for entry in os.listdir(self.dir):
+            if entry.endswith(".data") and not os.path.exists(
+                    os.path.join(self.dir, entry[:-5] + ".json")):
+                os.unlink(os.path.join(self.dir, entry))

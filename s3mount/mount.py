@@ -1,0 +1,259 @@
+"""Wiring of one mount: credentials -> store -> filesystem core -> FUSE, and its lifetime.
+
+``prepare()`` does everything that can fail for a reason the user can fix (credentials, bucket,
+mountpoint) before anything is mounted, so ``s3mount mount`` answers with one clear line.
+``serve()`` runs the FUSE loop in trio with the background tasks (status publishing, leftover
+uploads, signal handling) in one nursery, and on the way out uploads what is still dirty,
+then unmounts. SIGTERM and SIGINT end the mount cleanly (flush, then unmount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+import trio
+
+from . import runtime
+from .credentials.base import KeySet, Provider, ProviderError
+from .credentials.refresher import Refresher, RefreshPolicy
+from .errors import AccessDenied, NotFound, S3MountError, Unavailable
+from .fs.attrs import Defaults
+from .fs.core import Filesystem, FsConfig
+from .fs.fuse_ops import FuseOperations
+from .fs.metacache import MetaCache
+from .fs.paths import KeyMapper
+from .fs.staging import StagingArea
+from .notify import notify
+from .options import MountOptions
+from .store.s3 import S3Store, StoreConfig
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 5.0
+MiB = 1024 * 1024
+
+
+class MountError(S3MountError):
+    """The mount cannot be made; the message is the one line the user sees."""
+
+
+@dataclass
+class MountSpec:
+    """What to mount where, with which credentials."""
+
+    bucket: str | None
+    prefix: str
+    mountpoint: str
+    provider: Provider
+    options: MountOptions
+    profile: str | None = None
+    source: str = ""
+
+
+@dataclass
+class Prepared:
+    spec: MountSpec
+    refresher: Refresher
+    store: S3Store
+    keys: KeySet
+    bucket: str
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "s3mount")
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mountpoint, or a MountError saying what is wrong with it."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist") from None
+    except PermissionError:
+        raise MountError(f"mountpoint {path} is not accessible") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(real):
+        raise MountError(f"{path} is already a mount point")
+    return real
+
+
+def prepare(spec: MountSpec) -> Prepared:
+    """Get keys, check the bucket and the mountpoint. Raises MountError with one clear line."""
+    spec.mountpoint = check_mountpoint(spec.mountpoint)
+    o = spec.options
+    refresher = Refresher(spec.provider, policy=RefreshPolicy())
+    try:
+        keys = refresher.current()
+    except ProviderError as exc:
+        raise MountError(f"cannot get credentials from {spec.provider.name}: {exc}") from None
+    bucket = spec.bucket or keys.bucket
+    if not bucket:
+        raise MountError("no bucket given and the provider did not name one")
+    endpoint = o.endpoint_url or keys.endpoint_url
+    if o.no_verify_ssl:
+        log.warning("TLS certificate verification is OFF (-o no_verify_ssl): anyone on the network "
+                    "path can read and change your data")
+    store = S3Store(StoreConfig(
+        bucket=bucket, endpoint_url=endpoint, region=o.region or keys.region,
+        verify_ssl=not o.no_verify_ssl, timeout=o.timeout, part_size=o.part_size * MiB,
+        max_concurrency=o.max_uploads,
+    ), refresher)
+    try:
+        store.check()
+    except NotFound:
+        raise MountError(f"bucket {bucket!r} does not exist at {endpoint or 'the AWS default'}") \
+            from None
+    except AccessDenied as exc:
+        raise MountError(f"the keys were refused for bucket {bucket!r}: {exc}") from None
+    except Unavailable:
+        raise MountError(f"cannot reach the S3 endpoint {endpoint or '(AWS default)'}") from None
+    return Prepared(spec, refresher, store, keys, bucket)
+
+
+def _fuse_options(p: Prepared) -> set[str]:
+    o = p.spec.options
+    opts = {"default_permissions", f"fsname=s3mount:{p.bucket}", "subtype=s3mount", "noatime"}
+    if o.allow_other:
+        opts.add("allow_other")
+    if o.ro:
+        opts.add("ro")
+    return opts
+
+
+def _cache_root(p: Prepared) -> str:
+    """Per bucket and prefix, so the next mount of the same bucket finds its leftovers."""
+    o = p.spec.options
+    ident = f"{p.store.config.endpoint_url}|{p.bucket}|{p.spec.prefix}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return os.path.join(o.cache_dir or default_cache_dir(), digest)
+
+
+class MountRunner:
+    """One mounted filesystem from ``pyfuse3.init`` to unmount."""
+
+    def __init__(self, p: Prepared) -> None:
+        self.p = p
+        o = p.spec.options
+        root = _cache_root(p)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        self.staging = StagingArea(os.path.join(root, "staging"))
+        self.meta = MetaCache(os.path.join(root, "attrs.sqlite"))
+        uid = o.uid if o.uid is not None else os.getuid()
+        gid = o.gid if o.gid is not None else os.getgid()
+        self.fs = Filesystem(
+            p.store, KeyMapper(p.spec.prefix),
+            FsConfig(defaults=Defaults(uid, gid, o.file_mode, o.dir_mode), read_only=o.ro,
+                     attr_timeout=o.attr_timeout, dir_timeout=o.dir_timeout,
+                     neg_timeout=o.neg_timeout, posix_metadata=not o.no_posix_metadata,
+                     part_size=o.part_size * MiB),
+            self.staging, self.meta,
+        )
+        self.ops = FuseOperations(self.fs)
+        self.started_at = time.time()
+        self._stopping = False
+
+    def mount(self) -> None:
+        """Mount (raises MountError when the kernel refuses); the loop runs in ``serve``."""
+        try:
+            pyfuse3.init(self.ops, self.p.spec.mountpoint, _fuse_options(self.p))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount on {self.p.spec.mountpoint}: {exc}") from None
+
+    def serve(self, on_ready: Any = None) -> int:
+        """Run until unmounted or signalled; returns the number of uploads that failed at exit."""
+        self.p.refresher.start()
+        try:
+            return trio.run(self._main, on_ready)
+        finally:
+            self.p.refresher.stop()
+            self.meta.close()
+            self.staging.close()
+
+    async def _main(self, on_ready: Any) -> int:
+        failed = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                self.fs.nursery = nursery
+                nursery.start_soon(self._signals, nursery)
+                nursery.start_soon(self._publish_status)
+                if on_ready is not None:
+                    on_ready()
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                failed = await self.fs.flush_all()
+                self.meta.commit()
+            pyfuse3.close(unmount=True)
+            self._withdraw_status()
+        return failed
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                log.info("received %s: uploading pending data and unmounting",
+                         signal.Signals(sig).name)
+                self._stopping = True
+                pending = self.fs.pending_uploads()
+                if pending:
+                    log.info("%d file(s) still to upload", pending)
+                await self.fs.flush_all()
+                notify("STOPPING=1")
+                pyfuse3.terminate()
+                return
+
+    def status(self) -> dict[str, Any]:
+        st = self.p.refresher.status()
+        return {
+            "mountpoint": self.p.spec.mountpoint,
+            "pid": os.getpid(),
+            "profile": self.p.spec.profile,
+            "provider": st.provider,
+            "bucket": self.p.bucket,
+            "prefix": self.p.spec.prefix,
+            "endpoint": self.p.store.config.endpoint_url,
+            "credentials_expire_at": st.expires_at,
+            "next_renewal_at": st.next_refresh_at,
+            "renewals": st.renewals,
+            "pending_uploads": self.fs.pending_uploads(),
+            "failed_uploads": self.fs.failed_uploads,
+            "cache_bytes": self.staging.used_bytes(),
+            "started_at": self.started_at,
+            "last_error": st.last_error,
+            "source": self.p.spec.source,
+            "read_only": self.p.spec.options.ro,
+        }
+
+    async def _publish_status(self) -> None:
+        while True:
+            state = self.status()
+            try:
+                runtime.publish(self.p.spec.mountpoint, state)
+            except (OSError, S3MountError) as exc:
+                log.debug("could not publish status: %s", exc)
+            notify(f"STATUS=pending uploads {state['pending_uploads']}, "
+                   f"next key renewal {_when(state['next_renewal_at'])}")
+            self.meta.commit()
+            await trio.sleep(STATUS_INTERVAL)
+
+    def _withdraw_status(self) -> None:
+        with contextlib.suppress(OSError, S3MountError):
+            runtime.withdraw(self.p.spec.mountpoint)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "not scheduled"
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
