@@ -1,0 +1,116 @@
+"""``s3mount status``: table, JSON, and the error for a path that is not an s3mount mount."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from s3mount import runtime
+from s3mount.cli import status
+
+HOUR = 3600
+
+
+@pytest.fixture
+def live(tmp_path, monkeypatch):
+    """Publish entries into a private runtime dir; their mountpoints count as mounted."""
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    monkeypatch.setattr(runtime.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(runtime, "_owned_dir",
+                        lambda p, real=runtime._owned_dir: not p.startswith("/run/") and real(p))
+    mounted: set[str] = set()
+    monkeypatch.setattr(runtime, "mounted_paths", lambda: mounted)
+
+    def add(name: str, **state):
+        mp = str(tmp_path / name)
+        mounted.add(mp)
+        runtime.publish(mp, state)
+        return mp
+    return add
+
+
+def run_status(capsys, *argv: str) -> tuple[int, str, str]:
+    from s3mount.cli import main
+
+    rc = main(["status", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+STATE = dict(profile="work", provider="cleverbase", bucket="photos", prefix="2024/",
+             endpoint="https://s3.example.net", renewals=3, pending_uploads=2, failed_uploads=0,
+             cache_bytes=3 * 1024 * 1024, next_renewal_at=None, started_at=0, last_error=None)
+
+
+def test_json_lists_every_live_mount(live, capsys):
+    expire = time.time() + HOUR
+    a = live("a", credentials_expire_at=expire, **STATE)
+    b = live("b", credentials_expire_at=None, **{**STATE, "provider": "static", "profile": None})
+    rc, out, err = run_status(capsys, "--json")
+    assert rc == 0 and err == ""
+    entries = json.loads(out)
+    assert [e["mountpoint"] for e in entries] == [a, b]
+    for key in ("mountpoint", "provider", "bucket", "endpoint", "credentials_expire_at",
+                "renewals", "pending_uploads"):
+        assert all(key in e for e in entries)
+    assert entries[0]["credentials_expire_at"] == expire
+    assert entries[1]["provider"] == "static"
+
+
+def test_table(live, capsys):
+    mp = live("a", credentials_expire_at=time.time() + 2 * HOUR + 600,
+              **{**STATE, "last_error": "upload of x failed: AccessDenied"})
+    rc, out, _ = run_status(capsys)
+    assert rc == 0
+    header, row, error = out.splitlines()
+    assert header.split() == list(status.COLUMNS)
+    assert row.startswith(mp)
+    for part in ("cleverbase (work)", "photos/2024", "https://s3.example.net", "expire in 2h",
+                 "3.0MiB"):
+        assert part in row
+    assert error == f"{mp}: last error: upload of x failed: AccessDenied"
+
+
+def test_expiry_wording():
+    now = 1000.0
+    assert status._expiry(None, now) == "no expiry"
+    assert status._expiry(now + 90, now) == "expire in 90s"
+    assert status._expiry(now + 600, now) == "expire in 10m"
+    assert status._expiry(now - 30, now) == "expired 30s ago"
+
+
+def test_named_mountpoint(live, capsys, tmp_path):
+    live("a", **STATE)
+    b = live("b", **{**STATE, "bucket": "other"})
+    rc, out, _ = run_status(capsys, "--json", b + "/")
+    assert rc == 0 and [e["bucket"] for e in json.loads(out)] == ["other"]
+
+
+def test_not_an_s3mount_mount(live, capsys, tmp_path):
+    live("a", **STATE)
+    rc, out, err = run_status(capsys, str(tmp_path))
+    assert rc == 1 and out == ""
+    assert err == f"s3mount: {tmp_path} is not an s3mount mount\n"
+
+
+def test_no_mounts(live, capsys):
+    assert run_status(capsys) == (0, "no s3mount mounts\n", "")
+    assert run_status(capsys, "--json") == (0, "[]\n", "")
+
+
+def test_status_command_line(tmp_path):
+    """Through the installed entry point, in a clean runtime dir: nothing mounted, exit 0."""
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(xdg)}
+    r = subprocess.run([sys.executable, "-m", "s3mount", "status", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"s3mount: {tmp_path} is not an s3mount mount\n"
