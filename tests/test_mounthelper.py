@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from s3mount import mounthelper
+from s3mount.install import Targets, install
 from s3mount.mounthelper import EX_FAIL, EX_USAGE, main, mount_argv, translate_options
 
 
@@ -133,7 +146,6 @@ def test_environment_is_completed(monkeypatch, calls, tmp_path):
     monkeypatch.delenv("HOME", raising=False)
     monkeypatch.delenv("PATH", raising=False)
     assert main(["work", str(tmp_path)]) == 0
-    import os
     import pwd
     assert os.environ["HOME"] == pwd.getpwuid(os.getuid()).pw_dir
     assert "/usr/bin" in os.environ["PATH"].split(":")
@@ -142,3 +154,153 @@ def test_environment_is_completed(monkeypatch, calls, tmp_path):
 def test_mount_argv_ends_options():
     assert mount_argv("s3://b-1", "/m", []) == ["mount", "--", "s3://b-1", "/m"]
     assert mounthelper.check_source("s3://b-1/x/y.z") is None
+
+
+# -- through mount(8), mount.fuse3 and fstab, for real (root only) --------------------------------
+
+needs_root = pytest.mark.skipif(os.getuid() != 0 or not os.path.exists("/dev/fuse")
+                                or shutil.which("mount.fuse3") is None,
+                                reason="needs root, /dev/fuse and mount.fuse3")
+FSTAB = Path("/etc/fstab")
+FSTAB_LOCK = "/run/lock/s3mount-tests-fstab.lock"
+
+
+@pytest.fixture(scope="module")
+def helpers_installed() -> None:
+    """/sbin/mount.s3mount and /usr/local/bin/s3mount, as the README set-up leaves them.
+
+    Installed when missing and deliberately left in place: parallel test workers share them, and
+    the result is exactly what ``s3mount install-helpers`` produces anyway.
+    """
+    install(Targets(unit_dir=tempfile.mkdtemp(prefix="s3mount-unit-")))
+
+
+@pytest.fixture
+def aws_env(sandbox, bucket) -> dict[str, str]:
+    """Keys for ``bucket`` in the environment (mount(8) passes AWS_* through to the helper)."""
+    keys = sandbox.issue_keys([bucket])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=keys.access_key, AWS_SECRET_ACCESS_KEY=keys.secret_key)
+    if keys.session_token:
+        env["AWS_SESSION_TOKEN"] = keys.session_token
+    return env
+
+
+@pytest.fixture
+def mountpoint(tmp_path) -> Iterator[Path]:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    yield mp
+    _force_unmount(mp)
+
+
+def _force_unmount(mp: Path) -> None:
+    for cmd in ([sys.executable, "-m", "s3mount", "umount", str(mp)], ["fusermount3", "-u", str(mp)],
+                ["fusermount3", "-uz", str(mp)]):
+        if not os.path.ismount(mp):
+            return
+        subprocess.run(cmd, capture_output=True, timeout=60)
+
+
+def _mountinfo(mp: Path) -> tuple[str, str, str]:
+    """(fstype, source, super options) of the mount at ``mp``."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[4] == str(mp):
+            fstype, source, opts = fields[fields.index("-") + 1:][:3]
+            return fstype, source, opts
+    raise AssertionError(f"{mp} is not in mountinfo")
+
+
+def _status(mp: Path) -> dict:
+    """The runtime entry of ``mp`` (published by the mount process a moment after start)."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = subprocess.run([sys.executable, "-m", "s3mount", "status", "--json", str(mp)],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)[0]
+        time.sleep(0.2)
+
+
+def _use_and_unmount(mp: Path, s3, bucket: str) -> None:
+    """Write through the mount, see it in the bucket, unmount with umount(8), see the daemon go."""
+    (mp / "hello.txt").write_text("hello from mount(8)\n")
+    body = s3.get_object(Bucket=bucket, Key="hello.txt")["Body"].read()
+    assert body == b"hello from mount(8)\n"
+    entry = _status(mp)
+    assert entry["bucket"] == bucket and entry["mountpoint"] == str(mp)
+    assert _mountinfo(mp)[:2] == ("fuse.s3mount", f"s3mount:{bucket}")
+    r = subprocess.run(["umount", str(mp)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.ismount(mp)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{entry['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stat_line = Path(f"/proc/{entry['pid']}/stat")
+    assert not stat_line.exists() or stat_line.read_text().split(") ", 1)[1][0] == "Z"
+
+
+@needs_root
+@pytest.mark.parametrize("fstype", ["s3mount", "fuse.s3mount"])
+def test_mount_t(fstype, helpers_installed, sandbox, bucket, s3, aws_env, mountpoint):
+    r = subprocess.run(["mount", "-t", fstype, f"s3://{bucket}", str(mountpoint), "-o",
+                        f"endpoint_url={sandbox.url},nosuid,nodev"],
+                       env=aws_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _use_and_unmount(mountpoint, s3, bucket)
+
+
+@needs_root
+@pytest.mark.parametrize("fstype", ["s3mount", "fuse.s3mount"])
+def test_fstab_entry(fstype, helpers_installed, sandbox, bucket, s3, aws_env, mountpoint):
+    line = (f"s3://{bucket} {mountpoint} {fstype} "
+            f"endpoint_url={sandbox.url},noauto,_netdev,nofail,x-systemd.automount 0 0"
+            f"  # s3mount-test {os.getpid()}\n")
+    with _fstab_line(line):
+        r = subprocess.run(["mount", str(mountpoint)], env=aws_env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        _use_and_unmount(mountpoint, s3, bucket)
+
+
+@needs_root
+@pytest.mark.parametrize("fstype", ["s3mount", "fuse.s3mount"])
+def test_unknown_option_fails_before_mounting(fstype, helpers_installed, bucket, aws_env,
+                                              mountpoint, sandbox):
+    r = subprocess.run(["mount", "-t", fstype, f"s3://{bucket}", str(mountpoint), "-o",
+                        f"endpoint_url={sandbox.url},alow_other"],
+                       env=aws_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "unknown mount option 'alow_other'" in r.stderr
+    assert not os.path.ismount(mountpoint)
+
+
+@needs_root
+@pytest.mark.parametrize("fstype", ["s3mount", "fuse.s3mount"])
+def test_source_cannot_inject_fuse_options(fstype, helpers_installed, bucket, aws_env,
+                                           mountpoint, sandbox):
+    r = subprocess.run(["mount", "-t", fstype, f"s3://{bucket},allow_other", str(mountpoint),
+                        "-o", f"endpoint_url={sandbox.url}"],
+                       env=aws_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert not os.path.ismount(mountpoint)
+
+
+@contextlib.contextmanager
+def _fstab_line(line: str) -> Iterator[None]:
+    """Append ``line`` to /etc/fstab and always take it out again (edited in place, locked)."""
+    with open(FSTAB_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(FSTAB, "a") as f:
+            f.write(line)
+    try:
+        yield
+    finally:
+        with open(FSTAB_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            text = FSTAB.read_text()
+            with open(FSTAB, "r+") as f:
+                f.write(text.replace(line, ""))
+                f.truncate()
