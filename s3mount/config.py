@@ -94,7 +94,7 @@ PROFILE_KEYS: dict[str, str] = {
     "sts_url": "lc2: STS endpoint URL (e.g. https://sts.global.lyve.seagate.com)",
     "duration_seconds": "lc2: lifetime of the temporary keys, 900-43200 (default 3600)",
     "role_arn": "lc2: RoleArn sent to AssumeRole (required but ignored by Lyve; default "
-                "\"s3mount\")",
+                "arn:aws:iam::000000000000:role/s3mount)",
     # -- static / lc2 long-lived keys, env -----------------------------------------------------
     "access_key": "static, lc2: access key id (lc2: the IAM user's long-lived key)",
     "secret_key": "static, lc2: secret access key (this file must then be mode 0600)",

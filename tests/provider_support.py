@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,21 @@ from s3mount import cli
 from s3mount.credentials.base import KeySet
 from s3mount.sandbox.s3server import S3Sandbox
 
+_SANDBOX: S3Sandbox | None = None
 
-def start_sandbox() -> Iterator[S3Sandbox]:
-    """Body of a module-scoped fixture: one S3 sandbox for the module."""
-    sandbox = S3Sandbox().start()
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
+
+def shared_sandbox() -> S3Sandbox:
+    """The process's one in-process S3 sandbox, started on first use.
+
+    moto keeps its state in process-global backends, so a second ``S3Sandbox`` in the same process
+    would find the first one's users and buckets: every test module shares this one (it dies with
+    the process; its threads are daemons). Tests must not depend on the sandbox clock's absolute
+    value, since other modules advance it.
+    """
+    global _SANDBOX
+    if _SANDBOX is None:
+        _SANDBOX = S3Sandbox().start()
+    return _SANDBOX
 
 
 def s3_client(keys: KeySet) -> Any:

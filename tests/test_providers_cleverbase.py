@@ -14,7 +14,7 @@ from provider_support import (
     debug_caplog,
     python_m_s3mount,
     run_cli,
-    start_sandbox,
+    shared_sandbox,
     write_config,
     xdg_home,
 )
@@ -32,7 +32,7 @@ debug_logs = pytest.fixture(debug_caplog)
 
 @pytest.fixture(scope="module")
 def sandbox():
-    yield from start_sandbox()
+    return shared_sandbox()
 
 
 @pytest.fixture(scope="module")

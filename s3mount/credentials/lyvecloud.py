@@ -1,0 +1,358 @@
+"""Seagate Lyve Cloud: a service account made through the Account API v2, or LC2 STS keys.
+
+``LyveCloudProvider`` (profile ``provider = "lyvecloud"``, PROVIDERS.md 4.1-4.5, 4.10): with the
+Account API credentials (profile, or asked for by ``s3mount login`` and stored) it gets a session
+token (cached in memory; on ``400 ExpiredToken``/``InvalidToken`` it logs in again once and retries
+once), makes sure a ``bucket-names`` permission for the profile's bucket exists, and creates *one*
+service account with it. The service account's secret is shown only once, so it is written to the
+profile's token store (0600) the moment it arrives, before anything else can fail. Later fetches
+return the stored keys after checking the account still exists and is enabled. If the admin set an
+expiry, the account is rotated ``ROTATE_BEFORE`` ahead of ``expirationDate 23:59:59Z``: a new one is
+created and stored, polled until ready, then the old one is disabled and deleted.
+
+``LyveSTSProvider`` (``provider = "lc2"``, PROVIDERS.md 4.9): ``AssumeRole`` on the Lyve Cloud 2 STS
+endpoint, signed with the user's long-lived IAM key, by botocore's STS client; temporary keys like
+Cleverbase's, never stored.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import requests
+from botocore.config import Config
+
+from ..config import TokenStore
+from .base import KeySet, ProviderError
+from .wire import TIMEOUT, call
+
+log = logging.getLogger(__name__)
+
+# Defaults and assumptions (PROVIDERS.md 4), in one place:
+DEFAULT_API = "https://api.lyvecloud.seagate.com/v2"
+DEFAULT_REGION = "us-east-1"
+TOKEN_REUSE_FRACTION = 0.9  # re-login after 90 % of the token's lifetime (4.10)
+ROTATE_BEFORE = 86400.0  # rotate a service account a day before it expires (4.10)
+READY_TIMEOUT = 120.0  # how long to wait for readyState / *NotReady to clear
+BACKOFF = (1.0, 30.0)  # first and largest wait while polling readiness
+TOKEN_ERRORS = ("ExpiredToken", "InvalidToken")
+STS_DEFAULT_DURATION = 3600  # the STS default (900 s) would need renewing at once
+STS_DURATION_RANGE = (900, 43200)
+STS_ROLE_ARN = "arn:aws:iam::000000000000:role/s3mount"  # required, ignored by Lyve; botocore
+# wants at least 20 characters
+
+
+def _default_endpoint(region: str) -> str:
+    return f"https://s3.{region}.lyvecloud.seagate.com"
+
+
+class LyveCloudProvider:
+    """Account API v2 + one service account per profile; see the module docstring."""
+
+    name = "lyvecloud"
+
+    def __init__(self, *, profile: str, store: TokenStore, account_id: str, bucket: str,
+                 api_url: str = DEFAULT_API, access_key: str | None = None,
+                 secret: str | None = None, region: str = DEFAULT_REGION,
+                 endpoint_url: str | None = None, service_account: str | None = None,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 prompt: Callable[[str], str] = getpass.getpass) -> None:
+        self.profile = profile
+        self.store = store
+        self.account_id = account_id
+        self.bucket = bucket
+        self.api_url = api_url.rstrip("/")
+        self._account_keys = (access_key, secret)
+        self.region = region
+        self.endpoint_url = endpoint_url or _default_endpoint(region)
+        self.sa_prefix = service_account or f"s3mount-{profile}"
+        self._clock = clock
+        self._sleep = sleep
+        self._prompt = prompt
+        self._token: tuple[str, float] | None = None  # (token, reuse until)
+        self._slash = ""  # becomes "/" if the server wants trailing slashes
+        self._http = requests.Session()
+
+    # -- login ---------------------------------------------------------------------------------
+
+    def login(self, *, headless: bool = False, open_browser: Any = None,
+              read_line: Any = None) -> None:
+        """Ask for the Account API key if the profile lacks it, check it, store it."""
+        ak, secret = self._account_keys
+        prompted = not (ak and secret)
+        if prompted:
+            ak = ak or self._prompt(f"Lyve Cloud Account API access key for {self.account_id}: ")
+            secret = secret or self._prompt("Lyve Cloud Account API secret: ")
+            self._account_keys = (ak.strip(), secret.strip())
+        self._token = None
+        self._session_token()
+        if prompted:
+            self.store.update(account={"access_key": self._account_keys[0],
+                                       "secret": self._account_keys[1]})
+        log.info("Lyve Cloud Account API credentials of %s accepted", self.account_id)
+
+    def _credentials(self) -> tuple[str, str]:
+        ak, secret = self._account_keys
+        if not (ak and secret):
+            stored = (self.store.load() or {}).get("account") or {}
+            ak, secret = stored.get("access_key"), stored.get("secret")
+        if not (ak and secret):
+            raise ProviderError(f"no Lyve Cloud Account API credentials for profile "
+                                f"{self.profile}: run `s3mount login {self.profile}`",
+                                login_required=True)
+        return ak, secret
+
+    # -- Account API plumbing ------------------------------------------------------------------
+
+    def _session_token(self) -> str:
+        if self._token is not None and self._clock() < self._token[1]:
+            return self._token[0]
+        ak, secret = self._credentials()
+        r = self._send("POST", "/auth/token", None,
+                       {"accountId": self.account_id, "accessKey": ak, "secret": secret})
+        code = _code(r)
+        if r.status_code == 403 and code == "AuthenticationFailed":
+            raise ProviderError(f"Lyve Cloud refused the Account API credentials "
+                                f"(AuthenticationFailed): check account_id and the access key "
+                                f"and secret of profile {self.profile}")
+        if r.status_code != 200:
+            raise ProviderError(f"Lyve Cloud token request failed: {code or r.status_code}")
+        body = r.json()
+        try:
+            lifetime = float(body["expirationSec"])  # a string on real servers, int in the docs
+            token = body["token"]
+        except (KeyError, TypeError, ValueError):
+            raise ProviderError("Lyve Cloud token answer lacks token/expirationSec") from None
+        self._token = (token, self._clock() + lifetime * TOKEN_REUSE_FRACTION)
+        return token
+
+    def _send(self, method: str, path: str, token: str | None,
+              body: dict[str, Any] | None = None,
+              params: dict[str, str] | None = None) -> requests.Response:
+        """One request; on a 404/405 without a Lyve error code, retry with a trailing slash."""
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        for slash in dict.fromkeys((self._slash, "/")):
+            r = call(self._http, method, f"{self.api_url}{path}{slash}", what="the Lyve Cloud API",
+                     json=body, params=params, headers=headers, allow_redirects=False)
+            if r.status_code in (301, 404, 405) and _code(r) in (None, "NotFound"):
+                continue
+            self._slash = slash
+            return r
+        return r
+
+    def _api(self, method: str, path: str, body: dict[str, Any] | None = None,
+             *, params: dict[str, str] | None = None,
+             ok: tuple[int, ...] = (200,)) -> requests.Response:
+        """An authenticated call: re-login once on token errors, wait out ``*NotReady``."""
+        deadline = self._clock() + READY_TIMEOUT
+        delay = BACKOFF[0]
+        relogged = False
+        while True:
+            r = self._send(method, path, self._session_token(), body, params)
+            code = _code(r)
+            if r.status_code == 400 and code in TOKEN_ERRORS and not relogged:
+                log.info("Lyve Cloud session token refused (%s); logging in again", code)
+                self._token, relogged = None, True
+                continue
+            if r.status_code == 400 and code in TOKEN_ERRORS:
+                raise ProviderError(f"Lyve Cloud refused a fresh session token ({code}); is the "
+                                    "clock right?")
+            if r.status_code == 409 and code and code.endswith("NotReady") and \
+                    self._clock() < deadline:
+                self._sleep(delay)
+                delay = min(delay * 2, BACKOFF[1])
+                continue
+            if r.status_code not in ok:
+                raise ProviderError(f"Lyve Cloud {method} {path.split('/')[1]} failed: "
+                                    f"{code or 'HTTP'} ({r.status_code})")
+            return r
+
+    def _wait_ready(self, path: str) -> dict[str, Any]:
+        deadline = self._clock() + READY_TIMEOUT
+        delay = BACKOFF[0]
+        while True:
+            doc = self._api("GET", path).json()
+            if doc.get("readyState", True):
+                return doc
+            if self._clock() >= deadline:
+                raise ProviderError(f"Lyve Cloud: {path} not ready after {READY_TIMEOUT:.0f}s",
+                                    retryable=True)
+            self._sleep(delay)
+            delay = min(delay * 2, BACKOFF[1])
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def fetch(self) -> KeySet:
+        stored = (self.store.load() or {}).get("service_account")
+        if stored is not None:
+            try:
+                current = self._check(stored)
+            except ProviderError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("cannot check the Lyve Cloud service account (%s); using the stored "
+                            "keys", exc)
+                return self._keys(stored)
+            if current is not None:
+                return self._keys(current)
+        return self._keys(self._create(retiring=stored))
+
+    def _check(self, sa: dict[str, Any]) -> dict[str, Any] | None:
+        """``sa`` if it is alive and not about to expire; None if a new one is needed."""
+        r = self._api("GET", f"/service-accounts/{sa['id']}", ok=(200, 404))
+        if r.status_code == 404:
+            log.warning("Lyve Cloud service account %s is gone; creating a new one", sa["name"])
+            return None
+        if not r.json().get("enabled", True):
+            raise ProviderError(f"Lyve Cloud service account {sa['name']} was disabled (by an "
+                                "administrator?); re-enable it or delete it from the token file "
+                                f"by running `s3mount login {self.profile}`")
+        expires = _sa_expiry(sa)
+        if expires is not None and expires - self._clock() < ROTATE_BEFORE:
+            log.info("Lyve Cloud service account %s expires soon; rotating", sa["name"])
+            return None
+        return sa
+
+    def _create(self, retiring: dict[str, Any] | None) -> dict[str, Any]:
+        perm = self._permission()
+        name = f"{self.sa_prefix}-{secrets.token_hex(3)}"
+        r = self._api("POST", "/service-accounts",
+                      {"name": name, "description": f"s3mount profile {self.profile}",
+                       "permissions": [perm]})
+        body = r.json()
+        sa = {"id": body["id"], "name": name, "accessKey": body["accessKey"],
+              "secret": body["secret"], "expirationDate": body.get("expirationDate"),
+              "permission": perm}
+        self.store.update(service_account=sa)  # the secret is never shown again: persist now
+        log.info("created Lyve Cloud service account %s", name)
+        self._wait_ready(f"/service-accounts/{sa['id']}")
+        if retiring is not None:
+            self._retire(retiring)
+        return sa
+
+    def _retire(self, old: dict[str, Any]) -> None:
+        """Disable then delete the replaced service account (best effort: the new one works)."""
+        try:
+            self._api("DELETE", f"/service-accounts/{old['id']}/enabled", ok=(200, 404))
+            self._api("DELETE", f"/service-accounts/{old['id']}", ok=(200, 404))
+        except ProviderError as exc:
+            log.warning("could not retire the old Lyve Cloud service account %s (%s); delete "
+                        "it in the console", old["name"], exc)
+
+    def _permission(self) -> str:
+        """Id of the ``s3mount-<bucket>`` permission (all operations on the bucket only)."""
+        name = f"s3mount-{self.bucket}"[:128]
+        found = [p for p in self._api("GET", "/permissions", params={"name": name}).json()
+                 if p.get("name") == name]
+        if found:
+            pid = found[0]["id"]
+        else:
+            pid = self._api("POST", "/permissions", {
+                "name": name, "description": "s3mount", "type": "bucket-names",
+                "actions": "all-operations", "buckets": [self.bucket]}).json()["id"]
+        self._wait_ready(f"/permissions/{pid}")
+        return pid
+
+    def _keys(self, sa: dict[str, Any]) -> KeySet:
+        return KeySet(access_key=sa["accessKey"], secret_key=sa["secret"],
+                      expires_at=_sa_expiry(sa), endpoint_url=self.endpoint_url,
+                      region=self.region, bucket=self.bucket)
+
+
+def _sa_expiry(sa: dict[str, Any]) -> float | None:
+    """``expirationDate`` (a date) means valid through 23:59:59 UTC of that day (A)."""
+    day = sa.get("expirationDate")
+    if not day:
+        return None
+    d = datetime.fromisoformat(str(day)[:10])
+    return datetime(d.year, d.month, d.day, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def _code(r: requests.Response) -> str | None:
+    """The Lyve error code, trimmed (real servers send "AuthenticationFailed ")."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code.strip() if isinstance(code, str) else None
+
+
+class LyveSTSProvider:
+    """Lyve Cloud 2: temporary keys from STS AssumeRole (PROVIDERS.md 4.9)."""
+
+    name = "lc2"
+
+    def __init__(self, *, profile: str, store: TokenStore, sts_url: str, bucket: str,
+                 endpoint_url: str, access_key: str | None = None, secret_key: str | None = None,
+                 duration: int = STS_DEFAULT_DURATION, role_arn: str = STS_ROLE_ARN,
+                 region: str = DEFAULT_REGION,
+                 prompt: Callable[[str], str] = getpass.getpass) -> None:
+        self.profile = profile
+        self.store = store
+        self.sts_url = sts_url
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self._keys = (access_key, secret_key)
+        self.duration = duration
+        self.role_arn = role_arn
+        self.region = region
+        self._prompt = prompt
+
+    def login(self, *, headless: bool = False, open_browser: Any = None,
+              read_line: Any = None) -> None:
+        ak, sk = self._keys
+        if ak and sk:
+            self.fetch()  # nothing to store: the profile has the keys; prove they work
+            return
+        ak = ak or self._prompt("Lyve Cloud access key id: ").strip()
+        sk = sk or self._prompt("Lyve Cloud secret access key: ").strip()
+        self._keys = (ak, sk)
+        self.fetch()
+        self.store.update(lc2={"access_key": ak, "secret_key": sk})
+
+    def fetch(self) -> KeySet:
+        ak, sk = self._keys
+        if not (ak and sk):
+            stored = (self.store.load() or {}).get("lc2") or {}
+            ak, sk = stored.get("access_key"), stored.get("secret_key")
+        if not (ak and sk):
+            raise ProviderError(f"no Lyve Cloud access key for profile {self.profile}: run "
+                                f"`s3mount login {self.profile}`", login_required=True)
+        sts = boto3.client("sts", endpoint_url=self.sts_url, region_name=self.region,
+                           aws_access_key_id=ak, aws_secret_access_key=sk,
+                           config=Config(retries={"mode": "standard", "max_attempts": 3},
+                                         connect_timeout=TIMEOUT, read_timeout=TIMEOUT))
+        try:
+            creds = sts.assume_role(RoleArn=self.role_arn, RoleSessionName=f"s3mount-{self.profile}",
+                                    DurationSeconds=self.duration)["Credentials"]
+        except botocore.exceptions.ClientError as exc:
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            raise ProviderError(f"Lyve Cloud STS refused AssumeRole: {err.get('Code')} "
+                                f"({err.get('Message', '')[:120]})",
+                                retryable=status >= 500) from None
+        except botocore.exceptions.ParamValidationError as exc:
+            detail = " ".join(str(exc).split())
+            raise ProviderError(f"profile {self.profile}: bad AssumeRole parameter ({detail})") \
+                from None
+        except (botocore.exceptions.EndpointConnectionError,
+                botocore.exceptions.ConnectTimeoutError,
+                botocore.exceptions.ReadTimeoutError) as exc:
+            raise ProviderError(f"cannot reach the Lyve Cloud STS at {self.sts_url} "
+                                f"({type(exc).__name__})", retryable=True) from None
+        return KeySet(access_key=creds["AccessKeyId"], secret_key=creds["SecretAccessKey"],
+                      session_token=creds["SessionToken"],
+                      expires_at=creds["Expiration"].timestamp(), endpoint_url=self.endpoint_url,
+                      region=self.region, bucket=self.bucket)
