@@ -14,7 +14,7 @@ from ..credentials.base import ProviderError
 from ..errors import S3MountError
 
 # Subcommand modules (s3mount/cli/<name>.py); each defines register(subparsers).
-COMMANDS = ["mount", "umount", "status", "install_helpers", "login", "credentials"]
+COMMANDS = ["mount", "umount", "status", "install_helpers", "login", "credentials", "demo"]
 
 
 class CliError(Exception):
