@@ -150,7 +150,8 @@ class Mount:
         env = self._env()
         env["AWS_ACCESS_KEY_ID"] = self.server.access_key
         env["AWS_SECRET_ACCESS_KEY"] = self.server.secret_key
-        opts = ",".join([*self.options, f"cache_dir={self.cache_dir}"])
+        opts = ",".join([*self.options, f"cache_dir={self.cache_dir}",
+                         f"log_file={self.log_dir / 's3mount.log'}"])
         argv = [cli, "mount", f"s3://{self.bucket}", self.path, "--endpoint-url",
                 self.server.url, "--region", self.server.region, "-o", opts]
         # Output to a file, not a pipe: a daemon that kept the pipe open would stall us until the

@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 import boto3
 from botocore.config import Config
@@ -38,6 +39,14 @@ class TempKeys:
     secret_key: str
     session_token: str
     expires_at: float
+
+
+class Keys(Protocol):
+    """Anything carrying a key triple (our ``TempKeys``, s3mount's ``KeySet``)."""
+
+    access_key: str
+    secret_key: str
+    session_token: str | None
 
 
 def _client(service: str, endpoint: str, ak: str, sk: str, token: str | None = None):  # noqa: ANN202
@@ -91,7 +100,7 @@ class StsMinter:
         return TempKeys(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"],
                         c["Expiration"].timestamp())
 
-    def s3(self, keys: TempKeys):  # noqa: ANN201
+    def s3(self, keys: Keys):  # noqa: ANN201
         return _client("s3", self.endpoint, keys.access_key, keys.secret_key, keys.session_token)
 
 

@@ -476,6 +476,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated contender names (default: all)")
     ap.add_argument("--out", default=str(HERE / "results.md"), help="Markdown report file")
     ap.add_argument("--workdir", help="where sources, mount points and caches go (default: /tmp)")
+    ap.add_argument("--keep-logs", metavar="DIR",
+                    help="copy the mount tools' logs here at the end (default: deleted)")
     ap.add_argument("--timeout-scale", type=float, default=1.0,
                     help="multiply every operation's timeout by this")
     args = ap.parse_args()
@@ -529,6 +531,8 @@ def main() -> int:
         if left:
             log.error("still mounted, not deleting %s: %s", work, ", ".join(left))
         else:
+            if args.keep_logs and (work / "logs").is_dir():
+                shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
             shutil.rmtree(work, ignore_errors=True)
     header = _header(args, sizes, runs, started)
     if interrupted:
