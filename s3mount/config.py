@@ -105,6 +105,7 @@ PROFILE_KEYS: dict[str, str] = {
 KEY_TYPES: dict[str, type] = {"redirect_port": int, "duration_seconds": int}
 """Keys whose TOML value is not a string."""
 
+_TYPE_NAMES = {int: "an integer", str: "a string (in quotes)"}
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -183,7 +184,7 @@ def _validate(name: str, body: Any, path: Path) -> dict[str, Any]:
     for key, value in body.items():
         want = KEY_TYPES.get(key, str)
         if not isinstance(value, want) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be a {want.__name__}")
+            raise ConfigError(f"{where}: {key} must be {_TYPE_NAMES[want]}")
     provider = body.get("provider")
     if provider not in PROVIDER_KINDS:
         raise ConfigError(f"{where}: provider must be one of {', '.join(PROVIDER_KINDS)}")

@@ -41,9 +41,11 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # key=value in URLs, query strings and form bodies.
     (re.compile(rf"\b((?:{_SENSITIVE}|oauth_token|code|code_verifier|id_token)=)[^&\s'\"]+", re.I),
      rf"\1{REDACTED}"),
-    # JSON / dict fields and (name, value) pairs: "secretAccessKey": "...",
-    # ('X-Amz-Security-Token', '...').
-    (re.compile(rf"(([\"']){_SENSITIVE}\2\s*[:,]\s*([\"']))(?:(?!\3).)*\3", re.I),
+    # JSON / dict fields: "secretAccessKey": "...", 'client_secret': '...'.
+    (re.compile(rf"(([\"']){_SENSITIVE}\2\s*:\s*([\"']))(?:(?!\3).)*\3", re.I),
+     rf"\1{REDACTED}\3"),
+    # (name, value) pairs, as in a repr of headers: ('X-Amz-Security-Token', '...').
+    (re.compile(rf"(\(\s*([\"']){_SENSITIVE}\2\s*,\s*([\"']))(?:(?!\3).)*\3", re.I),
      rf"\1{REDACTED}\3"),
     # Cellar env entries: {"name": "CELLAR_ADDON_KEY_SECRET", "value": "..."}.
     (re.compile(r"(([\"'])name\2\s*:\s*\2[^\"']*(?:SECRET|KEY_ID|TOKEN|PASSWORD)[^\"']*\2\s*,\s*"
