@@ -6,9 +6,11 @@ bind(0)); everything still goes over real HTTP.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +122,38 @@ def xdg_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def debug_caplog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Fixture body: capture everything at DEBUG with the production log setup (redaction and
-    quiet libraries), to check no secret reaches a log."""
+class LogCheck:
+    """What ``debug_caplog`` yields: everything logged during the test, twice over.
+
+    ``text`` is what the production setup would write (root handlers, with ``logsafe``'s redaction
+    and quiet libraries) *plus* the raw, unredacted records of our own ``s3mount.*`` loggers, so a
+    secret our code logs is caught even though the filter would have hidden it.
+    """
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self.caplog = caplog
+        self.raw = io.StringIO()
+        self.handler = logging.StreamHandler(self.raw)
+        self.handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+
+    @property
+    def text(self) -> str:
+        return self.caplog.text + self.raw.getvalue()
+
+
+def debug_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[LogCheck]:
+    """Fixture body: log everything at DEBUG, to check that no secret reaches a log."""
     from s3mount import logsafe
 
     logsafe.install()
     caplog.set_level(logging.DEBUG)
-    return caplog
+    check = LogCheck(caplog)
+    ours = logging.getLogger("s3mount")
+    ours.addHandler(check.handler)  # runs before the root's (filtering) handlers
+    try:
+        yield check
+    finally:
+        ours.removeHandler(check.handler)
 
 
 def python_m_s3mount(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
