@@ -142,6 +142,15 @@ def test_rotation_before_expiry(xdg, emu, info):
     assert ei.value.response["Error"]["Code"] == "InvalidAccessKeyId"
 
 
+def test_changed_bucket_gets_a_new_service_account(xdg, emu, info):
+    first = provider(xdg, info).fetch()
+    second = provider(xdg, info, bucket=1).fetch()  # same profile name, other bucket
+    assert second.access_key != first.access_key
+    assert_keys_work(second, info["accounts"]["acme"]["buckets"][1])
+    with pytest.raises(ClientError):  # the replaced account was retired
+        s3_client(first).list_objects_v2(Bucket=first.bucket)
+
+
 def test_disabled_service_account_is_reported(xdg, emu, info):
     p = provider(xdg, info)
     keys = p.fetch()

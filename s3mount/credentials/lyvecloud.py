@@ -210,14 +210,18 @@ class LyveCloudProvider:
 
     def _check(self, sa: dict[str, Any]) -> dict[str, Any] | None:
         """``sa`` if it is alive and not about to expire; None if a new one is needed."""
+        if (sa.get("account_id"), sa.get("bucket")) != (self.account_id, self.bucket):
+            log.info("the profile now names another account or bucket; creating a service "
+                     "account for it")
+            return None
         r = self._api("GET", f"/service-accounts/{sa['id']}", ok=(200, 404))
         if r.status_code == 404:
             log.warning("Lyve Cloud service account %s is gone; creating a new one", sa["name"])
             return None
         if not r.json().get("enabled", True):
             raise ProviderError(f"Lyve Cloud service account {sa['name']} was disabled (by an "
-                                "administrator?); re-enable it or delete it from the token file "
-                                f"by running `s3mount login {self.profile}`")
+                                "administrator?); re-enable it in the console, or delete it "
+                                "there and s3mount will create a new one")
         expires = _sa_expiry(sa)
         if expires is not None and expires - self._clock() < ROTATE_BEFORE:
             log.info("Lyve Cloud service account %s expires soon; rotating", sa["name"])
@@ -233,7 +237,7 @@ class LyveCloudProvider:
         body = r.json()
         sa = {"id": body["id"], "name": name, "accessKey": body["accessKey"],
               "secret": body["secret"], "expirationDate": body.get("expirationDate"),
-              "permission": perm}
+              "permission": perm, "account_id": self.account_id, "bucket": self.bucket}
         self.store.update(service_account=sa)  # the secret is never shown again: persist now
         log.info("created Lyve Cloud service account %s", name)
         self._wait_ready(f"/service-accounts/{sa['id']}")
