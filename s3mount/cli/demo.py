@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -23,11 +24,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import load_profile
+from ..credentials.base import KeySet
 from ..credentials.browser import http_browser
 from ..credentials.build import LoginProvider, provider_from_profile
 from ..runtime import mounted_paths
@@ -45,9 +48,10 @@ def _cleverbase(state: dict[str, Any]) -> dict[str, Any]:
 
 def _clevercloud(state: dict[str, Any]) -> dict[str, Any]:
     (org,) = state["organisations"].values()  # the emulator's test organisation and its Cellar
+    addon = org["addons"][0]
     return {"provider": "clevercloud", "api_url": state["api"],
             "consumer_key": state["consumer_key"], "consumer_secret": state["consumer_secret"],
-            "addon_id": org["addons"][0]["id"]}
+            "addon_id": addon["id"], "bucket": addon["buckets"][0]}
 
 
 def _lyvecloud(state: dict[str, Any]) -> dict[str, Any]:
@@ -110,13 +114,14 @@ def run(args: argparse.Namespace) -> int:
             step()
             env = cleanup.enter_context(_demo_config(PROFILES[args.provider](
                 sandbox.state[args.provider])))
-            bucket = _login(env)
+            keys = _login(env)
+            bucket = keys.bucket or "?"
             step()
             say(f"mounting profile {PROFILE} (bucket {bucket}) on {mountpoint}")
             cleanup.callback(_unmount, env, mountpoint)
             _mount(env, mountpoint)
             say(f"ready: bucket {bucket} is mounted on {mountpoint}")
-            _print_tips(mountpoint, args.credential_lifetime)
+            _print_tips(mountpoint, keys)
             while not stop.wait(1.0):
                 if str(mountpoint) not in mounted_paths():
                     raise CliError(f"{mountpoint} was unmounted behind the demo's back")
@@ -183,17 +188,17 @@ def _toml_string(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _login(env: dict[str, str]) -> str:
-    """The provider's own login, with the emulator's consent page fetched over HTTP; the bucket."""
+def _login(env: dict[str, str]) -> KeySet:
+    """The provider's own login, with the emulator's consent page fetched over HTTP."""
     config = Path(env["XDG_CONFIG_HOME"]) / "s3mount"
     profile = load_profile(PROFILE, config / "config.toml")
     provider = provider_from_profile(profile, interactive=False, token_dir=config / "tokens")
     if isinstance(provider, LoginProvider):
-        say(f"logging in to {profile['provider']} (the emulated consent page approves its test "
-            "user at once)")
+        say(f"logging in to {profile['provider']} as the emulator's test user (its consent "
+            "page, if any, approves at once)")
         provider.login(open_browser=http_browser)
     keys = provider.fetch()
-    return keys.bucket or str(profile.get("bucket", "?"))
+    return dataclasses.replace(keys, bucket=keys.bucket or profile.get("bucket"))
 
 
 def _s3mount(*args: str) -> list[str]:
@@ -222,14 +227,19 @@ def _unmount(env: dict[str, str], mountpoint: Path) -> None:
         print(f"s3mount demo: could not unmount {mountpoint}", file=sys.stderr)
 
 
-def _print_tips(mountpoint: Path, lifetime: float) -> None:
+def _print_tips(mountpoint: Path, keys: KeySet) -> None:
     mp = str(mountpoint)
+    if keys.expires_at is None:
+        renewal = "This provider's keys do not expire; s3mount re-reads them now and then."
+    else:
+        renewal = (f"The provider's keys expire in {keys.expires_at - time.time():.0f}s; watch "
+                   "`s3mount status` renew them while you work.")
     print(f"""
 Try, in another terminal:
   ls -la {mp}
   cp /etc/os-release {mp}/ && cat {mp}/os-release
   mkdir {mp}/photos && echo hello > {mp}/photos/hello.txt && ls -R {mp}
   s3mount status                # provider, key expiry, renewals, pending uploads
-The provider's keys live {lifetime:.0f}s; watch `s3mount status` renew them while you work.
+{renewal}
 Press Ctrl-C here to unmount and stop the sandbox.
 """, flush=True)
