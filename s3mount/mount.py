@@ -116,7 +116,8 @@ def prepare(spec: MountSpec) -> Prepared:
         raise MountError(f"bucket {bucket!r} does not exist at {endpoint or 'the AWS default'}") \
             from None
     except AccessDenied as exc:
-        raise MountError(f"the keys were refused for bucket {bucket!r}: {exc}") from None
+        raise MountError(f"the keys were refused for bucket {bucket!r} (wrong keys, or a bucket "
+                         f"they may not use): {exc}") from None
     except Unavailable:
         raise MountError(f"cannot reach the S3 endpoint {endpoint or '(AWS default)'}") from None
     return Prepared(spec, refresher, store, keys, bucket)

@@ -887,8 +887,7 @@ class Filesystem:
             key = self.keys.file_key(node.path)
             md = {**node.extra, **metadata_for(node.attrs)}
             of.staging.save_record(Record(key, md, of.base_etag, dirty=True))
-            with of.staging.open_reader() as src:
-                etag = await self._run(self.store.upload, key, src, metadata=md)
+            etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
             of.dirty = False
             of.base_etag = etag
             node.etag = etag

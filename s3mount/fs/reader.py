@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 KiB = 1024
 MiB = 1024 * KiB
 
+MIN_PART = 256 * KiB
+
 Fetch = Callable[[int, int], Awaitable[bytes]]
 """fetch(start, length) -> bytes: one ranged GET (run in a worker thread by the caller)."""
 
@@ -46,7 +48,7 @@ class Reader:
     def __init__(
         self, fetch: Fetch, size: int, nursery: trio.Nursery, *,
         whole_object_max: int = 1 * MiB, initial_window: int = 1 * MiB,
-        max_window: int = 64 * MiB, part_size: int = 8 * MiB,
+        max_window: int = 32 * MiB, part_size: int = 8 * MiB,
     ) -> None:
         self._fetch = fetch
         self.size = size
@@ -97,9 +99,11 @@ class Reader:
         if not self._parts:
             self._scheduled_to = offset
         target = min(max(end, offset + self._window), self.size)
+        # Whole parts only (as large as the window allows, up to part_size): a request per kernel
+        # read would cost a round trip each, and some servers read the whole object per range.
+        part = max(min(self._window, self._part_size), MIN_PART)
         while self._scheduled_to < target:
-            length = min(self._part_size, target - self._scheduled_to)
-            self._schedule(self._scheduled_to, length)
+            self._schedule(self._scheduled_to, min(part, self.size - self._scheduled_to))
 
     def _schedule(self, start: int, length: int) -> None:
         part = _Part(start, length)

@@ -60,10 +60,6 @@ class StagingFile:
     def sync(self) -> None:
         os.fsync(self.fd)
 
-    def open_reader(self):  # noqa: ANN201 - a binary file object
-        """A separate file object for uploading, so uploads do not move anyone's offset."""
-        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
-
     def save_record(self, record: Record) -> None:
         tmp = self.record_path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -65,9 +65,10 @@ class ObjectStore(Protocol):
             content_type: str | None = None) -> str:
         """A single PUT; returns the new ETag."""
 
-    def upload(self, key: str, src: BinaryIO, *, metadata: Mapping[str, str],
+    def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
                content_type: str | None = None) -> str:
-        """Upload a file (multipart with parallel parts above the threshold); returns the ETag."""
+        """Upload the file at ``path`` (multipart with parallel parts above the threshold);
+        returns the ETag. The caller keeps the file unchanged until this returns."""
 
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
              size: int | None = None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -303,20 +304,18 @@ class S3Store:
         ))
         return r["ETag"].strip('"')
 
-    def upload(self, key: str, src: BinaryIO, *, metadata: Mapping[str, str],
+    def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
                content_type: str | None = None) -> str:
-        src.seek(0, 2)
-        size = src.tell()
+        size = os.path.getsize(path)
         if size <= self.config.part_size:
-            src.seek(0)
-            return self.put(key, src.read(), metadata=metadata, content_type=content_type)
+            with open(path, "rb") as f:
+                return self.put(key, f.read(), metadata=metadata, content_type=content_type)
         extra = {"Metadata": dict(metadata), "ContentType": content_type or _guess_type(key)}
-
-        def up(c: object) -> None:
-            src.seek(0)
-            c.upload_fileobj(src, self.bucket, key, ExtraArgs=extra,  # type: ignore[attr-defined]
-                             Config=self._transfer_config)
-        self._call("upload", key, up)
+        # By file name, the transfer manager streams each part from disk as it sends it, so
+        # memory stays at a few buffers however large the file (a file object is read into
+        # memory part by part, up to ten parts at a time).
+        self._call("upload", key, lambda c: c.upload_file(
+            path, self.bucket, key, ExtraArgs=extra, Config=self._transfer_config))
         # The transfer manager does not hand back the ETag; one HEAD gets it.
         return self.head(key).etag
 

@@ -1,0 +1,165 @@
+"""Mount helpers for tests: a real ``s3mount`` mount in its own process, with a watchdog.
+
+Every mount has a watchdog: if a test is still using it after its deadline, the watchdog kills the
+mount process and aborts the FUSE connection, so calls blocked in the kernel return ENOTCONN and the
+one test fails instead of the suite hanging. ``Mounter.close`` always unmounts (``s3mount umount``,
+then ``fusermount3 -u``, then ``-uz``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s3mount.credentials.base import KeySet
+from s3mount.sandbox.client import SandboxProcess
+
+S3MOUNT = [sys.executable, "-m", "s3mount"]
+MOUNT_DEADLINE = float(os.environ.get("S3MOUNT_TEST_MOUNT_DEADLINE", "600"))
+
+
+def run(cmd: list[str] | str, *, timeout: float = 120, check: bool = True, **kw: Any
+        ) -> subprocess.CompletedProcess[str]:
+    """Run a command with a timeout (never unbounded: the mount may be wedged)."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       shell=isinstance(cmd, str), **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@dataclass
+class Mount:
+    """A live ``s3mount`` mount in its own process."""
+
+    path: Path
+    bucket: str
+    env: dict[str, str]
+    args: list[str]
+    cache_dir: Path
+    log_file: Path
+    pid: int | None = None
+    _watchdog: threading.Timer | None = field(default=None, repr=False)
+    conn: int | None = None
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def unmount(self, timeout: float = 120) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if not os.path.ismount(self.path):
+            return
+        r = subprocess.run([*S3MOUNT, "umount", str(self.path)], capture_output=True, text=True,
+                           timeout=timeout, env=self.env)
+        if r.returncode != 0 and os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, timeout=30)
+        if os.path.ismount(self.path):
+            self.abort()
+
+    def abort(self) -> None:
+        """Kill the mount process and tear down the FUSE connection (for wedged mounts)."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                Path(f"/sys/fs/fuse/connections/{self.conn}/abort").write_text("1")
+        subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True, timeout=30)
+
+    def kill9(self) -> None:
+        """SIGKILL the mount process (crash simulation); the kernel mount is then torn down."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        for _ in range(100):
+            if not _alive(self.pid):
+                break
+            time.sleep(0.05)
+        subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True, timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _find_pid(mountpoint: Path) -> int | None:
+    target = str(mountpoint)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"s3mount" in b" ".join(args) and b"-f" in args and target.encode() in args:
+            return int(d)
+    return None
+
+
+class Mounter:
+    """Makes mounts for one test and unmounts them all at the end."""
+
+    def __init__(self, sandbox: SandboxProcess, tmp_path: Path) -> None:
+        self.sandbox = sandbox
+        self.tmp = tmp_path
+        self.mounts: list[Mount] = []
+        self.cache_dir = tmp_path / "cache"
+        self.state_dir = tmp_path / "state"
+
+    def env_for(self, keys: KeySet) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=keys.access_key, AWS_SECRET_ACCESS_KEY=keys.secret_key,
+                   XDG_STATE_HOME=str(self.state_dir), AWS_CONFIG_FILE="/dev/null",
+                   AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+        if keys.session_token:
+            env["AWS_SESSION_TOKEN"] = keys.session_token
+        return env
+
+    def __call__(self, bucket: str, *options: str, prefix: str = "", keys: KeySet | None = None,
+                 path: Path | None = None, cache_dir: Path | None = None,
+                 deadline: float = MOUNT_DEADLINE, env: dict[str, str] | None = None) -> Mount:
+        keys = keys or self.sandbox.issue_keys([bucket])
+        path = path or self.tmp / f"mnt{len(self.mounts)}"
+        path.mkdir(exist_ok=True)
+        cache = cache_dir or self.cache_dir
+        opts = [f"cache_dir={cache}", *options]
+        source = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        args = ["mount", source, str(path), "--endpoint-url", self.sandbox.url,
+                "-o", ",".join(opts)]
+        env = env or self.env_for(keys)
+        log_file = self.tmp / f"mount{len(self.mounts)}.log"
+        args += ["-o", f"log_file={log_file}"]
+        m = Mount(path, bucket, env, args, cache, log_file)
+        self.mounts.append(m)
+        r = subprocess.run([*S3MOUNT, *args], capture_output=True, text=True, timeout=180,
+                           env=env)
+        if r.returncode != 0:
+            raise AssertionError(f"mount failed ({r.returncode}): {r.stderr}\n{m.log()}")
+        m.pid = _find_pid(path)
+        m.conn = os.minor(os.stat(path).st_dev)
+        m._watchdog = threading.Timer(deadline, m.abort)
+        m._watchdog.daemon = True
+        m._watchdog.start()
+        return m
+
+    def close(self) -> None:
+        for m in reversed(self.mounts):
+            try:
+                m.unmount()
+            except Exception:  # noqa: BLE001 - teardown must reach every mount
+                m.abort()

@@ -1,0 +1,218 @@
+"""Issue #2: a bucket mounted for real and used with ordinary file tools."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from mountlib import S3MOUNT, Mount, Mounter, run
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_object(s3, bucket: str, key: str) -> str:
+    h = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * 1024 * 1024 + 1])
+def test_roundtrip_sizes(mnt: Mount, s3, size: int, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(size))
+    run(["cp", str(src), str(mnt.path / "f.bin")])
+    want = sha256_file(src)
+    assert sha256_file(mnt.path / "f.bin") == want
+    assert sha256_object(s3, mnt.bucket, "f.bin") == want
+    assert os.stat(mnt.path / "f.bin").st_size == size
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_300mib_file_streams_through_disk_not_memory(mnt: Mount, s3, tmp_path: Path) -> None:
+    size = 300 * 1024 * 1024
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        block = os.urandom(1024 * 1024)
+        for i in range(300):
+            f.write(block[:-8] + i.to_bytes(8, "little"))
+    want = sha256_file(src)
+    run(["cp", str(src), str(mnt.path / "big.bin")], timeout=600)
+    assert sha256_object(s3, mnt.bucket, "big.bin") == want
+    out = tmp_path / "back.bin"
+    run(["cp", str(mnt.path / "big.bin"), str(out)], timeout=600)
+    assert sha256_file(out) == want
+    assert mnt.pid is not None
+    peak = _peak_rss_kib(mnt.pid) * 1024
+    assert peak < size / 2, f"mount peaked at {peak >> 20} MiB for a {size >> 20} MiB file"
+
+
+def test_foreign_objects_show_up(mounter: Mounter, bucket: str, s3) -> None:
+    keys = {
+        "nested/only/implicit/file.txt": b"deep",
+        "marked/": b"",
+        "marked/inside.txt": b"in",
+        "emptydir/": b"",
+        "with space/na\u00efve \u65e5\u672c.txt": "utf-8 \u2713".encode(),
+        "top.txt": b"top",
+    }
+    for k, v in keys.items():
+        s3.put_object(Bucket=bucket, Key=k, Body=v)
+    for i in range(2500):
+        s3.put_object(Bucket=bucket, Key=f"many/f{i:05d}", Body=b"x")
+    m = mounter(bucket)
+    ls = run(["ls", "-la", str(m.path)]).stdout
+    for name in ("nested", "marked", "emptydir", "with space", "top.txt", "many"):
+        assert name in ls
+    found = run(["find", str(m.path), "-type", "f"], timeout=300).stdout.splitlines()
+    rel = {os.path.relpath(p, m.path) for p in found}
+    for k in keys:
+        if not k.endswith("/"):
+            assert k in rel
+    assert len([r for r in rel if r.startswith("many/")]) == 2500
+    assert sorted(os.listdir(m.path / "many")) == [f"f{i:05d}" for i in range(2500)]
+    assert stat.S_ISDIR(os.stat(m.path / "nested" / "only").st_mode)
+    assert os.listdir(m.path / "emptydir") == []
+    assert (m.path / "with space" / "na\u00efve \u65e5\u672c.txt").read_text() == "utf-8 \u2713"
+
+
+def test_tar_roundtrip(mnt: Mount, tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    n = 0
+    for d in range(6):
+        for sub in range(5):
+            p = src / f"d{d}" / f"s{sub}"
+            p.mkdir(parents=True)
+            for f in range(11):
+                (p / f"file{f}.dat").write_bytes(os.urandom((d * 977 + f * 31) % 5000))
+                n += 1
+    assert n >= 300
+    (src / "empty-dir").mkdir()
+    archive = tmp_path / "tree.tar"
+    with tarfile.open(archive, "w") as t:
+        t.add(src, arcname="tree")
+    run(["tar", "-xf", str(archive), "-C", str(mnt.path)], timeout=600)
+    back = tmp_path / "back.tar"
+    run(["tar", "-cf", str(back), "-C", str(mnt.path), "tree"], timeout=600)
+    out = tmp_path / "out"
+    out.mkdir()
+    run(["tar", "-xf", str(back), "-C", str(out)])
+    run(["diff", "-r", str(src), str(out / "tree")])
+
+
+@pytest.mark.parametrize("flags", [os.O_CREAT | os.O_RDONLY, os.O_CREAT | os.O_WRONLY])
+def test_create_without_write_leaves_empty_object(mnt: Mount, s3, flags: int) -> None:
+    fd = os.open(mnt.path / "touched", flags, 0o640)
+    os.close(fd)
+    head = s3.head_object(Bucket=mnt.bucket, Key="touched")
+    assert head["ContentLength"] == 0
+    assert int(head["Metadata"]["mode"]) & 0o777 == 0o640
+    st = os.stat(mnt.path / "touched")
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_size == 0
+
+
+def test_bad_input_errnos(mnt: Mount, s3) -> None:
+    # A key longer than S3's 1024-byte limit, built from legal 200-byte components.
+    p = mnt.path
+    for i in range(5):
+        p = p / (chr(ord("a") + i) * 200)
+        p.mkdir()
+    with pytest.raises(OSError) as e:
+        (p / ("z" * 200)).write_bytes(b"x")
+    assert e.value.errno == errno.ENAMETOOLONG
+    (mnt.path / "full").mkdir()
+    (mnt.path / "full" / "f").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.rmdir(mnt.path / "full")
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as e:
+        os.link(mnt.path / "full" / "f", mnt.path / "hardlink")
+    assert e.value.errno == errno.EPERM
+    r = run(["ln", str(mnt.path / "full" / "f"), str(mnt.path / "hl2")], check=False)
+    assert r.returncode != 0 and "not permitted" in r.stderr
+    with pytest.raises(OSError) as e:
+        os.mkfifo(mnt.path / "fifo")
+    assert e.value.errno == errno.EPERM
+    assert s3.get_object(Bucket=mnt.bucket, Key="full/f")["Body"].read() == b"x"
+
+
+def test_fusermount_leaves_nothing_unwritten(mnt: Mount, s3) -> None:
+    for i in range(20):
+        (mnt.path / f"f{i}").write_bytes(b"data%d" % i)
+    run(["fusermount3", "-u", str(mnt.path)])
+    for _ in range(100):
+        if mnt.pid is None or not os.path.exists(f"/proc/{mnt.pid}"):
+            break
+        time.sleep(0.1)
+    for i in range(20):
+        assert s3.get_object(Bucket=mnt.bucket, Key=f"f{i}")["Body"].read() == b"data%d" % i
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*S3MOUNT, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def _one_line_failure(r: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_cli_failures_are_one_line(mounter: Mounter, sandbox, bucket: str, tmp_path: Path
+                                   ) -> None:
+    keys = sandbox.issue_keys([bucket])
+    env = mounter.env_for(keys)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    base = ["--endpoint-url", sandbox.url]
+    # Keys allowed every bucket see a missing one as missing...
+    env_all = mounter.env_for(sandbox.issue_keys("*"))
+    _one_line_failure(_cli(["mount", "s3://no-such-bucket-here", str(mp), *base], env_all),
+                      "does not exist")
+    # ...while scoped keys cannot tell a missing bucket from someone else's.
+    _one_line_failure(_cli(["mount", "s3://no-such-bucket-here", str(mp), *base], env),
+                      "refused")
+    _one_line_failure(_cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url",
+                            "http://127.0.0.1:9"], env), "cannot reach")
+    bad = dict(env, AWS_SECRET_ACCESS_KEY="wrong" * 8)
+    _one_line_failure(_cli(["mount", f"s3://{bucket}", str(mp), *base], bad), "refused")
+    _one_line_failure(_cli(["mount", f"s3://{bucket}", str(tmp_path / "nope"), *base], env),
+                      "does not exist")
+    (tmp_path / "file").write_text("x")
+    _one_line_failure(_cli(["mount", f"s3://{bucket}", str(tmp_path / "file"), *base], env),
+                      "not a directory")
+    _one_line_failure(_cli(["mount", f"s3://{bucket}", str(mp), *base, "-o", "bogus"], env),
+                      "unknown mount option")
+    _one_line_failure(_cli(["umount", str(mp)], env), "not mounted")
+    assert not os.path.ismount(mp)
+
+
+def test_mount_returns_only_when_live(mnt: Mount) -> None:
+    # The command returned; the mount must already answer (no sleep in between).
+    assert os.path.ismount(mnt.path)
+    assert os.listdir(mnt.path) == []
+    assert sys.executable  # the mount is a separate process
+    assert mnt.pid is not None and mnt.pid != os.getpid()
