@@ -215,6 +215,9 @@ def test_down_and_admin_hooks_over_http(emu, info):
     assert redirect_params(authorize(info, client_id=client["client_id"]))["code"]
     assert authorize(info, client_id=client["client_id"],
                      redirect_uri="http://127.0.0.1:2/cb").status_code == 400
+    admin_call(info["admin_url"], info["admin_token"], "fault",
+               {"path": "/oauth2/authorize", "status": 500, "count": 2})
+    assert [authorize(info).status_code for _ in range(3)] == [500, 500, 302]
     users = admin_call(info["admin_url"], info["admin_token"], "add_user", {"name": "carol"})
     assert "carol" in users["users"]
     with pytest.raises(requests.HTTPError):

@@ -246,3 +246,19 @@ def test_cli_provider_down(xdg, emu, info, capsys):
     emu.down = True
     status, _, err = run_cli(["credentials", "cb"], capsys)
     assert_one_line_error(status, err, "unavailable", "503")
+
+
+def test_injected_fault_is_retryable_then_recovers(xdg, emu, info):
+    p = logged_in(xdg, info)
+    emu.add_fault("/v1/credentials", 500, '{"title": "provisioning failed"}')
+    with pytest.raises(ProviderError) as ei:
+        p.fetch()
+    assert ei.value.retryable and "HTTP 500" in str(ei.value)
+    assert_keys_work(p.fetch(), emu.bucket_for(info["client_id"], "alice"))
+
+
+def test_warns_before_an_unrenewable_login_ends(xdg, emu, info, caplog):
+    emu.settings.access_token_lifetime = 1200
+    p = logged_in(xdg, info)
+    p.fetch()
+    assert "cannot be renewed without you" in caplog.text

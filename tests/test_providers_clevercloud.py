@@ -250,3 +250,15 @@ def test_cli_provider_down(xdg, emu, info, capsys):
     emu.down = True
     status, _, err = run_cli(["credentials", "cc"], capsys)
     assert_one_line_error(status, err, "unavailable", "503")
+
+
+def test_renew_grace_keeps_the_old_key_for_a_while(xdg, emu, info, sandbox):
+    emu.settings.renew_grace = 300
+    p = logged_in(xdg, info)
+    old = p.fetch()
+    emu.rotate("alice-cellar")
+    s3_client(old).list_objects_v2(Bucket=bucket_of(info, "alice"))  # still inside the grace
+    sandbox.clock.advance(301)
+    with pytest.raises(ClientError, match="ExpiredToken"):
+        s3_client(old).list_objects_v2(Bucket=bucket_of(info, "alice"))
+    assert_keys_work(p.fetch(), bucket_of(info, "alice"))

@@ -46,6 +46,8 @@ FALLBACK_PATHS = {"authorization_endpoint": "/oauth2/authorize",  # when discove
 TOKEN_EXPIRY_SLACK = 30.0
 """Treat the access token as expired this many seconds early (request time, clock skew)."""
 ID_TOKEN_LEEWAY = 300
+LOGIN_WARNING = 1800.0
+"""Warn this long before an access token without a refresh token runs out (PROVIDERS.md 2.6)."""
 
 
 class CleverbaseProvider:
@@ -186,6 +188,11 @@ class CleverbaseProvider:
         expires_at = tokens.get("expires_at")
         if expires_at is not None and self._clock() >= expires_at - TOKEN_EXPIRY_SLACK:
             tokens = self._refresh(tokens, "expired")
+        if expires_at is not None and not tokens.get("refresh_token") and \
+                expires_at - self._clock() < LOGIN_WARNING:
+            log.warning("the Cleverbase login of profile %s ends in %.0f min and cannot be "
+                        "renewed without you: run `s3mount login %s` before then",
+                        self.profile, max(expires_at - self._clock(), 0) / 60, self.profile)
         r = self._credentials_call(tokens["access_token"])
         if r.status_code == 401:
             tokens = self._refresh(tokens, "refused")

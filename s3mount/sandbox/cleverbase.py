@@ -13,6 +13,7 @@ Built from PROVIDERS.md 2.8. Two apps on two ports, as the vendor has two hosts:
 Every behaviour PROVIDERS.md tags as assumed is a field of ``CleverbaseSettings`` (defaults below),
 switchable at run time with the ``configure`` admin hook. Admin hooks (POST ``/_admin/<hook>`` on the
 issuer URL, header ``X-Emulator-Admin``): ``configure`` (any settings field), ``down``/``up``,
+``fault`` (see ``emubase``),
 ``add_user`` ``{"name"}``, ``add_client`` ``{"client_id"?, "client_secret"?, "redirect_uris"?,
 "scopes"?}`` (returns the client), ``mint_token`` ``{"claims"}`` (a signed access token with exactly
 those claims, for the 400/401 cases), ``stats`` (request counters).

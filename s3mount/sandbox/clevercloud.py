@@ -19,13 +19,14 @@ Every failure of authentication is ``401 {"id": 401, "message": ..., "type": "er
 
 Each Cellar add-on owns buckets in the sandbox and one long-lived key pair scoped to them
 (``sandbox.issue_keys(buckets, lifetime=None)``). ``renew`` revokes the old key in the sandbox at once
-and issues a new pair (a new key id too: the sandbox cannot change only a secret; the vendor keeps
+(or after ``renew_grace`` seconds) and issues a new pair (a new key id too: the sandbox cannot change only a secret; the vendor keeps
 the id, which PROVIDERS.md marks as assumed). ``CELLAR_ADDON_HOST`` is the sandbox URL *with* its
 ``http://`` scheme, since there is no TLS here; the client accepts both forms.
 
 Test users: ``alice`` (personal add-on, plus organisation ``ACME`` with its own add-on) and ``bob``
 (personal add-on). Admin hooks (POST ``/_admin/<hook>``, header ``X-Emulator-Admin``):
-``configure`` (``token_lifetime``, ``active_user``), ``down``/``up``, ``rotate`` ``{"addon_id"}``,
+``configure`` (``token_lifetime``, ``active_user``, ``renew_grace``), ``down``/``up``, ``fault``
+(see ``emubase``), ``rotate`` ``{"addon_id"}``,
 ``add_consumer`` ``{"key"?, "secret"?, "base_url"?}``, ``add_user`` ``{"name"}``,
 ``issue_token`` ``{"user", "consumer"?}`` -> ``{token, secret, expirationDate}`` (what ``clever login``
 would leave in clever-tools.json), ``revoke_token`` ``{"token"}``, ``stats``.
@@ -70,6 +71,8 @@ class CleverCloudSettings:
     token_lifetime: float = DEFAULT_TOKEN_LIFETIME
     active_user: str = "alice"
     """Who approves at /v2/oauth/authorize."""
+    renew_grace: float = 0.0
+    """Seconds the old Cellar key keeps working after a renew (A: 0, invalidated at once)."""
 
 
 @dataclass
@@ -197,7 +200,11 @@ class CleverCloudEmulator(EmulatorBase):
         addon = self._addon_by_any(addon_id)
         old = addon.keys
         addon.keys = self.sandbox.issue_keys(addon.buckets, lifetime=None, label="cellar")
-        self.sandbox.revoke(old.access_key)
+        if self.settings.renew_grace > 0:  # then it answers ExpiredToken, like a lapsed key
+            assert self.sandbox.gate is not None
+            self.sandbox.gate.register(old.access_key, self.now() + self.settings.renew_grace)
+        else:
+            self.sandbox.revoke(old.access_key)
         self.stats["rotations"] += 1
         return addon.keys
 

@@ -6,6 +6,9 @@ gets the same two switches:
 
 * **down**: every route but the admin ones answers ``503`` (a provider outage, for the refresher's
   backoff tests);
+* **faults** (PROVIDERS.md 1): ``fault`` ``{"path", "status", "body"?, "delay"?, "count"?}`` makes
+  the next ``count`` (default 1) requests to ``path`` wait ``delay`` seconds and then, if ``status``
+  is not 0, answer ``status`` with ``body`` instead of the real route (``status: 0`` = only slow);
 * **admin hooks** under ``/_admin/<hook>`` (POST, JSON body), guarded by the ``X-Emulator-Admin``
   header carrying the emulator's admin token (given in ``start()``'s dict). Tests in another process
   (``SandboxProcess``) flip behaviour through them; in-process tests may call the methods directly.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +53,10 @@ class EmulatorBase:
         self.down = False
         self.lock = threading.RLock()
         self._servers: list[Any] = []
+        self._faults: dict[str, list[dict[str, Any]]] = {}
         self._hooks: dict[str, Callable[[dict], Any]] = {"down": self._hook_down,
-                                                        "up": self._hook_up}
+                                                        "up": self._hook_up,
+                                                        "fault": self._hook_fault}
 
     # -- building apps -------------------------------------------------------------------------
 
@@ -64,7 +70,7 @@ class EmulatorBase:
                 return self._admin(request.path.removeprefix(ADMIN_PREFIX))
             if self.down:
                 return self.unavailable()
-            return None
+            return self._injected_fault(request.path)
 
         return app
 
@@ -87,6 +93,31 @@ class EmulatorBase:
         except (KeyError, ValueError, TypeError) as exc:
             return Response(f"bad admin call: {exc!r}\n", 400, mimetype="text/plain")
         return jsonify(result if result is not None else {"ok": True})
+
+    def add_fault(self, path: str, status: int, body: str = "", delay: float = 0.0,
+                  count: int = 1) -> None:
+        """Queue ``count`` faulty answers for ``path`` (see the module docstring)."""
+        with self.lock:
+            self._faults.setdefault(path, []).extend(
+                [{"status": int(status), "body": body, "delay": float(delay)}] * int(count))
+
+    def _injected_fault(self, path: str) -> Response | None:
+        with self.lock:
+            queue = self._faults.get(path)
+            fault = queue.pop(0) if queue else None
+        if fault is None:
+            return None
+        if fault["delay"]:
+            time.sleep(fault["delay"])
+        if not fault["status"]:
+            return None
+        return Response(fault["body"], fault["status"],
+                        mimetype="application/json" if fault["body"].startswith(("{", "["))
+                        else "text/plain")
+
+    def _hook_fault(self, body: dict) -> None:
+        self.add_fault(str(body["path"]), int(body["status"]), str(body.get("body", "")),
+                       float(body.get("delay", 0)), int(body.get("count", 1)))
 
     def _hook_down(self, body: dict) -> None:
         self.down = True

@@ -22,7 +22,8 @@ key's scope (the vendor does not regenerate keys either).
 
 Accounts: ``acme`` and ``globex``, each with its own buckets. Every assumed behaviour is a field of
 ``LyveSettings``. Admin hooks (POST ``/_admin/<hook>`` on the api URL, header ``X-Emulator-Admin``):
-``configure`` (any settings field), ``down``/``up``, ``add_account`` ``{"account_id"}``, ``stats``.
+``configure`` (any settings field), ``down``/``up``, ``fault`` (see ``emubase``), ``add_account``
+``{"account_id"}``, ``stats``.
 """
 
 from __future__ import annotations
