@@ -126,6 +126,11 @@ def _complete_environment() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if os.geteuid() != os.getuid():
+            # mount(8) drops to the real user before running helpers for "user" fstab entries; a
+            # setuid start would let that user's environment steer a root process.
+            raise UsageError("refusing to run setuid; install mount.s3mount without the setuid "
+                             "bit")
         args = build_parser().parse_args(argv)
         if args.namespace is not None:
             raise UsageError("mounting into another namespace (-N) is not supported")

@@ -135,6 +135,13 @@ def test_namespace_is_refused(capsys, calls, tmp_path):
     assert "namespace" in capsys.readouterr().err
 
 
+def test_setuid_start_is_refused(monkeypatch, capsys, calls, tmp_path):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    assert main(["s3://bucket", str(tmp_path)]) == EX_USAGE
+    assert calls == [] and "refusing to run setuid" in capsys.readouterr().err
+
+
 def test_bad_invocation_is_one_line(capsys, calls):
     assert main(["s3://bucket"]) == EX_USAGE
     err = capsys.readouterr().err
