@@ -104,6 +104,18 @@ def test_second_fetch_reuses_account_and_token(xdg, emu, info):
     assert emu.stats["auth_token"] == logins + 1  # the session token is cached
 
 
+def test_not_ready_mutations_are_retried_with_backoff(xdg, emu, info, sandbox):
+    p = provider(xdg, info)
+    perm = p._permission()
+    emu.settings.ready_delay = 5
+    sa = p._api("POST", "/service-accounts", {"name": "fresh", "permissions": [perm]}).json()
+    slept: list[float] = []
+    p._sleep = lambda s: (slept.append(s), sandbox.clock.advance(s))
+    r = p._api("DELETE", f"/service-accounts/{sa['id']}/enabled")  # 409 NotReady at first
+    assert r.status_code == 200 and slept == [1.0, 2.0, 4.0]
+    assert emu.stats["error_ServiceAccountNotReady"] >= 3
+
+
 def test_expired_session_token_triggers_one_relogin(xdg, emu, info, sandbox):
     p = provider(xdg, info)
     p.fetch()

@@ -21,7 +21,7 @@ import getpass
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -154,42 +154,49 @@ class LyveCloudProvider:
     def _api(self, method: str, path: str, body: dict[str, Any] | None = None,
              *, params: dict[str, str] | None = None,
              ok: tuple[int, ...] = (200,)) -> requests.Response:
-        """An authenticated call: re-login once on token errors, wait out ``*NotReady``."""
+        """An authenticated call that waits out ``409 *NotReady`` (propagation) with backoff."""
+        for _ in self._backoff():
+            r = self._authed(method, path, body, params)
+            code = _code(r)
+            if not (r.status_code == 409 and code and code.endswith("NotReady")):
+                break
+        if r.status_code not in ok:
+            raise ProviderError(f"Lyve Cloud {method} {path.split('/')[1]} failed: "
+                                f"{code or 'HTTP'} ({r.status_code})", retryable=r.status_code == 409)
+        return r
+
+    def _authed(self, method: str, path: str, body: dict[str, Any] | None,
+                params: dict[str, str] | None) -> requests.Response:
+        """One call with the session token; a refused token gets one fresh login and retry."""
+        r = self._send(method, path, self._session_token(), body, params)
+        if r.status_code == 400 and _code(r) in TOKEN_ERRORS:
+            log.info("Lyve Cloud session token refused (%s); logging in again", _code(r))
+            self._token = None
+            r = self._send(method, path, self._session_token(), body, params)
+            if r.status_code == 400 and _code(r) in TOKEN_ERRORS:
+                raise ProviderError(f"Lyve Cloud refused a fresh session token ({_code(r)}); is "
+                                    "the clock right?")
+        return r
+
+    def _backoff(self) -> Iterator[None]:
+        """Turns of a polling loop: sleeps 1, 2, 4 ... 30 s between them, for ``READY_TIMEOUT``."""
         deadline = self._clock() + READY_TIMEOUT
         delay = BACKOFF[0]
-        relogged = False
         while True:
-            r = self._send(method, path, self._session_token(), body, params)
-            code = _code(r)
-            if r.status_code == 400 and code in TOKEN_ERRORS and not relogged:
-                log.info("Lyve Cloud session token refused (%s); logging in again", code)
-                self._token, relogged = None, True
-                continue
-            if r.status_code == 400 and code in TOKEN_ERRORS:
-                raise ProviderError(f"Lyve Cloud refused a fresh session token ({code}); is the "
-                                    "clock right?")
-            if r.status_code == 409 and code and code.endswith("NotReady") and \
-                    self._clock() < deadline:
-                self._sleep(delay)
-                delay = min(delay * 2, BACKOFF[1])
-                continue
-            if r.status_code not in ok:
-                raise ProviderError(f"Lyve Cloud {method} {path.split('/')[1]} failed: "
-                                    f"{code or 'HTTP'} ({r.status_code})")
-            return r
+            yield
+            if self._clock() >= deadline:
+                return
+            self._sleep(delay)
+            delay = min(delay * 2, BACKOFF[1])
 
     def _wait_ready(self, path: str) -> dict[str, Any]:
-        deadline = self._clock() + READY_TIMEOUT
-        delay = BACKOFF[0]
-        while True:
+        """Poll ``path`` until its ``readyState`` is true (new permissions/accounts propagate)."""
+        for _ in self._backoff():
             doc = self._api("GET", path).json()
             if doc.get("readyState", True):
                 return doc
-            if self._clock() >= deadline:
-                raise ProviderError(f"Lyve Cloud: {path} not ready after {READY_TIMEOUT:.0f}s",
-                                    retryable=True)
-            self._sleep(delay)
-            delay = min(delay * 2, BACKOFF[1])
+        raise ProviderError(f"Lyve Cloud: {path} not ready after {READY_TIMEOUT:.0f}s",
+                            retryable=True)
 
     # -- keys ----------------------------------------------------------------------------------
 

@@ -129,8 +129,8 @@ class CleverbaseEmulator(EmulatorBase):
         return jwt.encode({"alg": "HS256"}, claims, self._key)
 
     def bucket_for(self, client_id: str, user: str) -> str:
-        sub = self._sub(client_id, user)
-        return "cb-" + hashlib.sha256(f"{client_id}:{sub}".encode()).hexdigest()[:16]
+        """The bucket ``user`` gets through ``client_id`` (for tests to look into)."""
+        return _bucket(client_id, self._sub(client_id, user))
 
     # -- admin hooks ---------------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ class CleverbaseEmulator(EmulatorBase):
         if STORAGE_SCOPE not in str(claims.get("scope", "")).split():
             return _problem(403, "Forbidden", f"Bearer token lacks scope {STORAGE_SCOPE}",
                             f'Bearer error="insufficient_scope", scope="{STORAGE_SCOPE}"')
-        bucket = "cb-" + hashlib.sha256(f"{client_id}:{sub}".encode()).hexdigest()[:16]
+        bucket = _bucket(str(client_id), str(sub))
         self.sandbox.create_bucket(bucket)
         keys = self.sandbox.issue_keys([bucket], actions=CLEVERBASE_ACTIONS,
                                        lifetime=self.credential_lifetime, label="cleverbase")
@@ -375,6 +375,11 @@ class CleverbaseEmulator(EmulatorBase):
         if fmt == "offset":
             return when.astimezone(timezone(timedelta(hours=2))).isoformat(timespec="seconds")
         return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bucket(client_id: str, sub: str) -> str:
+    """Stable per (client, user) pair, as the Storage API provisions it (PROVIDERS.md 2.8)."""
+    return "cb-" + hashlib.sha256(f"{client_id}:{sub}".encode()).hexdigest()[:16]
 
 
 def _iso(epoch: Any) -> str:

@@ -122,6 +122,10 @@ class AuthFailure(Exception):
         self.status = status
 
 
+class _NotFound(Exception):
+    """Becomes a 404 JSON error."""
+
+
 class CleverCloudEmulator(EmulatorBase):
     """The Clever Cloud API emulator; see the module docstring."""
 
@@ -345,6 +349,10 @@ class CleverCloudEmulator(EmulatorBase):
             self.stats[f"status_{exc.status}"] += 1
             return _error(exc.status, str(exc))
 
+        @app.errorhandler(_NotFound)
+        def _not_found(exc: _NotFound) -> Any:
+            return _error(404, str(exc))
+
         rules = [
             ("/v2/oauth/request_token", self._request_token, ["POST"]),
             ("/v2/oauth/request_token_query", self._request_token, ["POST"]),
@@ -462,25 +470,16 @@ class CleverCloudEmulator(EmulatorBase):
 
     def _addons(self, org: str | None = None) -> Any:
         user, _ = self._authenticated()
-        try:
-            owner = self._owner(user, org)
-        except _NotFound as exc:
-            return _error(404, str(exc))
+        owner = self._owner(user, org)
         return jsonify([self._addon_json(a) for a in self.addons.values() if a.owner == owner])
 
     def _addon(self, addon_id: str, org: str | None = None) -> Any:
         user, _ = self._authenticated()
-        try:
-            return jsonify(self._addon_json(self._find_addon(user, org, addon_id)))
-        except _NotFound as exc:
-            return _error(404, str(exc))
+        return jsonify(self._addon_json(self._find_addon(user, org, addon_id)))
 
     def _addon_env(self, addon_id: str, org: str | None = None) -> Any:
         user, _ = self._authenticated()
-        try:
-            a = self._find_addon(user, org, addon_id)
-        except _NotFound as exc:
-            return _error(404, str(exc))
+        a = self._find_addon(user, org, addon_id)
         self.stats["env"] += 1
         return jsonify([{"name": "CELLAR_ADDON_HOST", "value": self.sandbox.url},
                         {"name": "CELLAR_ADDON_KEY_ID", "value": a.keys.access_key},
@@ -510,19 +509,12 @@ class CleverCloudEmulator(EmulatorBase):
         return a
 
     def _v4_creds(self, owner: str, real_id: str) -> Any:
-        try:
-            a = self._v4_addon(owner, real_id)
-        except _NotFound as exc:
-            return _error(404, str(exc))
+        a = self._v4_addon(owner, real_id)
         return jsonify({"host": self.sandbox.url, "keyId": a.keys.access_key,
                         "keySecret": a.keys.secret_key})
 
     def _v4_renew(self, owner: str, real_id: str) -> Any:
-        try:
-            a = self._v4_addon(owner, real_id)
-        except _NotFound as exc:
-            return _error(404, str(exc))
-        self.rotate(a.id)
+        self.rotate(self._v4_addon(owner, real_id).id)
         return Response(status=204)
 
     def _addon_by_any(self, ident: str) -> Addon:
@@ -530,10 +522,6 @@ class CleverCloudEmulator(EmulatorBase):
             if ident in (a.id, a.real_id, a.name):
                 return a
         raise KeyError(ident)
-
-
-class _NotFound(Exception):
-    pass
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import requests
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -151,8 +152,6 @@ class EmulatorBase:
 def admin_call(base_url: str, admin_token: str, hook: str, body: dict | None = None,
                timeout: float = 10) -> Any:
     """Call an admin hook over HTTP (for tests driving an emulator in another process)."""
-    import requests
-
     r = requests.post(f"{base_url}{ADMIN_PREFIX}{hook}", json=body or {}, timeout=timeout,
                       headers={ADMIN_HEADER: admin_token})
     r.raise_for_status()

@@ -173,9 +173,6 @@ class LyveCloudEmulator(EmulatorBase):
         self.settings = dataclasses.replace(self.settings, **body)
         return dataclasses.asdict(self.settings)
 
-    def service_accounts(self, account_id: str) -> dict[str, _ServiceAccount]:
-        return self._sas[account_id]
-
     # -- Account API ---------------------------------------------------------------------------
 
     def unavailable(self) -> Response:
@@ -212,16 +209,18 @@ class LyveCloudEmulator(EmulatorBase):
                                  methods=methods)
         return app
 
-    def _account(self) -> Account:
+    def _bearer(self) -> tuple[Account, float]:
+        """The account of the request's session token, and the token's expiry."""
         auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            raise LyveError(400, "InvalidToken", "Token is not valid.")
-        held = self._tokens.get(auth[7:].strip())
+        held = self._tokens.get(auth[7:].strip()) if auth.startswith("Bearer ") else None
         if held is None:
             raise LyveError(400, "InvalidToken", "Token is not valid.")
         if self.now() >= held[1]:
             raise LyveError(400, "ExpiredToken", "Token expired.")
-        return self.accounts[held[0]]
+        return self.accounts[held[0]], held[1]
+
+    def _account(self) -> Account:
+        return self._bearer()[0]
 
     def _expiration_sec(self, seconds: float) -> int | str:
         s = max(int(seconds), 0)
@@ -229,10 +228,7 @@ class LyveCloudEmulator(EmulatorBase):
 
     def _auth_token(self) -> Any:
         if request.method == "GET":
-            acc_token = request.headers.get("Authorization", "")[7:].strip()
-            self._account()
-            return jsonify({"expirationSec": self._expiration_sec(
-                self._tokens[acc_token][1] - self.now())})
+            return jsonify({"expirationSec": self._expiration_sec(self._bearer()[1] - self.now())})
         self.stats["auth_token"] += 1
         body = _json_body()
         fields = [body.get(k) for k in ("accountId", "accessKey", "secret")]
