@@ -56,24 +56,14 @@ def provider_from_profile(profile: dict[str, Any], *, interactive: bool,
         return EnvironmentProvider(opt("aws_profile"), endpoint_url=opt("endpoint_url"),
                                    region=opt("region"))
     if kind == "cleverbase":
-        from .cleverbase import (
-            DEFAULT_API,
-            DEFAULT_ISSUER,
-            DEFAULT_REGION,
-            DEFAULT_SCOPE,
-            CleverbaseProvider,
-        )
+        from .cleverbase import CleverbaseProvider
 
         need("client_id", "client_secret")
         provider = CleverbaseProvider(
             profile=name, client_id=profile["client_id"], client_secret=profile["client_secret"],
-            store=store, issuer=opt("issuer") or DEFAULT_ISSUER,
-            api_url=opt("api_url") or DEFAULT_API, scope=opt("scope") or DEFAULT_SCOPE,
-            region=opt("region") or DEFAULT_REGION, redirect_port=profile.get("redirect_port", 0),
-            **location)
+            store=store, issuer=opt("issuer"), api_url=opt("api_url"), scope=opt("scope"),
+            region=opt("region"), redirect_port=profile.get("redirect_port", 0), **location)
     elif kind == "clevercloud":
-        from .clevercloud import DEFAULT_API as CC_API
-        from .clevercloud import DEFAULT_REGION as CC_REGION
         from .clevercloud import CleverCloudProvider
 
         need("addon_id")
@@ -82,41 +72,29 @@ def provider_from_profile(profile: dict[str, Any], *, interactive: bool,
         provider = CleverCloudProvider(
             profile=name, store=store, addon=profile["addon_id"],
             consumer_key=opt("consumer_key"), consumer_secret=opt("consumer_secret"),
-            api_url=opt("api_url") or CC_API, token_source=opt("token_source") or "s3mount",
+            api_url=opt("api_url"), token_source=opt("token_source"),
             clever_tools_file=opt("clever_tools_file"), owner_id=opt("owner_id"),
-            credentials_api=opt("credentials_api") or "env", region=opt("region") or CC_REGION,
+            credentials_api=opt("credentials_api"), region=opt("region"),
             redirect_port=profile.get("redirect_port", 0), **location)
     elif kind == "lyvecloud":
-        from .lyvecloud import DEFAULT_API as LYVE_API
-        from .lyvecloud import DEFAULT_REGION as LYVE_REGION
         from .lyvecloud import LyveCloudProvider
 
         need("account_id", "bucket")
         provider = LyveCloudProvider(
             profile=name, store=store, account_id=profile["account_id"],
-            bucket=profile["bucket"], api_url=opt("api_url") or LYVE_API,
+            bucket=profile["bucket"], api_url=opt("api_url"),
             access_key=opt("account_access_key"), secret=opt("account_secret"),
-            region=opt("region") or LYVE_REGION, endpoint_url=opt("endpoint_url"),
+            region=opt("region"), endpoint_url=opt("endpoint_url"),
             service_account=opt("service_account"))
     elif kind == "lc2":
-        from .lyvecloud import DEFAULT_REGION as LYVE_REGION
-        from .lyvecloud import (
-            STS_DEFAULT_DURATION,
-            STS_DURATION_RANGE,
-            STS_ROLE_ARN,
-            LyveSTSProvider,
-        )
+        from .lyvecloud import LyveSTSProvider
 
         need("sts_url", "bucket", "endpoint_url")
-        lo, hi = STS_DURATION_RANGE
-        if not lo <= profile.get("duration_seconds", STS_DEFAULT_DURATION) <= hi:
-            raise ConfigError(f"profile {name}: duration_seconds must be within {lo}-{hi}")
         provider = LyveSTSProvider(
             profile=name, store=store, sts_url=profile["sts_url"], bucket=profile["bucket"],
             endpoint_url=profile["endpoint_url"], access_key=opt("access_key"),
-            secret_key=opt("secret_key"),
-            duration=profile.get("duration_seconds", STS_DEFAULT_DURATION),
-            role_arn=opt("role_arn") or STS_ROLE_ARN, region=opt("region") or LYVE_REGION)
+            secret_key=opt("secret_key"), duration=profile.get("duration_seconds"),
+            role_arn=opt("role_arn"), region=opt("region"))
     else:
         raise ConfigError(f"profile {name}: unknown provider {kind!r}")
     return FirstUseLogin(provider) if interactive else provider

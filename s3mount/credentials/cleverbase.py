@@ -51,23 +51,23 @@ LOGIN_WARNING = 1800.0
 
 
 class CleverbaseProvider:
-    """See the module docstring. Everything comes from the profile; nothing is global."""
+    """See the module docstring. Everything comes from the profile (None = the default)."""
 
     name = "cleverbase"
 
     def __init__(self, *, profile: str, client_id: str, client_secret: str,
-                 store: TokenStore, issuer: str = DEFAULT_ISSUER, api_url: str = DEFAULT_API,
-                 scope: str = DEFAULT_SCOPE, region: str = DEFAULT_REGION,
+                 store: TokenStore, issuer: str | None = None, api_url: str | None = None,
+                 scope: str | None = None, region: str | None = None,
                  bucket: str | None = None, endpoint_url: str | None = None,
                  redirect_port: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.profile = profile
         self.client_id = client_id
         self._client_secret = client_secret
         self.store = store
-        self.issuer = issuer.rstrip("/")
-        self.api_url = api_url.rstrip("/")
-        self.scope = scope
-        self.region = region
+        self.issuer = (issuer or DEFAULT_ISSUER).rstrip("/")
+        self.api_url = (api_url or DEFAULT_API).rstrip("/")
+        self.scope = scope or DEFAULT_SCOPE
+        self.region = region or DEFAULT_REGION
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.redirect_port = redirect_port

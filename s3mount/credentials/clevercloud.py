@@ -45,17 +45,19 @@ WARN_BEFORE_EXPIRY = 7 * 86400.0  # A: warn a week before the OAuth token expire
 
 
 class CleverCloudProvider:
-    """See the module docstring."""
+    """See the module docstring; None for an argument means its default."""
 
     name = "clevercloud"
 
     def __init__(self, *, profile: str, store: TokenStore, addon: str,
                  consumer_key: str | None = None, consumer_secret: str | None = None,
-                 api_url: str = DEFAULT_API, token_source: str = "s3mount",
+                 api_url: str | None = None, token_source: str | None = None,
                  clever_tools_file: str | None = None, owner_id: str | None = None,
-                 credentials_api: str = "env", region: str = DEFAULT_REGION,
+                 credentials_api: str | None = None, region: str | None = None,
                  bucket: str | None = None, endpoint_url: str | None = None,
                  redirect_port: int = 0, clock: Callable[[], float] = time.time) -> None:
+        token_source = token_source or "s3mount"
+        credentials_api = credentials_api or "env"
         if token_source not in ("s3mount", "clever-tools"):
             raise ProviderError(f"profile {profile}: token_source must be s3mount or clever-tools")
         if credentials_api not in ("env", "v4"):
@@ -64,12 +66,12 @@ class CleverCloudProvider:
         self.store = store
         self.addon = addon
         self._consumer = (consumer_key, consumer_secret)
-        self.api_url = api_url.rstrip("/")
+        self.api_url = (api_url or DEFAULT_API).rstrip("/")
         self.token_source = token_source
         self.clever_tools_file = clever_tools_file
         self.owner_id = owner_id
         self.credentials_api = credentials_api
-        self.region = region
+        self.region = region or DEFAULT_REGION
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.redirect_port = redirect_port

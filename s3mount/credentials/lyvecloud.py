@@ -30,7 +30,7 @@ import botocore.exceptions
 import requests
 from botocore.config import Config
 
-from ..config import TokenStore
+from ..config import ConfigError, TokenStore
 from .base import KeySet, ProviderError
 from .wire import TIMEOUT, call
 
@@ -60,8 +60,8 @@ class LyveCloudProvider:
     name = "lyvecloud"
 
     def __init__(self, *, profile: str, store: TokenStore, account_id: str, bucket: str,
-                 api_url: str = DEFAULT_API, access_key: str | None = None,
-                 secret: str | None = None, region: str = DEFAULT_REGION,
+                 api_url: str | None = None, access_key: str | None = None,
+                 secret: str | None = None, region: str | None = None,
                  endpoint_url: str | None = None, service_account: str | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
@@ -70,10 +70,10 @@ class LyveCloudProvider:
         self.store = store
         self.account_id = account_id
         self.bucket = bucket
-        self.api_url = api_url.rstrip("/")
+        self.api_url = (api_url or DEFAULT_API).rstrip("/")
         self._account_keys = (access_key, secret)
-        self.region = region
-        self.endpoint_url = endpoint_url or _default_endpoint(region)
+        self.region = region or DEFAULT_REGION
+        self.endpoint_url = endpoint_url or _default_endpoint(self.region)
         self.sa_prefix = service_account or f"s3mount-{profile}"
         self._clock = clock
         self._sleep = sleep
@@ -307,8 +307,8 @@ class LyveSTSProvider:
 
     def __init__(self, *, profile: str, store: TokenStore, sts_url: str, bucket: str,
                  endpoint_url: str, access_key: str | None = None, secret_key: str | None = None,
-                 duration: int = STS_DEFAULT_DURATION, role_arn: str = STS_ROLE_ARN,
-                 region: str = DEFAULT_REGION,
+                 duration: int | None = None, role_arn: str | None = None,
+                 region: str | None = None,
                  prompt: Callable[[str], str] = getpass.getpass) -> None:
         self.profile = profile
         self.store = store
@@ -316,9 +316,12 @@ class LyveSTSProvider:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self._keys = (access_key, secret_key)
-        self.duration = duration
-        self.role_arn = role_arn
-        self.region = region
+        self.duration = STS_DEFAULT_DURATION if duration is None else duration
+        lo, hi = STS_DURATION_RANGE
+        if not lo <= self.duration <= hi:
+            raise ConfigError(f"profile {profile}: duration_seconds must be within {lo}-{hi}")
+        self.role_arn = role_arn or STS_ROLE_ARN
+        self.region = region or DEFAULT_REGION
         self._prompt = prompt
 
     def login(self, *, headless: bool = False, open_browser: Any = None,
