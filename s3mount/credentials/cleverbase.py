@@ -113,7 +113,7 @@ class CleverbaseProvider:
     def endpoints(self) -> dict[str, str]:
         """Discovery if the issuer serves it, else the fixed paths (PROVIDERS.md 2.3.3)."""
         if self._endpoints is None:
-            found = dict.fromkeys(FALLBACK_PATHS, "")
+            doc: dict[str, Any] = {}
             r = call(self._http, "GET", f"{self.issuer}/.well-known/openid-configuration",
                      what="the Cleverbase identity server")
             if r.status_code == 200:
@@ -121,11 +121,11 @@ class CleverbaseProvider:
                 if doc.get("issuer", self.issuer).rstrip("/") != self.issuer:
                     raise ProviderError(f"Cleverbase discovery names issuer {doc.get('issuer')!r}, "
                                         f"not the configured {self.issuer!r}")
-                found = {k: doc.get(k) or "" for k in FALLBACK_PATHS}
             else:
                 log.info("no OpenID discovery at %s (HTTP %s); using the fixed paths",
                          self.issuer, r.status_code)
-            self._endpoints = {k: v or self.issuer + FALLBACK_PATHS[k] for k, v in found.items()}
+            self._endpoints = {k: doc.get(k) or self.issuer + path
+                               for k, path in FALLBACK_PATHS.items()}
         return self._endpoints
 
     def _oauth_session(self) -> OAuth2Session:
