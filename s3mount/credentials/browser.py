@@ -74,8 +74,8 @@ class LoopbackListener:
         self._done = done
         self._got = got
         self.redirect_uri = f"http://127.0.0.1:{self._server.server_port}{CALLBACK_PATH}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="s3mount-login-redirect")
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True, name="s3mount-login-redirect")
         self._thread.start()
 
     def wait(self, timeout: float) -> str:
