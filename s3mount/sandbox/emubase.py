@@ -131,7 +131,7 @@ class EmulatorBase:
     def serve(self, app: Flask) -> str:
         """Serve ``app`` on a free loopback port in a daemon thread; return its base URL."""
         server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-        threading.Thread(target=server.serve_forever, daemon=True,
+        threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True,
                          name=f"emulator-{app.name}").start()
         self._servers.append(server)
         url = f"http://127.0.0.1:{server.server_port}"
