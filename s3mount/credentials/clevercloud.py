@@ -129,8 +129,9 @@ class CleverCloudProvider:
 
     # -- the OAuth token -----------------------------------------------------------------------
 
-    def _credentials(self) -> tuple[str, str, str, str, str | None]:
-        """(consumer key, consumer secret, token, token secret, expiry) for resource calls."""
+    def _credentials(self) -> tuple[str, str, str, str]:
+        """(consumer key, consumer secret, token, token secret) for resource calls; refuses an
+        expired token without asking the API, and warns when it is about to expire."""
         if self.token_source == "clever-tools":
             token, secret, expiry, overrides = self._clever_tools_login()
             ck, cs = self._consumer_pair(overrides)
@@ -151,7 +152,7 @@ class CleverCloudProvider:
             if left < WARN_BEFORE_EXPIRY:
                 log.warning("the Clever Cloud OAuth token of profile %s expires in %.1f days; "
                             "log in again soon", self.profile, left / 86400)
-        return ck, cs, token, secret, expiry
+        return ck, cs, token, secret
 
     def _consumer_pair(self, overrides: dict[str, Any] | None) -> tuple[str, str]:
         ck, cs = self._consumer
@@ -161,7 +162,8 @@ class CleverCloudProvider:
             cs = os.environ.get("OAUTH_CONSUMER_SECRET") or ov.get("OAUTH_CONSUMER_SECRET") or cs
         if not ck or not cs:
             raise ProviderError(f"profile {self.profile}: clevercloud needs consumer_key and "
-                                "consumer_secret")
+                                "consumer_secret (or, with clever-tools, OAUTH_CONSUMER_KEY and "
+                                "OAUTH_CONSUMER_SECRET)")
         return ck, cs
 
     def _clever_tools_login(self) -> tuple[str, str, str | None, dict[str, Any]]:
@@ -197,7 +199,7 @@ class CleverCloudProvider:
     # -- keys ----------------------------------------------------------------------------------
 
     def fetch(self) -> KeySet:
-        ck, cs, token, secret, _ = self._credentials()
+        ck, cs, token, secret = self._credentials()
         auth = OAuth1Auth(ck, cs, token=token, token_secret=secret)
         owner, addon_id, real_id, personal = self._resolve(auth)
         if self.credentials_api == "v4":
