@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 from provider_support import (
     assert_isolated,
@@ -26,6 +27,7 @@ from s3mount.credentials.base import ProviderError
 from s3mount.credentials.browser import http_browser
 from s3mount.credentials.build import provider_from_profile
 from s3mount.credentials.clevercloud import CleverCloudProvider
+from s3mount.credentials.oauth1 import OAuth1Auth
 from s3mount.credentials.refresher import Refresher
 from s3mount.sandbox.clevercloud import CleverCloudEmulator, CleverCloudSettings
 
@@ -262,3 +264,14 @@ def test_renew_grace_keeps_the_old_key_for_a_while(xdg, emu, info, sandbox):
     with pytest.raises(ClientError, match="ExpiredToken"):
         s3_client(old).list_objects_v2(Bucket=bucket_of(info, "alice"))
     assert_keys_work(p.fetch(), bucket_of(info, "alice"))
+
+
+def test_oauth1_signer_matches_the_spec_test_vector():
+    """PROVIDERS.md 3.2.4: HMAC-SHA512 over GET /v2/self with fixed timestamp and nonce."""
+    auth = OAuth1Auth("ck", "cs", token="tk", token_secret="ts")
+    auth._client.timestamp, auth._client.nonce = "1700000000", "abc"
+    req = auth(requests.Request("GET", "https://api.clever-cloud.com/v2/self").prepare())
+    header = req.headers["Authorization"]
+    assert 'oauth_signature_method="HMAC-SHA512"' in header
+    assert ('oauth_signature="UtJ1FloOnxTRH37H2QQBNg8EPTwgQtm1aHRYnURoSj%2FI2NAmlpzCQ84JqWcvfJA4W'
+            'GY097utP%2BF6H5dWRyW%2FaA%3D%3D"') in header
