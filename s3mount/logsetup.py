@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from . import logsafe
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -33,3 +35,4 @@ def setup_logging(*, debug: bool, log_file: str | None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "pyfuse3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logsafe.install()  # redact tokens, signatures and keys in whatever any library logs
