@@ -51,7 +51,7 @@ def parse_mode(value: str | None) -> int | None:
         dec = int(value, 10)
     except ValueError:
         dec = -1
-    if dec >= 0 and (stat.S_IFMT(dec) in _TYPES or dec <= 0o7777):
+    if 0 <= dec <= 0o177777 and (stat.S_IFMT(dec) in _TYPES or dec <= 0o7777):
         return dec
     try:
         octal = int(value, 8)

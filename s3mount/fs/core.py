@@ -34,7 +34,7 @@ import trio
 from cachetools import TTLCache
 
 from ..errors import FsError, NotFound, S3MountError
-from ..store.base import ObjectInfo, ObjectStore
+from ..store.base import ListPage, ObjectInfo, ObjectStore
 from .attrs import Attrs, Defaults, attrs_from_object, metadata_for
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .metacache import MetaCache
@@ -146,6 +146,7 @@ class Filesystem:
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
         self._warned_conflicts: set[str] = set()
+        self.large_dirs: set[str] = set()
         self.failed_uploads = 0
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -221,10 +222,36 @@ class Filesystem:
         if cached is not None:
             return cached
         prefix = self.keys.dir_prefix(path)
-        entries: dict[str, DirEntry] = {}
+        pages = []
         token = None
         while True:
             page = await self._run(self.store.list_page, prefix, token=token)
+            pages.append(page)
+            token = page.next_token
+            if not token:
+                break
+        return self._remember_listing(path, pages)
+
+    async def _listing_for_lookup(self, path: str) -> Listing | None:
+        """A listing of ``path`` to answer a lookup from, if one LIST page holds the directory.
+
+        One LIST answers a lookup (hit or miss) and refreshes every sibling at once, where asking
+        for a single name costs a HEAD and a LIST. Directories larger than one page are remembered
+        as large and looked up name by name instead.
+        """
+        cached = self._cached_listing(path)
+        if cached is not None or path in self.large_dirs:
+            return cached
+        page = await self._run(self.store.list_page, self.keys.dir_prefix(path))
+        if page.next_token:
+            self.large_dirs.add(path)
+            return None
+        return self._remember_listing(path, [page])
+
+    def _remember_listing(self, path: str, pages: list[ListPage]) -> Listing:
+        prefix = self.keys.dir_prefix(path)
+        entries: dict[str, DirEntry] = {}
+        for page in pages:
             for p in page.prefixes:
                 name = self.keys.child_name(prefix, p)
                 if name is not None:
@@ -241,9 +268,6 @@ class Filesystem:
                     self._warn_conflict(join(path, name))
                     continue
                 entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
-            token = page.next_token
-            if not token:
-                break
         # Files created here but not uploaded yet exist too (close-to-open: they will be).
         for name, of in self._pending_children(path):
             entries.setdefault(name, DirEntry(name, False, of.node.attrs.size, None, time.time()))
@@ -340,6 +364,14 @@ class Filesystem:
                                 metadata=md)
         return self._install(path, attrs, entry.etag, md)
 
+    @staticmethod
+    def _unchanged(node: Inode, entry: DirEntry) -> bool:
+        """Whether a listing entry shows the same object as ``node`` (metadata cannot change
+        without the ETag changing; a directory's attributes are refreshed by opendir)."""
+        if entry.is_dir or node.is_dir:
+            return entry.is_dir == node.is_dir
+        return entry.etag is not None and entry.etag == node.etag
+
     async def _resolve(self, parent_path: str, name: str) -> Inode | None:
         """The inode at ``parent/name`` if it exists (fresh enough), else None."""
         path = join(parent_path, name)
@@ -349,14 +381,16 @@ class Filesystem:
             return node
         if path in self.negative:
             return None
-        lst = self._cached_listing(parent_path)
-        if lst is not None:
-            entry = lst.entries.get(name)
-            if entry is None:
-                return None
-            found = await self._stat_path(path, entry)
-        else:
+        lst = await self._listing_for_lookup(parent_path)
+        if lst is None:
             found = await self._stat_path(path)
+        elif (entry := lst.entries.get(name)) is None:
+            found = None
+        elif node is not None and self._unchanged(node, entry):
+            node.valid_until = self._fresh_until()
+            found = node
+        else:
+            found = await self._stat_path(path, entry)
         if found is None:
             if node is not None:
                 self.inodes.detach(node)
@@ -680,13 +714,12 @@ class Filesystem:
         lst = await self._list_dir(path)
         entries: list[tuple[str, Inode]] = []
         todo: list[tuple[str, DirEntry]] = []
-        now = trio.current_time()
         for name in sorted(lst.entries):
             e = lst.entries[name]
             child = join(path, name)
             node = self.inodes.at(child)
-            if node is not None and (node.open_count or (
-                    node.valid_until > now and (e.is_dir or node.etag == e.etag))):
+            if node is not None and (node.open_count or self._unchanged(node, e)):
+                node.valid_until = self._fresh_until()
                 continue
             todo.append((name, e))
         await gather([functools.partial(self._stat_entry, join(path, name), e)

@@ -77,7 +77,17 @@ class FuseOperations(pyfuse3.Operations):
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.fs.lookup(parent_inode, name))
+        try:
+            return self._entry(await self.fs.lookup(parent_inode, name))
+        except S3MountError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        # An entry with inode 0 lets the kernel cache the miss for neg_timeout (an ENOENT error
+        # would not be cached, and tools probe for missing names a lot).
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.fs.cfg.neg_timeout
+        return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         self.fs.forget(list(inode_list))

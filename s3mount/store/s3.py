@@ -188,6 +188,7 @@ class S3Store:
 
     def _call(self, what: str, key: str, fn: Callable[[object], T]) -> T:
         """Run ``fn(client)``; map errors; renew keys and retry once when they were rejected."""
+        log.debug("%s %s", what, key)
         keys = self._keys.current()
         if keys.expired():
             renewed = self._keys.renew_after_rejection(keys)

@@ -1,0 +1,332 @@
+"""Issue #3: the POSIX semantics ordinary tools rely on, through a real mount and in the bucket."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import random
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mountlib import Mount, Mounter, run
+
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    rc = libc.renameat2(AT_FDCWD, str(old).encode(), AT_FDCWD, str(new).encode(), flags)
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def make_tree(root: Path, files: int, *, depth: int = 3, seed: int = 1) -> None:
+    rnd = random.Random(seed)
+    dirs = [root]
+    for i in range(files):
+        if i % 10 == 0 and len(dirs) < 40:
+            parent = rnd.choice(dirs)
+            if len(parent.relative_to(root).parts) < depth:
+                d = parent / f"dir{i}"
+                d.mkdir(parents=True, exist_ok=True)
+                dirs.append(d)
+        f = rnd.choice(dirs) / f"file{i}.txt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(rnd.randbytes(rnd.randint(0, 3000)))
+        os.chmod(f, rnd.choice([0o644, 0o600, 0o755, 0o640]))
+        t = 1_500_000_000 + rnd.randint(0, 10**8)
+        os.utime(f, (t, t))
+
+
+def test_rsync_second_run_transfers_nothing(mnt: Mount, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, 120)
+    run(["rsync", "-a", f"{src}/", f"{mnt.path}/dst/"], timeout=600)
+    r = run(["rsync", "-a", "--itemize-changes", f"{src}/", f"{mnt.path}/dst/"], timeout=600)
+    assert r.stdout.strip() == "", f"second rsync changed things:\n{r.stdout}"
+    run(["diff", "-r", str(src), str(mnt.path / "dst")])
+
+
+def test_cp_a_keeps_mode_and_mtime(mnt: Mount, s3, tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("content")
+    os.chmod(f, 0o604)
+    os.utime(f, ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
+    run(["cp", "-a", str(f), str(mnt.path / "f")])
+    st = os.stat(mnt.path / "f")
+    assert stat.S_IMODE(st.st_mode) == 0o604
+    assert st.st_mtime_ns == 1_000_000_000_123_456_789
+    md = s3.head_object(Bucket=mnt.bucket, Key="f")["Metadata"]
+    assert int(md["mode"]) & 0o7777 == 0o604
+    assert md["mtime"] == "1000000000.123456789"
+
+
+def test_git_in_the_mount(mnt: Mount, tmp_path: Path) -> None:
+    repo = mnt.path / "repo"
+    make_tree(repo, 200, seed=7)
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", HOME=str(tmp_path))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "first"]):
+        run(cmd, cwd=repo, env=env, timeout=600)
+    assert run(["git", "status", "--porcelain"], cwd=repo, env=env, timeout=300).stdout == ""
+    assert "first" in run(["git", "log", "--oneline"], cwd=repo, env=env).stdout
+    run(["git", "gc", "-q"], cwd=repo, env=env, timeout=600)
+    assert run(["git", "status", "--porcelain"], cwd=repo, env=env, timeout=300).stdout == ""
+    assert run(["git", "fsck", "--no-progress"], cwd=repo, env=env, timeout=300).returncode == 0
+
+
+def test_editor_save_pattern_never_shows_partial_file(mnt: Mount) -> None:
+    f = mnt.path / "doc.txt"
+    old, new = b"old " * 50_000, b"new " * 60_000
+    f.write_bytes(old)
+    seen: set[bytes] = set()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = f.read_bytes()
+                seen.add(data[:4] + str(len(data)).encode())
+            except FileNotFoundError as e:
+                errors.append(e)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    for i in range(5):
+        swp = mnt.path / ".doc.txt.swp"
+        with open(swp, "wb") as w:
+            w.write(new if i % 2 == 0 else old)
+            w.flush()
+            os.fsync(w.fileno())
+        os.rename(swp, f)
+    stop.set()
+    t.join(30)
+    assert not errors, "the target was missing during a rename"
+    assert seen <= {b"old " + str(len(old)).encode(), b"new " + str(len(new)).encode()}, seen
+    assert f.read_bytes() == new
+
+
+def test_mv_directory_tree(mnt: Mount, s3, tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    for i in range(500):
+        p = src / f"d{i % 7}" / f"s{i % 3}" / f"f{i}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(str(i))
+    run(["cp", "-r", str(src), str(mnt.path / "a")], timeout=600)
+    ino = os.stat(mnt.path / "a" / "d1" / "s1" / "f1").st_ino
+    run(["mv", str(mnt.path / "a"), str(mnt.path / "b")], timeout=600)
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=mnt.bucket):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    assert not [k for k in keys if k.startswith("a/")], "objects left behind"
+    assert len([k for k in keys if k.startswith("b/") and not k.endswith("/")]) == 500
+    run(["diff", "-r", str(src), str(mnt.path / "b")], timeout=300)
+    assert not (mnt.path / "a").exists()
+    assert os.stat(mnt.path / "b" / "d1" / "s1" / "f1").st_ino == ino
+
+
+def test_rename_flags_and_replace(mnt: Mount, s3) -> None:
+    a, b = mnt.path / "a", mnt.path / "b"
+    a.write_text("A")
+    b.write_text("B")
+    ino = os.stat(a).st_ino
+    with pytest.raises(OSError) as e:
+        renameat2(a, b, RENAME_NOREPLACE)
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as e:
+        renameat2(a, b, RENAME_EXCHANGE)
+    assert e.value.errno == errno.EINVAL
+    assert b.read_text() == "B"
+    renameat2(a, mnt.path / "c", RENAME_NOREPLACE)
+    assert os.stat(mnt.path / "c").st_ino == ino
+    os.rename(mnt.path / "c", b)
+    assert b.read_text() == "A" and not a.exists()
+    assert s3.get_object(Bucket=mnt.bucket, Key="b")["Body"].read() == b"A"
+    (mnt.path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        os.rename(b, mnt.path / "d")
+    (mnt.path / "e").mkdir()
+    (mnt.path / "e" / "x").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.rename(mnt.path / "d", mnt.path / "e")
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as e:
+        os.rename(mnt.path / "e", mnt.path / "e" / "inside")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_truncate_append_and_sparse(mnt: Mount, s3) -> None:
+    f = mnt.path / "t"
+    f.write_bytes(b"0123456789")
+    os.truncate(f, 4)
+    assert f.read_bytes() == b"0123"
+    os.truncate(f, 8)
+    assert f.read_bytes() == b"0123\0\0\0\0"
+    with open(f, "ab") as w:
+        w.write(b"AB")
+    assert f.read_bytes() == b"0123\0\0\0\0AB"
+    with open(f, "r+b") as w:
+        w.seek(20)
+        w.write(b"Z")
+        w.truncate(22)
+    assert f.read_bytes() == b"0123\0\0\0\0AB" + b"\0" * 10 + b"Z\0"
+    with open(f, "wb"):
+        pass
+    assert f.read_bytes() == b""
+    assert s3.get_object(Bucket=mnt.bucket, Key="t")["Body"].read() == b""
+    fd = os.open(f, os.O_WRONLY)
+    os.ftruncate(fd, 3)
+    os.close(fd)
+    assert s3.get_object(Bucket=mnt.bucket, Key="t")["Body"].read() == b"\0\0\0"
+
+
+def test_fsx_random_operations(mnt: Mount, tmp_path: Path) -> None:
+    """2,000 random writes/truncates/reads at random offsets against a model file on local disk."""
+    rnd = random.Random(42)
+    model = tmp_path / "model"
+    model.write_bytes(b"")
+    target = mnt.path / "fsx"
+    target.write_bytes(b"")
+    maxlen = 256 * 1024
+    with open(model, "r+b") as m, open(target, "r+b", buffering=0) as t:
+        for i in range(2000):
+            op = rnd.random()
+            size = os.fstat(m.fileno()).st_size
+            if op < 0.45:
+                off = rnd.randint(0, maxlen)
+                data = rnd.randbytes(rnd.randint(1, 16384))
+                for fobj in (m, t):
+                    fobj.seek(off)
+                    fobj.write(data)
+            elif op < 0.55:
+                n = rnd.randint(0, maxlen)
+                m.truncate(n)
+                t.truncate(n)
+            elif op < 0.6:
+                os.fsync(t.fileno())
+            elif op < 0.63:
+                t.close()
+                t = open(target, "r+b", buffering=0)  # noqa: SIM115 - reopened on purpose
+            else:
+                off = rnd.randint(0, max(size, 1))
+                n = rnd.randint(1, 32768)
+                m.seek(off)
+                t.seek(off)
+                assert t.read(n) == m.read(n), f"op {i}: read mismatch at {off}+{n}"
+            m.flush()
+            assert os.fstat(t.fileno()).st_size == os.fstat(m.fileno()).st_size, f"op {i}: size"
+        t.close()
+    assert target.read_bytes() == model.read_bytes()
+
+
+def test_attributes_survive_remount(mounter: Mounter, bucket: str, s3) -> None:
+    m = mounter(bucket)
+    (m.path / "f").write_text("x")
+    run(["touch", "-d", "2001-02-03 04:05:06", str(m.path / "f")])
+    os.chmod(m.path / "f", 0o640)
+    os.chown(m.path / "f", 1234, 5678)
+    os.symlink("f", m.path / "link")
+    (m.path / "d").mkdir(mode=0o700)
+    os.utime(m.path / "d", (981173106, 981173106))
+    m.unmount()
+    m2 = mounter(bucket)
+    st = os.stat(m2.path / "f")
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.st_mtime)) == \
+        "2001-02-03 04:05:06"
+    assert os.readlink(m2.path / "link") == "f"
+    assert (m2.path / "link").read_text() == "x"
+    assert stat.S_ISLNK(os.lstat(m2.path / "link").st_mode)
+    dst = os.stat(m2.path / "d")
+    assert stat.S_IMODE(dst.st_mode) == 0o700 and int(dst.st_mtime) == 981173106
+    md = s3.head_object(Bucket=bucket, Key="link")["Metadata"]
+    assert stat.S_ISLNK(int(md["mode"]))
+
+
+def test_reads_metadata_of_s3fs_and_rclone_objects(mounter: Mounter, bucket: str, s3) -> None:
+    s3.put_object(Bucket=bucket, Key="s3fs", Body=b"a",
+                  Metadata={"mode": str(stat.S_IFREG | 0o600), "uid": "42", "gid": "43",
+                            "mtime": "1234567890"})
+    s3.put_object(Bucket=bucket, Key="rclone", Body=b"b",
+                  Metadata={"mtime": "1234567890.5", "mode": "100640"})
+    s3.put_object(Bucket=bucket, Key="s3fslink", Body=b"s3fs",
+                  Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"c")
+    m = mounter(bucket, "uid=7,gid=8,file_mode=0444")
+    st = os.stat(m.path / "s3fs")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == (0o600, 42, 43,
+                                                                              1234567890)
+    st = os.stat(m.path / "rclone")
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_mtime_ns == 1234567890_500_000_000
+    assert os.readlink(m.path / "s3fslink") == "s3fs"
+    st = os.stat(m.path / "plain")
+    lm = s3.head_object(Bucket=bucket, Key="plain")["LastModified"].timestamp()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o444, 7, 8)
+    assert abs(st.st_mtime - lm) < 1
+
+
+def test_changes_behind_the_mount_show_after_ttl(mounter: Mounter, bucket: str, s3) -> None:
+    m = mounter(bucket, "attr_timeout=0.5,dir_timeout=0.5,neg_timeout=0.5")
+    (m.path / "f").write_text("one")
+    assert "g" not in os.listdir(m.path)
+    s3.put_object(Bucket=bucket, Key="f", Body=b"two!")
+    s3.put_object(Bucket=bucket, Key="g", Body=b"new")
+    time.sleep(1.2)
+    assert (m.path / "f").read_text() == "two!"
+    assert "g" in os.listdir(m.path)
+    s3.delete_object(Bucket=bucket, Key="g")
+    time.sleep(1.2)
+    assert not (m.path / "g").exists()
+
+
+def test_odd_keys_are_skipped_or_resolved(mounter: Mounter, bucket: str, s3) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"file")
+    s3.put_object(Bucket=bucket, Key="a/x", Body=b"in dir")
+    for k in ("bad//double", "dot/./x", "dotdot/../x", "ok/fine"):
+        s3.put_object(Bucket=bucket, Key=k, Body=b"z")
+    m = mounter(bucket)
+    assert stat.S_ISDIR(os.stat(m.path / "a").st_mode)
+    assert (m.path / "a" / "x").read_text() == "in dir"
+    assert os.listdir(m.path / "bad") == []
+    assert os.listdir(m.path / "dot") == []
+    assert (m.path / "ok" / "fine").read_text() == "z"
+    run(["find", str(m.path)])
+    with pytest.raises(OSError) as e:
+        os.open(os.path.join(os.fsencode(m.path), b"bad\xff\xfe"), os.O_CREAT | os.O_WRONLY)
+    assert e.value.errno == errno.EINVAL
+    assert "both a file and a directory" in m.log()
+
+
+def test_close_to_open_across_mounts(mounter: Mounter, bucket: str) -> None:
+    a = mounter(bucket)
+    b = mounter(bucket, "attr_timeout=0,dir_timeout=0,neg_timeout=0")
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (a.path / "shared").write_bytes(data)
+    assert (b.path / "shared").read_bytes() == data
+    with open(a.path / "shared", "r+b") as f:
+        f.seek(100)
+        f.write(b"CHANGED")
+    assert (b.path / "shared").read_bytes() == data[:100] + b"CHANGED" + data[107:]
+
+
+def test_statfs_and_fsync(mnt: Mount, s3) -> None:
+    st = os.statvfs(mnt.path)
+    assert st.f_bavail > 0 and st.f_namemax == 255
+    with open(mnt.path / "s", "wb") as f:
+        f.write(b"synced")
+        f.flush()
+        os.fsync(f.fileno())
+        assert s3.get_object(Bucket=mnt.bucket, Key="s")["Body"].read() == b"synced"
+        f.write(b" more")
+        f.flush()
+        os.fdatasync(f.fileno())
+        assert s3.get_object(Bucket=mnt.bucket, Key="s")["Body"].read() == b"synced more"
