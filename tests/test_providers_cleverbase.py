@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 from provider_support import (
     assert_isolated,
     assert_keys_work,
@@ -14,6 +16,7 @@ from provider_support import (
     debug_caplog,
     python_m_s3mount,
     run_cli,
+    s3_client,
     shared_sandbox,
     write_config,
     xdg_home,
@@ -24,6 +27,7 @@ from s3mount.credentials.base import ProviderError
 from s3mount.credentials.browser import http_browser
 from s3mount.credentials.build import provider_from_profile
 from s3mount.credentials.cleverbase import CleverbaseProvider
+from s3mount.credentials.refresher import Refresher
 from s3mount.sandbox.cleverbase import CleverbaseEmulator, CleverbaseSettings
 
 xdg = pytest.fixture(xdg_home)
@@ -262,3 +266,25 @@ def test_warns_before_an_unrenewable_login_ends(xdg, emu, info, caplog):
     p = logged_in(xdg, info)
     p.fetch()
     assert "cannot be renewed without you" in caplog.text
+
+
+def test_refresher_renews_before_expiry_on_the_sandbox_clock(xdg, emu, info, sandbox):
+    p = logged_in(xdg, info)
+    r = Refresher(p, clock=sandbox.clock.now, rand=lambda: 0.0)
+    r.start()
+    try:
+        first = r.current()
+        sandbox.clock.advance(r.status().next_refresh_at - sandbox.clock.now())  # 15 min left
+        deadline = time.monotonic() + 10
+        while r.current() == first:
+            assert time.monotonic() < deadline, "no renewal"
+            r._wake.set()
+            time.sleep(0.01)
+        renewed = r.current()
+        assert renewed.bucket == first.bucket and renewed.expires_at > first.expires_at
+        sandbox.clock.advance(first.expires_at - sandbox.clock.now() + 1)
+        with pytest.raises(ClientError, match="ExpiredToken"):
+            s3_client(first).list_objects_v2(Bucket=first.bucket)
+        assert_keys_work(renewed, renewed.bucket)  # the mount would never have noticed
+    finally:
+        r.stop()
