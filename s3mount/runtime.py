@@ -174,6 +174,21 @@ def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
     return paths
 
 
+def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mountpoints of s3mount file systems mounted by this user (FUSE's ``user_id=``)."""
+    found = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.rstrip("\n").split(" ")
+            try:
+                fstype, _source, options = fields[fields.index("-") + 1:][:3]
+            except ValueError:
+                continue
+            if fstype == "fuse.s3mount" and f"user_id={os.getuid()}" in options.split(","):
+                found.append(_unescape(fields[4]))
+    return found
+
+
 def _unescape(field: str) -> str:
     r"""mountinfo escapes space, tab, newline and backslash as ``\040`` etc."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -27,11 +27,14 @@ def live(tmp_path, monkeypatch):
                         lambda p, real=runtime._owned_dir: not p.startswith("/run/") and real(p))
     mounted: set[str] = set()
     monkeypatch.setattr(runtime, "mounted_paths", lambda: mounted)
+    # fuse.s3mount mounts of ours: the live ones plus those added with add(..., dead=True)
+    monkeypatch.setattr(runtime, "our_fuse_mounts", lambda: sorted(mounted))
 
-    def add(name: str, **state):
+    def add(name: str, dead: bool = False, **state):
         mp = str(tmp_path / name)
         mounted.add(mp)
-        runtime.publish(mp, state)
+        if not dead:
+            runtime.publish(mp, state)
         return mp
     return add
 
@@ -103,6 +106,32 @@ def test_not_an_s3mount_mount(live, capsys, tmp_path):
 def test_no_mounts(live, capsys):
     assert run_status(capsys) == (0, "no s3mount mounts\n", "")
     assert run_status(capsys, "--json") == (0, "[]\n", "")
+
+
+def test_mount_without_a_live_process_is_pointed_out(live, capsys):
+    a = live("a", **STATE)
+    crashed = live("crashed", dead=True)
+    rc, out, err = run_status(capsys)
+    assert rc == 0 and out.splitlines()[1].startswith(a)
+    assert err == (f"{crashed} is mounted but no s3mount process reports for it (crashed, or "
+                   f"still starting); if it stays so, detach it: fusermount3 -uz {crashed}\n")
+    rc, out, err = run_status(capsys, "--json")
+    assert [e["mountpoint"] for e in json.loads(out)] == [a] and crashed in err
+    rc, out, err = run_status(capsys, crashed)
+    assert rc == 1 and out == "" and err.count("\n") == 1 and "fusermount3 -uz" in err
+
+
+def test_only_our_s3mount_mounts_count(tmp_path):
+    info = tmp_path / "mountinfo"
+    uid = os.getuid()
+    info.write_text(
+        "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/root rw\n"
+        f"90 22 0:50 / /mnt/our\\040s rw,nosuid - fuse.s3mount s3mount:b rw,user_id={uid},"
+        "group_id=0\n"
+        "91 22 0:51 / /mnt/theirs rw,nosuid - fuse.s3mount s3mount:b rw,user_id=4242,"
+        "group_id=0\n"
+        f"92 22 0:52 / /mnt/sshfs rw,nosuid - fuse.sshfs host: rw,user_id={uid},group_id=0\n")
+    assert runtime.our_fuse_mounts(str(info)) == ["/mnt/our s"]
 
 
 def test_status_command_line(tmp_path):

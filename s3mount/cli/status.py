@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -22,7 +23,8 @@ COLUMNS = ("MOUNTPOINT", "PROVIDER", "BUCKET", "ENDPOINT", "CREDENTIALS", "RENEW
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show live mounts, their credentials and pending uploads",
                        description="Show live s3mount mounts of the current user: bucket, provider,"
-                                   " credential expiry and renewals, pending uploads.")
+                                   " credential expiry and renewals, pending uploads. A mount whose"
+                                   " process died is pointed out on stderr.")
     p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
                    help="show only this mount (exit 1 if it is not an s3mount mount)")
     p.add_argument("--json", action="store_true",
@@ -31,20 +33,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    entries = runtime.read_all()
+    # Mounted, but no live process publishes for it: crashed (or still starting).
+    silent = [mp for mp in runtime.our_fuse_mounts()
+              if mp not in {e["mountpoint"] for e in entries}]
     if args.mountpoint is not None:
-        entry = runtime.find(args.mountpoint)
-        if entry is None:
+        key = runtime.mountpoint_key(args.mountpoint)
+        if key in silent:
+            raise CliError(_silent_note(key))
+        entries = [e for e in entries if e["mountpoint"] == key]
+        if not entries:
             raise CliError(f"{args.mountpoint} is not an s3mount mount")
-        entries = [entry]
-    else:
-        entries = runtime.read_all()
+        silent = []
     if args.json:
         print(json.dumps(entries, indent=2, sort_keys=True))
-    elif not entries:
-        print("no s3mount mounts")
-    else:
+    elif entries:
         print(format_table(entries, now=time.time()))
+    elif not silent:
+        print("no s3mount mounts")
+    for mp in silent:
+        print(_silent_note(mp), file=sys.stderr)
     return 0
+
+
+def _silent_note(mountpoint: str) -> str:
+    return (f"{mountpoint} is mounted but no s3mount process reports for it (crashed, or still "
+            f"starting); if it stays so, detach it: fusermount3 -uz {mountpoint}")
 
 
 def format_table(entries: list[dict[str, Any]], now: float) -> str:
