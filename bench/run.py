@@ -455,7 +455,8 @@ def _header(args: argparse.Namespace, sizes: Sizes, runs: int, started: datetime
         f"## Benchmark, {started:%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}`",
-        f"- medians of {runs} run(s); s3mount at {rev}; {os.cpu_count()} CPUs",
+        f"- medians of {runs} run(s); s3mount at {rev}; {os.cpu_count()} CPUs; load average "
+        f"at the end {os.getloadavg()[1]:.1f} (5 min; other work on the machine shows here)",
         f"- server: Ceph radosgw ({mounts.version('ceph')}), one bluestore OSD on a sparse file, "
         "loopback",
         f"- peers: {mounts.version('s3fs')}; {mounts.version('rclone')} "
