@@ -158,7 +158,8 @@ class MountRunner:
             FsConfig(defaults=Defaults(uid, gid, o.file_mode, o.dir_mode), read_only=o.ro,
                      attr_timeout=o.attr_timeout, dir_timeout=o.dir_timeout,
                      neg_timeout=o.neg_timeout, posix_metadata=not o.no_posix_metadata,
-                     part_size=o.part_size * MiB),
+                     part_size=o.part_size * MiB, async_upload=o.async_upload,
+                     cache_limit=o.cache_size * MiB),
             self.staging, self.meta,
         )
         self.ops = FuseOperations(self.fs)
@@ -189,6 +190,8 @@ class MountRunner:
                 self.fs.nursery = nursery
                 nursery.start_soon(self._signals, nursery)
                 nursery.start_soon(self._publish_status)
+                nursery.start_soon(self.fs.writeback.run)
+                nursery.start_soon(self._recover)
                 if on_ready is not None:
                     on_ready()
                 await pyfuse3.main()
@@ -200,6 +203,11 @@ class MountRunner:
             pyfuse3.close(unmount=True)
             self._withdraw_status()
         return failed
+
+    async def _recover(self) -> None:
+        found = await self.fs.writeback.recover()
+        if found:
+            log.info("recovered %d file(s) left unuploaded by an earlier run", found)
 
     async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -229,7 +237,7 @@ class MountRunner:
             "next_renewal_at": st.next_refresh_at,
             "renewals": st.renewals,
             "pending_uploads": self.fs.pending_uploads(),
-            "failed_uploads": self.fs.failed_uploads,
+            "failed_uploads": self.fs.writeback.failing(),
             "cache_bytes": self.staging.used_bytes(),
             "started_at": self.started_at,
             "last_error": st.last_error,

@@ -41,6 +41,7 @@ from .metacache import MetaCache
 from .paths import KeyMapper, decode_name, join, split
 from .reader import Reader
 from .staging import Record, StagingArea, StagingFile
+from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class FsConfig:
     posix_metadata: bool = True
     part_size: int = 8 * 1024 * 1024
     store_concurrency: int = 32
+    async_upload: bool = False
+    cache_limit: int = 4096 * 1024 * 1024
+    """Bytes of staged data above which writers wait for background uploads to free space."""
+    shutdown_timeout: float = 3600.0
 
 
 @dataclass
@@ -147,7 +152,8 @@ class Filesystem:
         self.nursery: trio.Nursery | None = None
         self._warned_conflicts: set[str] = set()
         self.large_dirs: set[str] = set()
-        self.failed_uploads = 0
+        self.writeback = Writeback(self)
+        self._space = trio.Event()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -502,9 +508,7 @@ class Filesystem:
         if of is not None:
             async with of.lock:
                 of.dirty = False  # nothing of it may reach the bucket any more
-                if of.staging is not None:
-                    of.staging.save_record(Record(self.keys.file_key(node.path), {}, None,
-                                                  dirty=False))
+                self._save_record(of, dirty=False)
         if node.etag is not None:
             await self._run(self.store.delete, self.keys.file_key(node.path))
         self._listing_remove(parent_path, name)
@@ -762,15 +766,19 @@ class Filesystem:
     async def _close_file(self, of: OpenFile) -> None:
         of.handles -= 1
         of.node.open_count -= 1
-        if of.handles == 0:
-            if of.dirty:
-                return  # kept (and its staging file) until an upload succeeds
-            self.open_files.pop(of.node.ino, None)
-            if of.staging is not None:
-                of.staging.discard()
-                of.staging = None
-            if of.node.path is None:
-                self.inodes.detach(of.node)
+        await self._settle(of)
+
+    async def _settle(self, of: OpenFile) -> None:
+        """Forget a file nobody has open once its data is safely stored (or no longer wanted);
+        a dirty one stays, with its staging file, until the writeback stores it."""
+        if of.handles > 0 or of.dirty or self.open_files.get(of.node.ino) is not of:
+            return
+        del self.open_files[of.node.ino]
+        if of.staging is not None:
+            of.staging.discard()
+            of.staging = None
+        if of.node.path is None:
+            self.inodes.detach(of.node)
 
     def _fresh_staging(self, of: OpenFile) -> None:
         if of.staging is None:
@@ -792,10 +800,34 @@ class Filesystem:
         of.loaded = True
 
     def _mark_dirty(self, of: OpenFile) -> None:
-        if not of.dirty and of.node.path is not None and of.staging is not None:
-            of.staging.save_record(Record(self.keys.file_key(of.node.path), {},
-                                          of.base_etag, dirty=True))
+        if not of.dirty:
+            self._save_record(of, dirty=True)
         of.dirty = True
+
+    def _save_record(self, of: OpenFile, *, dirty: bool, sync: bool = False) -> None:
+        """Persist what the staging file belongs to, so a crash cannot orphan its data."""
+        if of.node.path is None or of.staging is None:
+            return
+        if sync:
+            of.staging.sync()
+        of.staging.save_record(Record(self.keys.file_key(of.node.path),
+                                      {**of.node.extra, **metadata_for(of.node.attrs)},
+                                      of.base_etag, dirty=dirty))
+
+    def _staged_bytes(self) -> int:
+        return sum(of.node.attrs.size for of in self.open_files.values()
+                   if of.staging is not None and of.dirty)
+
+    def space_freed(self) -> None:
+        self._space.set()
+        self._space = trio.Event()
+
+    async def _wait_for_space(self, of: OpenFile) -> None:
+        """Back-pressure: while staged data is over the cache limit and background uploads are
+        under way to free it, writers wait (instead of failing with ENOSPC)."""
+        while (self._staged_bytes() > self.cfg.cache_limit and self.writeback.pending()
+               and not (self.writeback.pending() == 1 and of.dirty)):
+            await self._space.wait()
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, keep_cache)."""
@@ -868,6 +900,7 @@ class Filesystem:
         h = self._handle(fh)
         of = h.of
         self._writable()
+        await self._wait_for_space(of)
         async with of.lock:
             await self._load(of)
             assert of.staging is not None
@@ -882,15 +915,29 @@ class Filesystem:
         return n
 
     async def flush(self, fh: int) -> None:
-        """close(2) of one descriptor: upload what is dirty (close-to-open)."""
+        """close(2) of one descriptor: store what is dirty (close-to-open), or with async_upload
+        make it durable in the cache and queue it."""
         h = self._handle(fh)
-        if h.of.dirty:
-            await self._upload(h.of)
+        if not h.of.dirty:
+            return
+        if self.cfg.async_upload:
+            self._save_record(h.of, dirty=True, sync=True)
+            self.writeback.submit(h.of)
+            return
+        await self._upload_or_queue(h.of)
 
     async def fsync(self, fh: int) -> None:
         h = self._handle(fh)
         if h.of.dirty:
-            await self._upload(h.of)
+            await self._upload_or_queue(h.of)
+
+    async def _upload_or_queue(self, of: OpenFile) -> None:
+        """Upload now; if that fails, keep the data, retry in the background, and report it."""
+        try:
+            await self._upload(of)
+        except S3MountError:
+            self.writeback.submit(of, failed=True)
+            raise
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -898,15 +945,19 @@ class Filesystem:
             return
         if h.reader is not None:
             h.reader.close()
-        if h.of.dirty and h.of.handles == 1:
-            try:
-                await self._upload(h.of)
-            except S3MountError as exc:
-                self.failed_uploads += 1
-                log.error("upload of %r failed (%s); the data stays in %s and is uploaded by the "
-                          "next mount", h.node.path, exc, h.of.staging.path if h.of.staging
-                          else "?")
-        await self._close_file(h.of)
+        of = h.of
+        if of.dirty and of.handles == 1:
+            if self.cfg.async_upload:
+                self._save_record(of, dirty=True, sync=True)
+                self.writeback.submit(of)
+            else:
+                try:
+                    await self._upload_or_queue(of)
+                except S3MountError as exc:
+                    log.error("upload of %r failed (%s); the data is kept in %s and retried in "
+                              "the background", h.node.path, exc,
+                              of.staging.path if of.staging else "?")
+        await self._close_file(of)
 
     async def _upload(self, of: OpenFile) -> None:
         """Store the staging file as the object (caller must not hold of.lock)."""
@@ -919,7 +970,7 @@ class Filesystem:
             assert of.staging is not None
             key = self.keys.file_key(node.path)
             md = {**node.extra, **metadata_for(node.attrs)}
-            of.staging.save_record(Record(key, md, of.base_etag, dirty=True))
+            self._save_record(of, dirty=True)
             etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
             of.dirty = False
             of.base_etag = etag
@@ -927,25 +978,39 @@ class Filesystem:
             node.valid_until = self._fresh_until()
             node.kernel_cache_etag = etag
             self.meta.put(key, etag, md)
-            of.staging.save_record(Record(key, md, etag, dirty=False))
+            self._save_record(of, dirty=False)
             parent, name = split(node.path)
             self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
 
     async def flush_all(self) -> int:
-        """Upload every dirty file (unmount, SIGTERM); returns how many could not be stored."""
-        failed = 0
-        for of in list(self.open_files.values()):
-            if of.dirty:
-                try:
-                    await self._upload(of)
-                except S3MountError as exc:
-                    failed += 1
-                    log.error("could not upload %r at shutdown: %s (kept in %s)", of.node.path,
-                              exc, of.staging.path if of.staging else "?")
-        return failed
+        """Store every dirty file (unmount, SIGTERM); returns how many could not be stored.
+
+        What cannot be stored stays in the cache directory with its record, and the next mount
+        of the same bucket uploads it. Uploads run here directly (not through the writeback
+        task), so this works while the mount is being torn down.
+        """
+        async def one(of: OpenFile) -> None:
+            try:
+                await self._upload(of)
+            except S3MountError as exc:
+                log.error("could not upload %r before unmount (%s); it stays in %s for the next "
+                          "mount", of.node.path, exc, of.staging.path if of.staging else "?")
+                return
+            await self._settle(of)
+
+        dirty = [of for of in self.open_files.values() if of.dirty]
+        await gather([functools.partial(one, of) for of in dirty], limit=8)
+        return sum(1 for of in self.open_files.values() if of.dirty)
 
     def pending_uploads(self) -> int:
         return sum(1 for of in self.open_files.values() if of.dirty)
+
+    def invalidate_key(self, key: str) -> None:
+        """Something changed ``key`` outside the normal paths (crash recovery): forget what we
+        knew about its directory so the next lookup asks the bucket."""
+        if key.startswith(self.keys.prefix):
+            parent = split(key[len(self.keys.prefix):])[0]
+            self.listings.pop(parent, None)
 
 
 RENAME_NOREPLACE = 1

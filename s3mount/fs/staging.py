@@ -69,6 +69,11 @@ class StagingFile:
             os.fsync(f.fileno())
         os.replace(tmp, self.record_path)
 
+    def close(self) -> None:
+        """Close the data file but keep it (and its record) for a later run."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
     def discard(self) -> None:
         """Close and delete data and record (after a confirmed upload, or when the file is gone)."""
         with contextlib.suppress(OSError):

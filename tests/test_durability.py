@@ -1,0 +1,84 @@
+"""Issue #6: nothing written is lost — async uploads survive kill -9, uploads drain at unmount."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from mountlib import Mounter, run
+
+
+def wait_for_object(s3, bucket: str, key: str, size: int, timeout: float = 180) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            head = s3.head_object(Bucket=bucket, Key=key)
+            if head["ContentLength"] == size:
+                return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} did not arrive in the bucket within {timeout}s")
+        time.sleep(0.5)
+
+
+def test_async_upload_big_file_survives_kill9(mounter: Mounter, bucket: str, s3,
+                                              tmp_path: Path) -> None:
+    m = mounter(bucket, "async_upload")
+    src = tmp_path / "big"
+    with open(src, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1024 * 1024))
+    run(["cp", str(src), str(m.path / "big")], timeout=600)
+    m.kill9()  # right after close(): the upload cannot have finished
+    m2 = mounter(bucket, "async_upload", path=tmp_path / "again")
+    data = wait_for_object(s3, bucket, "big", 200 * 1024 * 1024, timeout=300)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(src.read_bytes()).digest()
+    assert (m2.path / "big").stat().st_size == 200 * 1024 * 1024
+
+
+def test_async_upload_small_files_survive_kill9(mounter: Mounter, bucket: str, s3,
+                                                tmp_path: Path) -> None:
+    m = mounter(bucket, "async_upload")
+    want = {}
+    for i in range(50):
+        want[f"small/f{i}"] = os.urandom(100 + i)
+    (m.path / "small").mkdir()
+    for k, v in want.items():
+        (m.path / k).write_bytes(v)
+    m.kill9()
+    mounter(bucket, "async_upload", path=tmp_path / "again")
+    for k, v in want.items():
+        assert wait_for_object(s3, bucket, k, len(v)) == v
+
+
+def test_object_changed_meanwhile_goes_to_lost_and_found(mounter: Mounter, bucket: str, s3,
+                                                         tmp_path: Path) -> None:
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"original")
+    m = mounter(bucket, "async_upload")
+    (m.path / "doc").write_bytes(b"mine, not uploaded yet")
+    m.kill9()
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"someone else's")
+    m2 = mounter(bucket, path=tmp_path / "again")
+    deadline = time.monotonic() + 120
+    while True:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket,
+                                                     Prefix="lost+found/").get("Contents", [])]
+        if keys or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(keys) == 1 and keys[0].startswith("lost+found/doc.")
+    assert s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read() == b"mine, not uploaded yet"
+    assert s3.get_object(Bucket=bucket, Key="doc")["Body"].read() == b"someone else's"
+    assert "changed in the bucket" in m2.log()
+
+
+def test_async_upload_drains_at_umount(mounter: Mounter, bucket: str, s3) -> None:
+    m = mounter(bucket, "async_upload")
+    for i in range(30):
+        (m.path / f"f{i}").write_bytes(b"x" * i)
+    m.unmount()
+    for i in range(30):
+        assert s3.get_object(Bucket=bucket, Key=f"f{i}")["Body"].read() == b"x" * i
