@@ -164,7 +164,6 @@ class MountRunner:
         )
         self.ops = FuseOperations(self.fs)
         self.started_at = time.time()
-        self._stopping = False
 
     def mount(self) -> None:
         """Mount (raises MountError when the kernel refuses); the loop runs in ``serve``."""
@@ -188,7 +187,9 @@ class MountRunner:
         try:
             async with trio.open_nursery() as nursery:
                 self.fs.nursery = nursery
-                nursery.start_soon(self._signals, nursery)
+                # Signals are handled before READY=1 goes out: a SIGTERM right after it must
+                # still flush and unmount cleanly.
+                await nursery.start(self._signals)
                 nursery.start_soon(self._publish_status)
                 nursery.start_soon(self.fs.writeback.run)
                 nursery.start_soon(self._recover)
@@ -209,17 +210,18 @@ class MountRunner:
         if found:
             log.info("recovered %d file(s) left unuploaded by an earlier run", found)
 
-    async def _signals(self, nursery: trio.Nursery) -> None:
+    async def _signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                       ) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            task_status.started()
             async for sig in sigs:
                 log.info("received %s: uploading pending data and unmounting",
                          signal.Signals(sig).name)
-                self._stopping = True
+                notify("STOPPING=1")
                 pending = self.fs.pending_uploads()
                 if pending:
                     log.info("%d file(s) still to upload", pending)
                 await self.fs.flush_all()
-                notify("STOPPING=1")
                 pyfuse3.terminate()
                 return
 

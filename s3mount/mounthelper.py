@@ -23,11 +23,11 @@ import argparse
 import logging
 import os
 import pwd
-import re
 import shlex
 import sys
 
 from .options import IGNORED, IGNORED_PREFIXES, OPTIONS, OptionError, parse_options, split_options
+from .sources import SourceError, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ EX_USAGE = 1  # mount(8): incorrect invocation or permissions
 EX_FAIL = 32  # mount(8): mount failure
 
 # S3 bucket naming rules (lower case, digits, dots, hyphens), then an optional key prefix.
-_S3_SOURCE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/(?P<prefix>.*))?")
-_PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -72,13 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_source(source: str) -> None:
-    """SOURCE ends up in the FUSE ``fsname=`` option: printable ASCII without ``,`` or ``\\``."""
-    m = _S3_SOURCE.fullmatch(source)
-    if m and all("!" <= c <= "~" and c not in ",\\" for c in m.group("prefix") or ""):
-        return
-    if not _PROFILE.fullmatch(source):
-        raise UsageError(f"bad source {source!r}: expected s3://bucket[/prefix] or a profile name "
-                         "(letters, digits, '.', '_', '-'; no spaces, commas or backslashes)")
+    """SOURCE ends up in the FUSE ``fsname=`` option; ``sources.parse_source`` holds the rules."""
+    try:
+        parse_source(source)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_directory(directory: str) -> None:

@@ -16,7 +16,6 @@ import select
 import subprocess
 import sys
 import time
-from urllib.parse import urlparse
 
 from ..config import load_profile
 from ..credentials.build import provider_from_profile
@@ -25,6 +24,7 @@ from ..errors import S3MountError
 from ..mount import MountRunner, MountSpec, prepare
 from ..notify import notify
 from ..options import parse_options
+from ..sources import parse_source
 from . import CliError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mount", help="mount a bucket or a profile's bucket",
                        description="Mount s3://BUCKET[/PREFIX] or a profile's bucket on MOUNTPOINT.")
     p.add_argument("source", metavar="SOURCE", help="s3://BUCKET[/PREFIX] or a profile name")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?",
+                   help="an existing directory (for a profile: default its mountpoint key, "
+                        "else ~/S3/PROFILE)")
     p.add_argument("--endpoint-url", help="S3 endpoint URL (e.g. http://127.0.0.1:9000)")
     p.add_argument("--region", help="S3 signing region")
     p.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
@@ -47,37 +49,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_source(source: str) -> tuple[str | None, str, str | None]:
-    """(bucket, prefix, profile) from ``s3://bucket/prefix`` or a profile name."""
-    if source.startswith("s3://"):
-        u = urlparse(source)
-        if not u.netloc:
-            raise CliError(f"no bucket in {source!r} (expected s3://BUCKET[/PREFIX])")
-        return u.netloc, u.path.strip("/"), None
-    if "/" in source or ":" in source or not source or source.startswith("-"):
-        raise CliError(f"{source!r} is neither s3://BUCKET[/PREFIX] nor a profile name")
-    return None, "", source
+def default_mountpoint(profile: str) -> str:
+    return os.path.join(os.path.expanduser("~"), "S3", profile)
 
 
 def build_spec(args: argparse.Namespace) -> MountSpec:
-    opts = parse_options(args.options)
-    if args.endpoint_url:
-        opts.endpoint_url = args.endpoint_url
-    if args.region:
-        opts.region = args.region
-    bucket, prefix, profile = parse_source(args.source)
-    profile = profile or opts.profile
-    if profile is None:
+    src = parse_source(args.source)
+    profile_name = src.profile
+    prof: dict = {}
+    if profile_name is None and args.options:
+        profile_name = parse_options(args.options).profile
+    if profile_name is not None:
+        prof = load_profile(profile_name)
+    # The profile's options first, so the command line's can override them.
+    opts = parse_options([prof["options"], *(args.options or [])] if prof.get("options")
+                         else args.options)
+    opts.endpoint_url = args.endpoint_url or opts.endpoint_url or prof.get("endpoint_url")
+    opts.region = args.region or opts.region or prof.get("region")
+    mountpoint = args.mountpoint
+    if mountpoint is None:
+        if profile_name is None:
+            raise CliError("MOUNTPOINT is required when mounting s3://BUCKET")
+        mountpoint = os.path.expanduser(prof.get("mountpoint") or default_mountpoint(profile_name))
+        os.makedirs(mountpoint, exist_ok=True)
+    if profile_name is None:
         provider = EnvironmentProvider(endpoint_url=opts.endpoint_url, region=opts.region)
-        return MountSpec(bucket=bucket, prefix=prefix, mountpoint=args.mountpoint,
-                         provider=provider, options=opts, source=args.source)
-    prof = load_profile(profile)
-    provider = provider_from_profile(prof, interactive=False)
-    opts.endpoint_url = opts.endpoint_url or prof.get("endpoint_url")
-    opts.region = opts.region or prof.get("region")
-    return MountSpec(bucket=bucket or prof.get("bucket"), prefix=prefix or prof.get("prefix", ""),
-                     mountpoint=args.mountpoint, provider=provider, options=opts,
-                     profile=profile, source=args.source)
+    else:
+        # From a terminal, a mount may run the provider's login on first use; from fstab or
+        # systemd nobody could answer, so a missing login is an error there.
+        provider = provider_from_profile(prof, interactive=sys.stdin.isatty())
+    return MountSpec(bucket=src.bucket or prof.get("bucket"),
+                     prefix=src.prefix or prof.get("prefix", ""), mountpoint=mountpoint,
+                     provider=provider, options=opts, profile=profile_name, source=args.source)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,8 +124,8 @@ def _serve(spec: MountSpec) -> int:
     return 0
 
 
-def _child_argv(args: argparse.Namespace) -> list[str]:
-    argv = [sys.executable, "-m", "s3mount", "mount", args.source, args.mountpoint, "-f"]
+def _child_argv(args: argparse.Namespace, spec: MountSpec) -> list[str]:
+    argv = [sys.executable, "-m", "s3mount", "mount", args.source, spec.mountpoint, "-f"]
     if args.endpoint_url:
         argv += ["--endpoint-url", args.endpoint_url]
     if args.region:
@@ -137,12 +140,12 @@ def _start_background(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     from ..logsetup import log_path_for
 
-    log_file = spec.options.log_file or log_path_for(args.mountpoint)
+    log_file = spec.options.log_file or log_path_for(spec.mountpoint)
     os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
     r, w = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(w), "S3MOUNT_LOG_FILE": log_file})
     with open(log_file, "ab") as logf:
-        proc = subprocess.Popen(_child_argv(args), stdin=subprocess.DEVNULL, stdout=logf,
+        proc = subprocess.Popen(_child_argv(args, spec), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, pass_fds=(w,), env=env, start_new_session=True)
     os.close(w)
     deadline = time.monotonic() + STARTUP_TIMEOUT
