@@ -132,16 +132,22 @@ class Mounter:
 
     def __call__(self, bucket: str, *options: str, prefix: str = "", keys: KeySet | None = None,
                  path: Path | None = None, cache_dir: Path | None = None,
-                 deadline: float = MOUNT_DEADLINE, env: dict[str, str] | None = None) -> Mount:
-        keys = keys or self.sandbox.issue_keys([bucket])
+                 deadline: float = MOUNT_DEADLINE, env: dict[str, str] | None = None,
+                 profile: str | None = None) -> Mount:
+        """Mount ``s3://bucket/prefix`` with ``keys`` (fresh ones if None) in the environment, or,
+        with ``profile``, that profile (its provider brings bucket, endpoint and keys; ``env``
+        then carries XDG_CONFIG_HOME)."""
         path = path or self.tmp / f"mnt{len(self.mounts)}"
         path.mkdir(exist_ok=True)
         cache = cache_dir or self.cache_dir
-        opts = [f"cache_dir={cache}", *options]
-        source = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        args = ["mount", source, str(path), "--endpoint-url", self.sandbox.url,
-                "-o", ",".join(opts)]
-        env = env or self.env_for(keys)
+        opts = ",".join([f"cache_dir={cache}", *options])
+        if profile is not None:
+            assert env is not None, "a profile mount needs the environment with its config"
+            args = ["mount", profile, str(path), "-o", opts]
+        else:
+            source = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+            args = ["mount", source, str(path), "--endpoint-url", self.sandbox.url, "-o", opts]
+            env = env or self.env_for(keys or self.sandbox.issue_keys([bucket]))
         log_file = self.tmp / f"mount{len(self.mounts)}.log"
         args += ["-o", f"log_file={log_file}"]
         m = Mount(path, bucket, env, args, cache, log_file)

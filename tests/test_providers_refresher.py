@@ -177,7 +177,13 @@ def test_rejection_right_after_renewal_is_not_renewed_again():
     clock = FakeClock()
     provider = FakeProvider(clock)
     r = Refresher(provider, clock=clock, rand=lambda: 0.0)
-    fresh = r.current()
-    clock.now += 1  # within rejection_grace: propagation delay, not bad keys
-    assert r.renew_after_rejection(fresh) is None
-    assert provider.calls == 1
+    first = r.current()
+    clock.now += 1  # keys revoked early: a rejection of the first keys renews them at once
+    second = r.renew_after_rejection(first)
+    assert second is not None and second != first and provider.calls == 2
+    clock.now += 1  # the renewed keys refused too, right away: renewing cannot fix this
+    assert r.renew_after_rejection(second) is None
+    assert provider.calls == 2
+    clock.now += 5  # past the grace: a later rejection may renew again
+    assert r.renew_after_rejection(second) is not None
+    assert provider.calls == 3

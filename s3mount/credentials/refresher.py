@@ -43,8 +43,9 @@ class RefreshPolicy:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     rejection_grace: float = 2.0
-    """After a renewal, a rejection of the *new* keys within this many seconds is treated as
-    propagation delay: no second renewal is attempted."""
+    """Keys obtained because the server rejected the previous ones, and rejected too within this
+    many seconds, are not renewed again at once (a denial that renewal cannot fix must not turn
+    every request into a provider call)."""
 
 
 def refresh_at(keys: KeySet, issued_at: float, policy: RefreshPolicy, rand: float) -> float:
@@ -103,6 +104,7 @@ class Refresher:
         self._failures = 0
         self._last_error: str | None = None
         self._login_required = False
+        self._renewed_on_rejection_at: float | None = None
         self._lock = threading.Lock()  # serialises fetches (single flight)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -131,15 +133,17 @@ class Refresher:
             keys = self._keys
             if keys is not None and keys != rejected:
                 return keys  # another caller already renewed
-            if self._clock() - self._issued_at < self.policy.rejection_grace and keys is not None:
-                log.info("fresh keys rejected within %.0fs of renewal; not renewing again",
-                         self.policy.rejection_grace)
+            if (self._renewed_on_rejection_at is not None and
+                    self._clock() - self._renewed_on_rejection_at < self.policy.rejection_grace):
+                log.info("keys renewed after a rejection were rejected too within %.0fs; not "
+                         "renewing again", self.policy.rejection_grace)
                 return None
             try:
                 self._fetch_locked()
             except Exception as exc:  # noqa: BLE001 - reported, and the caller fails cleanly
                 self._note_failure(exc)
                 return None
+            self._renewed_on_rejection_at = self._clock()
             new = self._keys
         self._wake.set()  # reschedule the background renewal for the new keys
         return new if new != rejected else None

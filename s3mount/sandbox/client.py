@@ -83,6 +83,10 @@ class SandboxProcess:
     def revoke(self, access_key: str) -> None:
         self._admin("revoke", {"access_key": access_key})
 
+    def revoke_bucket(self, bucket: str) -> int:
+        """Revoke every key issued for ``bucket``; returns how many."""
+        return int(self._admin("revoke", {"bucket": bucket})["revoked"])
+
     def advance_clock(self, seconds: float) -> None:
         self._admin("clock", {"advance": seconds})
 

@@ -131,6 +131,7 @@ class S3Sandbox:
         self._s3: Any = None
         self._lock = threading.Lock()
         self._counter = 0
+        self._scopes: dict[str, list[str] | str] = {}
 
     @property
     def url(self) -> str:
@@ -235,12 +236,22 @@ class S3Sandbox:
                           expires_at=expires_at, endpoint_url=self.url, region="us-east-1")
         assert self.gate is not None
         self.gate.register(keys.access_key, expires_at)
+        with self._lock:
+            self._scopes[keys.access_key] = buckets
         return keys
 
     def revoke(self, access_key: str) -> None:
         """Make ``access_key`` stop working now (not by expiry)."""
         assert self.gate is not None
         self.gate.revoke(access_key)
+
+    def revoke_bucket(self, bucket: str) -> int:
+        """Revoke every key issued for ``bucket`` (a provider revoking a user's keys early)."""
+        with self._lock:
+            victims = [ak for ak, b in self._scopes.items() if b != "*" and bucket in b]
+        for ak in victims:
+            self.revoke(ak)
+        return len(victims)
 
     # -- admin API for other processes ---------------------------------------------------------
 
@@ -259,8 +270,11 @@ class S3Sandbox:
                                     lifetime=body.get("lifetime"), label=body.get("label", "user"))
                 result = _keys_json(k)
             elif action == "revoke" and req.method == "POST":
-                self.revoke(body["access_key"])
-                result = {"ok": True}
+                if "bucket" in body:
+                    result = {"revoked": self.revoke_bucket(body["bucket"])}
+                else:
+                    self.revoke(body["access_key"])
+                    result = {"ok": True}
             elif action == "clock" and req.method == "POST":
                 self.clock.advance(float(body.get("advance", 0)))
                 result = {"now": self.clock.now()}
