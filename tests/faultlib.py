@@ -1,0 +1,25 @@
+"""Mounts that reach the sandbox through a proxy (the fault proxy, or a TLS front)."""
+
+from __future__ import annotations
+
+from mountlib import Mounter
+
+from s3mount.credentials.base import KeySet
+from s3mount.sandbox.client import SandboxProcess
+
+
+class ThroughProxy:
+    """The sandbox as the mounts see it: keys from the sandbox, the S3 endpoint at ``url``."""
+
+    def __init__(self, sandbox: SandboxProcess, url: str) -> None:
+        self._sandbox = sandbox
+        self.url = url
+
+    def issue_keys(self, buckets: list[str] | str, **kw: object) -> KeySet:
+        return self._sandbox.issue_keys(buckets, **kw)  # type: ignore[arg-type]
+
+
+def through(mounter: Mounter, sandbox: SandboxProcess, url: str) -> Mounter:
+    """Make ``mounter`` (the fixture, with its teardown) mount with ``--endpoint-url url``."""
+    mounter.sandbox = ThroughProxy(sandbox, url)  # type: ignore[assignment]
+    return mounter

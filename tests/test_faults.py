@@ -1,0 +1,134 @@
+"""Issue #6: real mounts talking to the sandbox through the fault proxy.
+
+The proxy sits between the mount and the sandbox S3 server; the tests look at the bucket directly
+(the ``s3`` fixture talks to the sandbox, not through the proxy), so what they see is what was
+really stored.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faultlib import through
+from mountlib import Mounter, run
+
+from s3mount.sandbox.client import SandboxProcess
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
+
+UPLOAD_DEADLINE = 60.0
+"""Seconds a failed upload has to reach the bucket once the server is back (background retry)."""
+
+
+@pytest.fixture
+def proxy(sandbox: SandboxProcess) -> Iterator[FaultProxy]:
+    with FaultProxy(sandbox.url, seed=6) as p:
+        yield p
+
+
+@pytest.fixture
+def pmounter(proxy: FaultProxy, mounter: Mounter, sandbox: SandboxProcess) -> Iterator[Mounter]:
+    """The ``mounter`` fixture (same teardown), with mounts going through ``proxy``; the proxy is
+    set back up before the mounts are unmounted, so unmounting never waits on a dead server."""
+    yield through(mounter, sandbox, proxy.url)
+    proxy.clear()
+
+
+def _make_tree(root: Path, files: int) -> dict[str, bytes]:
+    """Small files in nested directories: {relative path: content}."""
+    rng = random.Random(6)
+    tree: dict[str, bytes] = {}
+    for i in range(files):
+        rel = f"d{i % 4}/s{i % 7}/{'deep/' if i % 5 == 0 else ''}f{i:03d}.dat"
+        tree[rel] = rng.randbytes(rng.randrange(0, 3000))
+    for rel, data in tree.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return tree
+
+
+@pytest.mark.parametrize("files", [40, pytest.param(300, marks=pytest.mark.slow)])
+def test_tree_copy_survives_flaky_server(pmounter: Mounter, proxy: FaultProxy, bucket: str, s3,
+                                         tmp_path: Path, files: int) -> None:
+    # Every fault costs the SDK's retry backoff (~0.5 s), so the quick run copies 40 files; the
+    # slow one the full 300.
+    src = tmp_path / "src"
+    tree = _make_tree(src, files)
+    # Each request has a 10% chance of 503 SlowDown and 5% of a dropped connection, on every
+    # try but the SDK's last, so each fault is one the mount's retries must absorb.
+    proxy.set_faults([Fault("slowdown", probability=0.10, spare_last_attempt=True),
+                      Fault("drop", probability=0.05, spare_last_attempt=True)], seed=6)
+    m = pmounter(bucket)
+    run(["cp", "-r", str(src), str(m.path / "tree")], timeout=300)
+    # Read back through a fresh mount, so nothing comes from the first one's caches.
+    m.unmount()
+    m2 = pmounter(bucket)
+    out = tmp_path / "out"
+    run(["cp", "-r", str(m2.path / "tree"), str(out)], timeout=300)
+    stats = proxy.stats()
+    proxy.clear()
+    run(["diff", "-r", str(src), str(out)])
+    stored = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="tree/"):
+        for o in page.get("Contents", ()):
+            if not o["Key"].endswith("/"):
+                stored[o["Key"]] = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+    assert stored == {f"tree/{rel}": data for rel, data in tree.items()}
+    # The faults did happen (a run without them would prove nothing).
+    assert stats["slowdown"] >= 5 and stats["drop"] >= 2, stats
+
+
+def test_read_while_down_fails_with_eio_then_recovers(pmounter: Mounter, proxy: FaultProxy,
+                                                      bucket: str, s3) -> None:
+    for i in range(4):
+        s3.put_object(Bucket=bucket, Key=f"f{i}", Body=b"content %d" % i)
+    m = pmounter(bucket, "timeout=5")
+    proxy.set_down(True)
+    started = time.monotonic()
+    r = run(["cat", str(m.path / "f0")], check=False, timeout=120)
+    elapsed = time.monotonic() - started
+    assert r.returncode != 0 and "Input/output error" in r.stderr, r
+    assert elapsed < 60, f"cat took {elapsed:.0f}s with timeout=5: a hang, not a timeout"
+    with pytest.raises(OSError) as e:
+        (m.path / "f1").read_bytes()
+    assert e.value.errno == errno.EIO
+    assert proxy.stats()["refused_down"] > 0
+    proxy.set_down(False)
+    assert (m.path / "f2").read_bytes() == b"content 2"  # same mount, no remount
+    assert (m.path / "f0").read_bytes() == b"content 0"
+
+
+def test_write_while_down_fails_at_close_and_arrives_later(pmounter: Mounter, proxy: FaultProxy,
+                                                           bucket: str, s3,
+                                                           tmp_path: Path) -> None:
+    # A long dir_timeout keeps the root listing, so creating new names needs no server: the
+    # failure is the upload at close().
+    m = pmounter(bucket, "timeout=5", "dir_timeout=600")
+    assert os.listdir(m.path) == []
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"written while the server was down\n")
+    proxy.set_down(True)
+    r = run(["cp", str(src), str(m.path / "by-cp.txt")], check=False, timeout=120)
+    assert r.returncode != 0 and "Input/output error" in r.stderr, r
+    fd = os.open(m.path / "by-close.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"closed while down\n")
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EIO
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    proxy.set_down(False)
+    want = {"by-cp.txt": src.read_bytes(), "by-close.txt": b"closed while down\n"}
+    deadline = time.monotonic() + UPLOAD_DEADLINE
+    got: dict[str, bytes] = {}
+    while time.monotonic() < deadline:
+        got = {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+               for o in s3.list_objects_v2(Bucket=bucket).get("Contents", ())}
+        if got == want:
+            break
+        time.sleep(0.5)
+    assert got == want
