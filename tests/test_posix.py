@@ -330,3 +330,31 @@ def test_statfs_and_fsync(mnt: Mount, s3) -> None:
         f.flush()
         os.fdatasync(f.fileno())
         assert s3.get_object(Bucket=mnt.bucket, Key="s")["Body"].read() == b"synced more"
+
+
+def test_streamed_writes_stay_correct(mnt: Mount, s3) -> None:
+    """Sequential writers stream parts while writing; seeking back, truncating or setting times
+    mid-way must still leave exactly the written content and metadata in the bucket."""
+    part = 8 * 1024 * 1024
+    data = bytearray(os.urandom(3 * part + 123))
+    with open(mnt.path / "seq", "wb") as f:  # plain sequential: streamed
+        f.write(data)
+    assert s3.get_object(Bucket=mnt.bucket, Key="seq")["Body"].read() == data
+    with open(mnt.path / "back", "wb") as f:  # streaming, then a write behind the stream
+        f.write(data[: 2 * part + 5])
+        f.seek(10)
+        f.write(b"REWRITTEN")
+        f.seek(2 * part + 5)
+        f.write(data[2 * part + 5:])
+    data[10:19] = b"REWRITTEN"
+    assert s3.get_object(Bucket=mnt.bucket, Key="back")["Body"].read() == data
+    with open(mnt.path / "timed", "wb") as f:  # cp -p style: futimens/fchmod before close
+        f.write(data)
+        os.utime(f.fileno(), ns=(1_111_111_111_000_000_000, 1_111_111_111_000_000_000))
+        os.fchmod(f.fileno(), 0o600)
+    md = s3.head_object(Bucket=mnt.bucket, Key="timed")["Metadata"]
+    assert md["mtime"] == "1111111111" and int(md["mode"]) & 0o777 == 0o600
+    with open(mnt.path / "trunc", "wb") as f:  # streaming, then truncated shorter
+        f.write(data)
+        f.truncate(part + 1)
+    assert s3.get_object(Bucket=mnt.bucket, Key="trunc")["Body"].read() == data[: part + 1]

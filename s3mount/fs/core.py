@@ -41,6 +41,7 @@ from .metacache import MetaCache
 from .paths import KeyMapper, decode_name, join, split
 from .reader import Reader
 from .staging import Record, StagingArea, StagingFile
+from .streaming import StreamingUpload
 from .writeback import Writeback
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ T = TypeVar("T")
 # Metadata names we interpret; everything else on an object is carried along untouched.
 OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime"})
 HEAD_PARALLELISM = 32
+STREAM_PARALLEL = 4
 SYMLINK_MAX = 4096
 
 
@@ -100,6 +102,12 @@ class OpenFile:
     handles: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     base_etag: str | None = None
+    seq_end: int | None = None
+    """While the file has been written strictly front to back from empty: how far. None once a
+    write landed elsewhere (or the file was not empty to begin with)."""
+    stream: StreamingUpload | None = None
+    explicit_mtime: bool = False
+    """An mtime was set by utimens (not just moved by writes): it must be stored exactly."""
 
 
 @dataclass
@@ -507,6 +515,7 @@ class Filesystem:
         of = self.open_files.get(node.ino)
         if of is not None:
             async with of.lock:
+                await self._stop_stream(of)
                 of.dirty = False  # nothing of it may reach the bucket any more
                 self._save_record(of, dirty=False)
         if node.etag is not None:
@@ -651,6 +660,8 @@ class Filesystem:
             new.gid = ch.gid
         if ch.mtime_ns is not None:
             new.mtime_ns = ch.mtime_ns
+            if of is not None:
+                of.explicit_mtime = True
         if ch.mode is not None or ch.uid is not None or ch.gid is not None or \
                 ch.mtime_ns is not None:
             new.ctime_ns = ch.ctime_ns or time.time_ns()
@@ -688,6 +699,7 @@ class Filesystem:
         of = self._open_file(node)
         try:
             async with of.lock:
+                await self._stop_stream(of)
                 if size == 0:
                     self._fresh_staging(of)
                 else:
@@ -822,6 +834,34 @@ class Filesystem:
         self._space.set()
         self._space = trio.Event()
 
+    def _stream_metadata(self, of: OpenFile) -> dict[str, str]:
+        """What a streamed object stores: as ``metadata_for`` but without an mtime that only
+        moved because of the writes (see streaming.py)."""
+        md = {**of.node.extra, **metadata_for(of.node.attrs)}
+        if not of.explicit_mtime:
+            del md["mtime"], md["ctime"]
+        return md
+
+    async def _stream(self, of: OpenFile) -> None:
+        """Send the complete parts of a sequentially written file (caller holds of.lock)."""
+        assert of.seq_end is not None
+        if self.cfg.async_upload or of.seq_end <= self.cfg.part_size or of.node.path is None:
+            return
+        if of.stream is None:
+            assert of.staging is not None and self.nursery is not None
+            of.stream = StreamingUpload(
+                self.store, self._run, self.nursery, of.staging,
+                self.keys.file_key(of.node.path), self._stream_metadata(of),
+                part_size=self.cfg.part_size, parallel=STREAM_PARALLEL)
+        await of.stream.advance(of.seq_end)
+
+    async def _stop_stream(self, of: OpenFile) -> None:
+        """The file is no longer written front to back: upload it the ordinary way at close."""
+        of.seq_end = None
+        if of.stream is not None:
+            stream, of.stream = of.stream, None
+            await stream.cancel()
+
     async def _wait_for_space(self, of: OpenFile) -> None:
         """Back-pressure: while staged data is over the cache limit and background uploads are
         under way to free it, writers wait (instead of failing with ENOSPC)."""
@@ -843,7 +883,10 @@ class Filesystem:
         try:
             if flags & os.O_TRUNC:
                 async with of.lock:
+                    await self._stop_stream(of)
                     self._fresh_staging(of)
+                    if of.handles == 1:
+                        of.seq_end = 0
                     if node.attrs.size != 0 or node.etag is None:
                         node.attrs.size = 0
                         node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
@@ -865,6 +908,7 @@ class Filesystem:
         node.lookups += 1
         of = self._open_file(node)
         self._fresh_staging(of)
+        of.seq_end = 0
         self._mark_dirty(of)  # even with no write, close() must leave an (empty) object
         fh = self._new_fh()
         self.handles[fh] = Handle(fh, node, of)
@@ -909,6 +953,12 @@ class Filesystem:
             node.attrs.size = max(node.attrs.size, offset + n)
             node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
             self._mark_dirty(of)
+            if of.seq_end is not None:
+                if offset == of.seq_end:
+                    of.seq_end += n
+                    await self._stream(of)
+                else:
+                    await self._stop_stream(of)
         if h.reader is not None:
             h.reader.close()
             h.reader = None
@@ -969,9 +1019,11 @@ class Filesystem:
                 self._fresh_staging(of)
             assert of.staging is not None
             key = self.keys.file_key(node.path)
-            md = {**node.extra, **metadata_for(node.attrs)}
             self._save_record(of, dirty=True)
-            etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
+            etag, md = await self._finish_stream(of, key)
+            if etag is None:
+                md = {**node.extra, **metadata_for(node.attrs)}
+                etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
             of.dirty = False
             of.base_etag = etag
             node.etag = etag
@@ -981,6 +1033,29 @@ class Filesystem:
             self._save_record(of, dirty=False)
             parent, name = split(node.path)
             self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
+
+    async def _finish_stream(self, of: OpenFile, key: str
+                             ) -> tuple[str | None, dict[str, str]]:
+        """Complete a streamed upload if it still describes the file; (None, {}) otherwise."""
+        # A writer that goes on appending after this upload (a flush from dup2+close, an fsync)
+        # keeps streaming: a later stream starts again from offset 0, as the object must be whole.
+        stream, of.stream = of.stream, None
+        done_sequentially = of.seq_end == of.node.attrs.size
+        if stream is None:
+            return None, {}
+        if not (done_sequentially and stream.key == key and stream.started):
+            await stream.cancel()
+            return None, {}
+        try:
+            etag = await stream.finish(of.node.attrs.size)
+        except S3MountError as exc:
+            log.warning("streamed upload of %r failed (%s); uploading it whole", key, exc)
+            return None, {}
+        md = self._stream_metadata(of)
+        if md != stream.metadata:  # chmod, chown or utimens after the upload started
+            etag = await self._run(self.store.copy, key, key, metadata=md,
+                                   size=of.node.attrs.size)
+        return etag, md
 
     async def flush_all(self) -> int:
         """Store every dirty file (unmount, SIGTERM); returns how many could not be stored.

@@ -27,6 +27,11 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def _errors(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: FuseOperations, *args: Any) -> Any:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s%r", fn.__name__, tuple(a for a in args
+                                                 if not isinstance(a, pyfuse3.RequestContext)
+                                                 and not isinstance(a, bytes) or
+                                                 isinstance(a, bytes) and len(a) <= 256))
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:

@@ -70,6 +70,19 @@ class ObjectStore(Protocol):
         """Upload the file at ``path`` (multipart with parallel parts above the threshold);
         returns the ETag. The caller keeps the file unchanged until this returns."""
 
+    def create_multipart(self, key: str, *, metadata: Mapping[str, str],
+                         content_type: str | None = None) -> str:
+        """Start a multipart upload; returns its id (for writers that stream parts)."""
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number`` (1-based); returns the part's ETag."""
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """Assemble the parts; returns the object's ETag."""
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abandon a multipart upload (best effort, never raises)."""
+
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
              size: int | None = None) -> str:
         """Server-side copy (multipart copy when large). ``metadata`` replaces the source's when

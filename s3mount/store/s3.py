@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import mimetypes
 import os
+import re
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar
@@ -20,7 +22,8 @@ import botocore.credentials
 import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, SSLError
+from urllib3.exceptions import InsecureRequestWarning
 
 from ..credentials.base import KeySet
 from ..errors import (
@@ -181,7 +184,7 @@ class S3Store:
         # A boto3 client (not a bare botocore one) for the managed transfer methods
         # (upload_fileobj, download_fileobj, copy) that do parallel multipart.
         return boto3.session.Session(botocore_session=session).client(
-            "s3", endpoint_url=endpoint_url, verify=c.verify_ssl, config=cfg
+            "s3", endpoint_url=endpoint_url, verify=_verify(c.verify_ssl), config=cfg
         )
 
     # -- the one wrapper every call goes through ----------------------------------------------
@@ -320,6 +323,34 @@ class S3Store:
         # The transfer manager does not hand back the ETag; one HEAD gets it.
         return self.head(key).etag
 
+    def create_multipart(self, key: str, *, metadata: Mapping[str, str],
+                         content_type: str | None = None) -> str:
+        r = self._call("create-multipart", key, lambda c: c.create_multipart_upload(
+            Bucket=self.bucket, Key=key, Metadata=dict(metadata),
+            ContentType=content_type or _guess_type(key)))
+        return str(r["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        r = self._call("upload-part", key, lambda c: c.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data))
+        return str(r["ETag"])
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        r = self._call("complete-multipart", key, lambda c: c.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}))
+        return str(r["ETag"]).strip('"')
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Best effort: some providers (Cleverbase) do not allow aborting; the parts then expire
+        with the bucket's lifecycle rules."""
+        try:
+            self._call("abort-multipart", key, lambda c: c.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id))
+        except S3MountError as exc:
+            log.info("could not abort multipart upload of %r (%s); its parts are left to expire",
+                     key, exc)
+
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
              size: int | None = None) -> str:
         extra: dict[str, object] = {}
@@ -346,6 +377,17 @@ class S3Store:
             self.delete(key)
 
 
+def _verify(verify_ssl: bool) -> bool | None:
+    """botocore's ``verify``: None (not True) when verifying, so botocore reads the CA bundle
+    from AWS_CA_BUNDLE / ``ca_bundle`` like every AWS tool (True would pin certifi's bundle and
+    leave no way to trust a private CA but turning verification off)."""
+    if verify_ssl:
+        return None
+    # The mount warned once; urllib3 would otherwise print a warning for every request.
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+    return False
+
+
 def _guess_type(key: str) -> str:
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
@@ -365,9 +407,24 @@ def _info_from_head(key: str, r: Mapping) -> ObjectInfo:
     )
 
 
+def _tls_message(exc: SSLError) -> str:
+    """One line for a TLS failure: which server, what OpenSSL said, what the user can do."""
+    url = str(exc.kwargs.get("endpoint_url", ""))
+    server = re.match(r"[a-z]+://[^/?#]+", url)
+    detail = str(exc.kwargs.get("error", ""))
+    reason = re.search(r"certificate verify failed: ([^(\]]+)", detail)
+    if reason is None:
+        return f"TLS connection to {server.group(0) if server else url} failed: {detail[:200]}"
+    return (f"the TLS certificate of {server.group(0) if server else url} is not trusted "
+            f"({reason.group(1).strip()}); give its CA with AWS_CA_BUNDLE=FILE, or mount with "
+            "-o no_verify_ssl (insecure)")
+
+
 def _translate(exc: Exception, what: str, key: str, keys: KeySet) -> S3MountError:
     """Map a botocore error to ours. Messages name the operation and key, never a secret."""
     where = f"{what} {key!r}" if key else what
+    if isinstance(exc, SSLError):
+        return S3MountError(_tls_message(exc))
     if isinstance(exc, BotoCoreError):
         return Unavailable(f"{where}: {type(exc).__name__}: server unreachable or not answering")
     assert isinstance(exc, ClientError)

@@ -1,0 +1,118 @@
+"""Streaming uploads: a sequential writer's parts go out while it is still writing.
+
+A file created (or truncated to zero) and then written strictly front to back is uploaded as a
+multipart upload whose parts leave as soon as each ``part_size`` slice is complete in the staging
+file, a few at a time, so ``close()`` only waits for the tail instead of for the whole file. The
+staging file still holds everything (it stays the truth until the object is confirmed), so memory
+holds only the parts in flight. A write anywhere but at the end, a truncation or a rename cancels
+the stream: the upload is abandoned and ``close()`` uploads the staging file the ordinary way.
+
+Metadata is fixed when a multipart upload starts, so the stream records mode, owner and any
+explicitly set mtime then; if they differ at completion, one server-side copy rewrites them. An
+mtime that only moved because of the writes themselves is left to the object's own time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from ..errors import S3MountError
+from ..store.base import ObjectStore
+from .staging import StagingFile
+
+log = logging.getLogger(__name__)
+
+
+class StreamingUpload:
+    """The multipart upload of one sequentially written file."""
+
+    def __init__(self, store: ObjectStore, run: Callable[..., Awaitable[Any]],
+                 nursery: trio.Nursery, staging: StagingFile, key: str,
+                 metadata: Mapping[str, str], *, part_size: int, parallel: int) -> None:
+        self._store = store
+        self._run = run
+        self._nursery = nursery
+        self._staging = staging
+        self.key = key
+        self.metadata = dict(metadata)
+        self._part_size = part_size
+        self._slots = trio.Semaphore(parallel)
+        self._upload_id: str | None = None
+        self._parts: dict[int, str] = {}
+        self._next_offset = 0  # bytes handed to part uploads so far
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
+        self.cancelled = False
+
+    async def advance(self, written_to: int) -> None:
+        """The file is complete up to ``written_to``: send every full part below it."""
+        while not self.cancelled and written_to - self._next_offset >= self._part_size:
+            if self._upload_id is None:
+                self._upload_id = await self._run(self._store.create_multipart, self.key,
+                                                  metadata=self.metadata)
+            await self._slots.acquire()  # back-pressure: at most `parallel` parts in memory
+            number = self._next_offset // self._part_size + 1
+            offset = self._next_offset
+            self._next_offset += self._part_size
+            self._inflight += 1
+            self._idle = trio.Event()
+            self._nursery.start_soon(self._send, number, offset, self._part_size)
+
+    async def _send(self, number: int, offset: int, length: int) -> None:
+        upload_id = self._upload_id
+        assert upload_id is not None
+        try:
+            if not self.cancelled:
+                etag = await self._run(self._upload_part, upload_id, number, offset, length)
+                self._parts[number] = etag
+        except Exception as exc:  # noqa: BLE001 - reported by finish()
+            self._error = exc
+        finally:
+            self._slots.release()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    def _upload_part(self, upload_id: str, number: int, offset: int, length: int) -> str:
+        return self._store.upload_part(self.key, upload_id, number,
+                                       self._staging.pread(length, offset))
+
+    @property
+    def started(self) -> bool:
+        return self._upload_id is not None
+
+    async def finish(self, size: int) -> str:
+        """Send the tail, wait for every part, complete; returns the ETag. Raises on failure
+        (the caller then uploads the staging file the ordinary way)."""
+        assert self._upload_id is not None and not self.cancelled
+        await self._idle.wait()
+        if self._error is None and size > self._next_offset:
+            number = self._next_offset // self._part_size + 1
+            try:
+                self._parts[number] = await self._run(
+                    self._upload_part, self._upload_id, number, self._next_offset,
+                    size - self._next_offset)
+                self._next_offset = size
+            except S3MountError as exc:
+                self._error = exc
+        if self._error is not None:
+            error, self._error = self._error, None
+            await self.cancel()
+            raise error
+        return await self._run(self._store.complete_multipart, self.key, self._upload_id,
+                               sorted(self._parts.items()))
+
+    async def cancel(self) -> None:
+        """Abandon the upload (parts in flight finish and are dropped)."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self._upload_id is not None:
+            await self._idle.wait()
+            await self._run(self._store.abort_multipart, self.key, self._upload_id)
