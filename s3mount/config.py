@@ -107,6 +107,9 @@ KEY_TYPES: dict[str, type] = {"redirect_port": int, "duration_seconds": int}
 
 _TYPE_NAMES = {int: "an integer", str: "a string (in quotes)"}
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+"""Bucket names any S3-compatible server takes (botocore's rule); the bucket becomes part of the
+FUSE ``fsname=`` option, where a comma or backslash would start or escape another option."""
 
 
 class ConfigError(S3MountError):
@@ -185,6 +188,9 @@ def _validate(name: str, body: Any, path: Path) -> dict[str, Any]:
         want = KEY_TYPES.get(key, str)
         if not isinstance(value, want) or isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be {_TYPE_NAMES[want]}")
+    if "bucket" in body and not _BUCKET_NAME.match(body["bucket"]):
+        raise ConfigError(f"{where}: bucket {body['bucket']!r} is not a bucket name (letters, "
+                          "digits, '.', '_', '-')")
     provider = body.get("provider")
     if provider not in PROVIDER_KINDS:
         raise ConfigError(f"{where}: provider must be one of {', '.join(PROVIDER_KINDS)}")

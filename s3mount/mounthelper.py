@@ -86,8 +86,12 @@ def check_directory(directory: str) -> None:
 
 def translate_options(values: list[str] | None, *, sloppy: bool) -> list[str]:
     """Our options from mount(8)'s ``-o`` values: generic ones dropped, unknown ones refused."""
+    try:
+        items = split_options(values)
+    except OptionError as exc:
+        raise UsageError(str(exc)) from None
     kept: list[str] = []
-    for item in split_options(values):
+    for item in items:
         name = item.partition("=")[0]
         if name in IGNORED or item.startswith(IGNORED_PREFIXES):
             continue

@@ -73,6 +73,7 @@ IGNORED = frozenset({
 IGNORED_PREFIXES = ("x-systemd.", "x-gvfs-", "x-", "comment=")
 
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -108,9 +109,16 @@ class MountOptions:
 
 
 def split_options(values: list[str] | None) -> list[str]:
-    """``["a,b=1", "c"]`` -> ``["a", "b=1", "c"]`` (repeated ``-o`` and comma lists both work)."""
+    """``["a,b=1", "c"]`` -> ``["a", "b=1", "c"]`` (repeated ``-o`` and comma lists both work).
+
+    A control character (newline, NUL, ...) is refused in any option, even one we would ignore:
+    no fstab line or command line has one by accident, and a consumer that splits on it could
+    read a second option (``x-foo=1\nallow_other``) that this parser never saw.
+    """
     out: list[str] = []
     for v in values or []:
+        if _CONTROL_RE.search(v):
+            raise OptionError(f"mount options must not contain control characters: {v!r}")
         out += [p.strip() for p in v.split(",") if p.strip()]
     return out
 
