@@ -82,3 +82,15 @@ def test_async_upload_drains_at_umount(mounter: Mounter, bucket: str, s3) -> Non
     m.unmount()
     for i in range(30):
         assert s3.get_object(Bucket=bucket, Key=f"f{i}")["Body"].read() == b"x" * i
+
+
+def test_full_cache_slows_writers_down_instead_of_failing(mounter: Mounter, bucket: str,
+                                                          s3) -> None:
+    """With a 20 MiB staging limit, 80 MiB written by async uploads all arrive, no error."""
+    m = mounter(bucket, "async_upload,cache_size=20")
+    blobs = {f"f{i}": os.urandom(8 * 1024 * 1024) for i in range(10)}
+    for name, data in blobs.items():
+        (m.path / name).write_bytes(data)
+    m.unmount()
+    for name, data in blobs.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data

@@ -216,3 +216,18 @@ def test_mount_returns_only_when_live(mnt: Mount) -> None:
     assert os.listdir(mnt.path) == []
     assert sys.executable  # the mount is a separate process
     assert mnt.pid is not None and mnt.pid != os.getpid()
+
+
+def test_read_only_mount(mounter: Mounter, bucket: str, s3) -> None:
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"content")
+    m = mounter(bucket, "ro,dir_mode=0700")
+    assert (m.path / "d" / "f").read_bytes() == b"content"
+    assert stat.S_IMODE(os.stat(m.path / "d").st_mode) == 0o700
+    for attempt in (lambda: (m.path / "new").write_text("x"),
+                    lambda: (m.path / "d" / "f").write_text("x"),
+                    lambda: os.mkdir(m.path / "nd"),
+                    lambda: os.unlink(m.path / "d" / "f")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS
+    assert s3.get_object(Bucket=bucket, Key="d/f")["Body"].read() == b"content"

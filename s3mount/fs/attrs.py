@@ -48,7 +48,8 @@ def parse_mode(value: str | None) -> int | None:
         return None
     value = value.strip()
     try:
-        dec = int(value, 10)
+        # A leading zero is an octal spelling ("0644"), never s3fs's decimal.
+        dec = -1 if value.startswith("0") and len(value) > 1 else int(value, 10)
     except ValueError:
         dec = -1
     if 0 <= dec <= 0o177777 and (stat.S_IFMT(dec) in _TYPES or dec <= 0o7777):

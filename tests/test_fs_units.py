@@ -1,0 +1,113 @@
+"""Unit tests of pure pieces of the filesystem: path<->key mapping, metadata, the read-ahead."""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+import pytest
+import trio
+
+from s3mount.errors import FsError
+from s3mount.fs.attrs import Defaults, attrs_from_object, format_time_ns, metadata_for, parse_mode
+from s3mount.fs.paths import KeyMapper, decode_name
+from s3mount.fs.reader import MiB, Reader
+
+
+def test_key_mapping_with_prefix() -> None:
+    k = KeyMapper("/team/data/")
+    assert k.file_key("a/b") == "team/data/a/b"
+    assert k.dir_prefix("") == "team/data/"
+    assert k.dir_prefix("a") == "team/data/a/"
+    assert k.child_name("team/data/", "team/data/x") == "x"
+    assert k.child_name("team/data/", "team/data/sub/") == "sub"
+    assert k.child_name("team/data/", "team/data/") is None  # the directory's own marker
+    for odd in ("team/data//x", "team/data/./", "team/data/../", "team/data/" + "n" * 256):
+        assert k.child_name("team/data/", odd) is None
+
+
+def test_names() -> None:
+    assert decode_name("na\u00efve".encode()) == "na\u00efve"
+    for raw, code in ((b"\xff", errno.EINVAL), (b"x" * 256, errno.ENAMETOOLONG),
+                      (b"a/b", errno.EINVAL)):
+        with pytest.raises(FsError) as e:
+            decode_name(raw)
+        assert e.value.errno == code
+    with pytest.raises(FsError) as e:
+        KeyMapper("").check_length("d/" * 600 + "f")
+    assert e.value.errno == errno.ENAMETOOLONG
+
+
+@pytest.mark.parametrize("value,mode", [
+    ("33188", 0o100644),     # s3fs: decimal with type bits
+    ("16877", 0o40755),      # s3fs directory
+    ("100640", 0o100640),    # rclone: octal
+    ("0644", 0o644),         # octal permission bits only
+    ("420", 420),            # decimal permission bits only (0o644)
+    ("garbage", None),
+    ("", None),
+])
+def test_parse_mode(value: str, mode: int | None) -> None:
+    assert parse_mode(value) == mode
+
+
+def test_metadata_roundtrip_and_defaults() -> None:
+    d = Defaults(uid=7, gid=8, file_mode=0o640, dir_mode=0o750)
+    a = attrs_from_object(kind=stat.S_IFREG, size=3, last_modified=1000.5, metadata=None,
+                          defaults=d)
+    assert (a.mode, a.uid, a.gid, a.mtime_ns) == (0o100640, 7, 8, 1000_500_000_000)
+    md = metadata_for(a)
+    assert md["mode"] == str(0o100640) and md["mtime"] == "1000.500000000"
+    b = attrs_from_object(kind=stat.S_IFREG, size=3, last_modified=5.0, metadata=md, defaults=d)
+    assert b == a
+    link = attrs_from_object(kind=stat.S_IFREG, size=1, last_modified=0,
+                             metadata={"mode": str(stat.S_IFLNK | 0o777)}, defaults=d)
+    assert stat.S_ISLNK(link.mode)
+    assert format_time_ns(1_000_000_000) == "1"
+
+
+class FakeObject:
+    """A fetch function over bytes that records every range asked for."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytes(i % 251 for i in range(size))
+        self.calls: list[tuple[int, int]] = []
+
+    async def fetch(self, start: int, length: int) -> bytes:
+        self.calls.append((start, length))
+        await trio.sleep(0)
+        return self.data[start:start + length]
+
+
+def _run_reads(size: int, reads: list[tuple[int, int]]) -> FakeObject:
+    obj = FakeObject(size)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            r = Reader(obj.fetch, size, n, part_size=2 * MiB, max_window=8 * MiB)
+            for off, ln in reads:
+                assert await r.read(off, ln) == obj.data[off:off + ln]
+            r.close()
+
+    trio.run(main)
+    return obj
+
+
+def test_sequential_reads_prefetch_in_growing_whole_parts() -> None:
+    size = 40 * MiB
+    obj = _run_reads(size, [(o, 128 * 1024) for o in range(0, size, 128 * 1024)])
+    assert sum(ln for _, ln in obj.calls) == size  # nothing fetched twice
+    assert len(obj.calls) < 40  # parts, not one request per kernel read
+    assert max(ln for _, ln in obj.calls) == 2 * MiB
+
+
+def test_random_reads_fetch_only_what_is_asked() -> None:
+    size = 40 * MiB
+    reads = [(37 * MiB, 4096), (3 * MiB, 4096), (20 * MiB, 8192), (11 * MiB, 100)]
+    obj = _run_reads(size, reads)
+    assert sorted(obj.calls) == sorted(reads)
+
+
+def test_small_object_is_one_get() -> None:
+    obj = _run_reads(300_000, [(0, 4096), (4096, 4096), (200_000, 100_000)])
+    assert obj.calls == [(0, 300_000)]
