@@ -132,3 +132,23 @@ def test_write_while_down_fails_at_close_and_arrives_later(pmounter: Mounter, pr
             break
         time.sleep(0.5)
     assert got == want
+
+
+def test_response_cut_short_is_fetched_again(pmounter: Mounter, proxy: FaultProxy, bucket: str,
+                                             s3) -> None:
+    """A body that breaks off after its head (botocore does not retry those) costs a GET, not
+    an EIO: for reads, and for the download before appending to an existing file."""
+    body = random.Random(1).randbytes(200_000)
+    s3.put_object(Bucket=bucket, Key="read.bin", Body=body)
+    s3.put_object(Bucket=bucket, Key="append.txt", Body=b"first line\n")
+    m = pmounter(bucket)
+    assert sorted(os.listdir(m.path)) == ["append.txt", "read.bin"]
+    # Twice: the kernel itself retries a failed readahead once.
+    proxy.set_faults([Fault("cut", count=2, methods=("GET",))])
+    assert (m.path / "read.bin").read_bytes() == body
+    proxy.set_faults([Fault("cut", count=2, methods=("GET",))])
+    with open(m.path / "append.txt", "a") as f:
+        f.write("second line\n")
+    assert s3.get_object(Bucket=bucket, Key="append.txt")["Body"].read() == \
+        b"first line\nsecond line\n"
+    assert proxy.stats()["cut"] == 4

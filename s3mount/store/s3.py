@@ -23,6 +23,8 @@ import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, SSLError
+from botocore.response import StreamingBody
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 from urllib3.exceptions import InsecureRequestWarning
 
 from ..credentials.base import KeySet
@@ -269,24 +271,45 @@ class S3Store:
 
         def get(c: object) -> bytes:
             try:
-                r = c.get_object(**kw)  # type: ignore[attr-defined]
+                return self._get_body(c, kw, lambda body: body.read())
             except ClientError as exc:
                 if _code(exc) == "InvalidRange":  # reading at or past the end
                     return b""
                 raise
-            return r["Body"].read()
 
         return self._call("get", key, get)
+
+    def _get_body(self, c: object, kw: Mapping[str, object],
+                  consume: Callable[[StreamingBody], T]) -> T:
+        """GET and ``consume`` the body, fetching again when the body breaks off.
+
+        botocore's retries end once the response head has arrived, so a connection that breaks
+        in the middle of the body would fail the read outright; s3transfer retries exactly these
+        errors for its downloads, and so do we, up to ``max_attempts`` GETs in all.
+        """
+        attempt = 1
+        while True:
+            r = c.get_object(**kw)  # type: ignore[attr-defined]
+            try:
+                return consume(r["Body"])
+            except S3_RETRYABLE_DOWNLOAD_ERRORS as exc:
+                if attempt >= self.config.max_attempts:
+                    raise
+                attempt += 1
+                log.info("get %s: the response broke off (%s); fetching it again", kw["Key"],
+                         type(exc).__name__)
 
     def download(self, key: str, out: BinaryIO, *, etag: str | None = None,
                  size: int | None = None) -> None:
         extra = {"IfMatch": f'"{etag}"'} if etag else {}
         if size is not None and size <= self.config.part_size:
             def small(c: object) -> None:
-                r = c.get_object(Bucket=self.bucket, Key=key, **extra)  # type: ignore[attr-defined]
+                self._get_body(c, {"Bucket": self.bucket, "Key": key, **extra}, write)
+
+            def write(body: StreamingBody) -> None:
                 out.seek(0)
                 out.truncate()
-                for chunk in r["Body"].iter_chunks(1024 * 1024):
+                for chunk in body.iter_chunks(1024 * 1024):
                     out.write(chunk)
             self._call("get", key, small)
             return
