@@ -202,8 +202,13 @@ def other_user() -> pwd.struct_passwd:
         pytest.skip("needs root and setpriv to act as another user")
     with contextlib.suppress(KeyError):
         return pwd.getpwnam(TEST_USER)
-    run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER])
-    return pwd.getpwnam(TEST_USER)
+    # Parallel workers may race to create it: whoever loses finds it made.
+    r = run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             TEST_USER], check=False)
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        raise AssertionError(f"useradd {TEST_USER} failed: {r.stderr}") from None
 
 
 def _as_user(user: pwd.struct_passwd, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -373,12 +378,11 @@ def test_values_cannot_carry_options(mounter: Mounter, sandbox: SandboxProcess, 
     mp = tmp_path / "mp"
     mp.mkdir()
     base = ["--endpoint-url", sandbox.url]
-    for opts in ("region=us-east-1,allow_other=1", "ro=allow_other", "fsname=x",
-                 "x-foo=1\nallow_other", "cache_dir=/tmp/a\nallow_other"):
+    # (More spellings, without starting a process each: test_mounthelper.py.)
+    for opts in ("region=us-east-1,allow_other=1", "fsname=x", "x-foo=1\nallow_other"):
         _refused(_cli(["mount", f"s3://{bucket}", str(mp), *base, "-o", opts], env))
         assert not os.path.ismount(mp)
-    for source in (f"s3://{bucket},allow_other", f"s3://{bucket}/x\\,allow_other",
-                   "-o allow_other", "work,allow_other", "work\nallow_other"):
+    for source in (f"s3://{bucket},allow_other", "-o allow_other", "work,allow_other"):
         _refused(_cli(["mount", *base, "--", source, str(mp)], env), "bad source")
         assert not os.path.ismount(mp)
 
