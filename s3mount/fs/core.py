@@ -26,7 +26,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -754,12 +754,15 @@ class Filesystem:
         except S3MountError as exc:
             log.warning("cannot stat %r while listing: %s", path, exc)
 
-    def readdir(self, fh: int, start: int) -> list[tuple[str, Inode, int]]:
-        """Entries from index ``start`` on, each with the index to continue after it."""
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[str, Inode, int]]:
+        """Entries from index ``start`` on, each with the index to continue after it (lazily:
+        the kernel takes a buffer's worth per call)."""
         dh = self.dir_handles.get(fh)
         if dh is None:
             raise FsError("bad directory handle", errno=errno.EBADF)
-        return [(name, node, i + 1) for i, (name, node) in enumerate(dh.entries) if i >= start]
+        for i in range(start, len(dh.entries)):
+            name, node = dh.entries[i]
+            yield name, node, i + 1
 
     def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
