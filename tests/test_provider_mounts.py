@@ -71,10 +71,21 @@ def test_each_provider_end_to_end(psb: SandboxProcess, tmp_path: Path, provider:
         (m.path / "dir").mkdir()
         (m.path / "dir" / "hello.txt").write_text(f"hello from {provider}")
         assert (m.path / "dir" / "hello.txt").read_text() == f"hello from {provider}"
+        # Large enough to stream as a multipart upload, then renamed (server-side copy) and
+        # chmodded (copy onto itself): all within what the provider's keys allow (Cleverbase's
+        # allow only GetObject, PutObject, DeleteObject and ListBucket).
+        big = os.urandom(20 * 1024 * 1024 + 7)
+        (m.path / "big.bin").write_bytes(big)
+        os.rename(m.path / "big.bin", m.path / "dir" / "moved.bin")
+        os.chmod(m.path / "dir" / "moved.bin", 0o600)
+        assert (m.path / "dir" / "moved.bin").read_bytes() == big
         st = status(m)
         assert st["provider"] == provider
-        body = psb.s3().get_object(Bucket=st["bucket"], Key="dir/hello.txt")["Body"].read()
+        s3 = psb.s3()
+        body = s3.get_object(Bucket=st["bucket"], Key="dir/hello.txt")["Body"].read()
         assert body == f"hello from {provider}".encode()
+        assert s3.get_object(Bucket=st["bucket"], Key="dir/moved.bin")["Body"].read() == big
+        assert "AccessDenied" not in m.log() and "access denied" not in m.log()
     finally:
         mounter.close()
 
