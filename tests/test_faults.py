@@ -103,6 +103,26 @@ def test_read_while_down_fails_with_eio_then_recovers(pmounter: Mounter, proxy: 
     assert (m.path / "f0").read_bytes() == b"content 0"
 
 
+def test_server_that_does_not_answer_gives_eio_within_the_timeout(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """A server that accepts requests and then says nothing (the case a timeout is for; a
+    server that is down fails fast): each store call gives up after about ``timeout``."""
+    for i in range(2):
+        s3.put_object(Bucket=bucket, Key=f"f{i}", Body=b"content %d" % i)
+    m = pmounter(bucket, "timeout=3")
+    proxy.set_faults([Fault("delay", probability=1.0, delay=120)])
+    started = time.monotonic()
+    with pytest.raises(OSError) as e:
+        (m.path / "f0").read_bytes()
+    elapsed = time.monotonic() - started
+    assert e.value.errno == errno.EIO
+    assert elapsed < 60, f"{elapsed:.0f}s with timeout=3: the mount waited for the server"
+    assert proxy.stats()["delay"] >= 2  # it gave up on more than one try
+    # One slow answer only: the next try gets the data.
+    proxy.set_faults([Fault("delay", count=1, delay=120)])
+    assert (m.path / "f1").read_bytes() == b"content 1"
+
+
 def test_write_while_down_fails_at_close_and_arrives_later(pmounter: Mounter, proxy: FaultProxy,
                                                            bucket: str, s3,
                                                            tmp_path: Path) -> None:
