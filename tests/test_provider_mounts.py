@@ -204,3 +204,28 @@ def test_no_secrets_in_logs_or_ps(psb: SandboxProcess, tmp_path: Path) -> None:
             assert s not in log and s not in ps and s not in st
     finally:
         mounter.close()
+
+
+def test_mount_from_a_terminal_logs_in_first(psb: SandboxProcess, tmp_path: Path) -> None:
+    """No login stored yet: a mount started from a terminal runs the provider's login first
+    (here the emulator's consent page, fetched over HTTP); without a terminal it refuses."""
+    env = profile_env(psb, "cleverbase", tmp_path)
+    tokens = Path(env["XDG_CONFIG_HOME"]) / "s3mount" / "tokens"
+    for f in tokens.iterdir():
+        f.unlink()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    cmd = [*S3MOUNT, "mount", "p", str(mp)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "login" in r.stderr and not os.path.ismount(mp)
+    r = subprocess.run(["script", "-qec", " ".join(cmd), "/dev/null"], env=env,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert os.path.ismount(mp)
+        (mp / "f").write_text("after login")
+        assert (mp / "f").read_text() == "after login"
+    finally:
+        subprocess.run([*S3MOUNT, "umount", str(mp)], env=env, capture_output=True, timeout=120)
+        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True, timeout=30)

@@ -18,7 +18,7 @@ import sys
 import time
 
 from ..config import load_profile
-from ..credentials.build import provider_from_profile
+from ..credentials.build import FirstUseLogin, provider_from_profile
 from ..credentials.static import EnvironmentProvider
 from ..errors import S3MountError
 from ..mount import MountRunner, MountSpec, prepare
@@ -138,6 +138,10 @@ def _child_argv(args: argparse.Namespace, spec: MountSpec) -> list[str]:
 def _start_background(args: argparse.Namespace) -> int:
     # Parse here too, so bad options and sources fail before anything starts.
     spec = build_spec(args)
+    if isinstance(spec.provider, FirstUseLogin):
+        # From a terminal: log in now if the profile has no login yet, while someone is there
+        # to answer (the background process has no terminal).
+        spec.provider.fetch()
     from ..logsetup import log_path_for
 
     log_file = spec.options.log_file or log_path_for(spec.mountpoint)
