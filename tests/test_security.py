@@ -269,6 +269,30 @@ def test_allow_other_still_checks_permissions(public_dir: Path, mounter: Mounter
     assert not (m.path / "intruder.txt").exists()
 
 
+@needs_root
+@pytest.mark.xfail(strict=True, reason="mount.py/fs/staging.py use an existing cache directory "
+                                       "whoever owns it (reported to the lead)")
+def test_cache_directory_of_another_user_is_refused(mounter: Mounter, sandbox: SandboxProcess,
+                                                    bucket: str, tmp_path: Path) -> None:
+    """With ``-o cache_dir`` in a shared place (``/tmp/...``), another user could create the
+    mount's cache directory first and read staged data or plant files for crash recovery to
+    upload into this user's bucket: like the runtime directory, it must be ours and private."""
+    cache = tmp_path / "shared-cache"
+    m = mounter(bucket, cache_dir=cache)
+    m.unmount()
+    (mine,) = [p for p in cache.iterdir() if p.is_dir()]  # the mount's own directory in it
+    for p in [mine, *mine.rglob("*")]:
+        os.chown(p, 65534, 65534)
+    mine.chmod(0o777)
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    mounter.mounts.append(Mount(mp, bucket, env, [], cache, tmp_path / "second.log"))
+    r = _cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url, "-o",
+              f"cache_dir={cache},log_file={tmp_path / 'second.log'}"], env)
+    _refused(r, str(mine))
+
+
 # -- secrets -------------------------------------------------------------------------------------
 
 
