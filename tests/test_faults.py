@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from faultlib import through
-from mountlib import Mounter, run
+from mountlib import S3MOUNT, Mount, Mounter, run
 
 from s3mount.sandbox.client import SandboxProcess
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
@@ -122,6 +122,29 @@ def test_server_that_does_not_answer_gives_eio_within_the_timeout(
     # One slow answer only: the next try gets the data.
     proxy.set_faults([Fault("delay", count=1, delay=120)])
     assert (m.path / "f1").read_bytes() == b"content 1"
+
+
+@pytest.mark.parametrize("fault", ["down", "hang"])
+def test_mount_against_a_dead_server_fails_in_one_line(mounter: Mounter, proxy: FaultProxy,
+                                                       sandbox: SandboxProcess, bucket: str,
+                                                       tmp_path: Path, fault: str) -> None:
+    if fault == "down":
+        proxy.set_down(True)
+    else:
+        proxy.set_faults([Fault("delay", probability=1.0, delay=120)])
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    # Handed to the mounter, so that a mount that does come up is unmounted in teardown.
+    mounter.mounts.append(Mount(mp, bucket, env, [], tmp_path / "cache", tmp_path / "m.log"))
+    started = time.monotonic()
+    r = run([*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url", proxy.url,
+             "-o", f"timeout=3,cache_dir={tmp_path / 'cache'},log_file={tmp_path / 'm.log'}"],
+            check=False, timeout=120, env=env)
+    elapsed = time.monotonic() - started
+    assert r.returncode != 0 and not os.path.ismount(mp)
+    assert r.stderr.count("\n") == 1 and "cannot reach" in r.stderr, r.stderr
+    assert elapsed < 60, f"{elapsed:.0f}s with timeout=3"
 
 
 def test_write_while_down_fails_at_close_and_arrives_later(pmounter: Mounter, proxy: FaultProxy,
