@@ -18,7 +18,7 @@ every run). ``spare_last_attempt`` leaves alone a request the SDK marks as its l
 test then proves that retrying works, and not that it can beat the dice.
 
 ``down`` mode is the server gone: every open connection is closed and every new request is closed
-unanswered, until the proxy is set up again.
+unanswered (admin calls excepted), until the proxy is set up again.
 
 Control is from Python (``FaultProxy`` in-process, ``FaultProxyClient`` for one in another process)
 or over HTTP under ``/_faultproxy/`` (no S3 bucket name has an underscore), guarded by a token in the
