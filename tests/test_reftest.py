@@ -1,0 +1,824 @@
+"""Reference-model tests of the filesystem core, after mountpoint-s3's "reftests".
+
+Hypothesis drives the FUSE-agnostic ``Filesystem`` core (no mount) and a plain in-memory model of
+what the mount should show with the same random operations — creating, writing, truncating, renaming
+and removing files, directories and symlinks, chmod/utimens, and objects put or deleted straight in
+the bucket with boto3 behind the filesystem's back — and after every step compares the two: the tree
+seen by recursive readdir (names, kinds, sizes, modes, known mtimes), every file's content, every
+symlink's target, and the keys in the bucket. Every cache timeout is 0, so the core must notice
+changes made behind its back at once. Failing operations must fail with one of the errnos POSIX
+allows for the case.
+
+Model rules that are S3's rather than POSIX's: a directory exists while it has a marker object
+(``dir/``) or anything below it, so an implicit directory (one known only from the keys below it)
+vanishes with its last entry; a directory that was renamed, or whose attributes were set, has a
+marker.
+
+The core runs in one trio run per example, in a background thread (its locks, events and limiter
+belong to that run, and the writeback task runs in the same nursery); the test submits coroutines
+to it with ``trio.from_thread.run``, each bounded by ``CALL_TIMEOUT``. The S3 side is the
+in-process sandbox server over HTTP (``shared_sandbox``), one bucket for the module and a fresh
+prefix per example.
+
+Bugs found this way that are not fixed yet have a deterministic test at the end, marked
+``xfail(strict=True)``; the state machine steps around them (each place says which) so that it keeps
+guarding everything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from provider_support import shared_sandbox
+
+from s3mount.credentials.refresher import Refresher
+from s3mount.credentials.static import StaticProvider
+from s3mount.errors import S3MountError
+from s3mount.fs.attrs import Defaults
+from s3mount.fs.core import RENAME_NOREPLACE, AttrChanges, Filesystem, FsConfig
+from s3mount.fs.inodes import ROOT_INODE, Inode
+from s3mount.fs.metacache import MetaCache
+from s3mount.fs.paths import KeyMapper
+from s3mount.fs.staging import StagingArea
+from s3mount.store.s3 import S3Store, StoreConfig
+
+T = TypeVar("T")
+
+pytestmark = pytest.mark.timeout(600)
+
+UID, GID = os.getuid(), os.getgid()
+DEFAULT_FILE_MODE, DEFAULT_DIR_MODE = 0o644, 0o755
+CALL_TIMEOUT = 30.0
+NAMES = ["a", "b", "c", "d"]  # few names, so operations collide with what exists
+
+contents = st.binary(max_size=48)
+modes = st.integers(0o400, 0o777)
+mtimes = st.integers(1_000_000_000, 2_000_000_000).map(lambda s: s * 1_000_000_000 + 123)
+
+
+# -- the reference model -------------------------------------------------------------------------
+
+@dataclass
+class MFile:
+    data: bytes
+    mode: int | None = DEFAULT_FILE_MODE
+    """None: not compared (see the state machine's ``put_behind``)."""
+    mtime_ns: int | None = None
+    """Known only after utimens (a write stamps the clock, a foreign object its LastModified)."""
+
+
+@dataclass
+class MLink:
+    target: bytes
+
+
+@dataclass
+class MDir:
+    mode: int | None = DEFAULT_DIR_MODE
+    """None: not compared (see the state machine's ``marker_behind``)."""
+    marker: bool = False
+    mtime_ns: int | None = None
+
+
+Node = MFile | MLink | MDir
+
+
+@dataclass
+class Model:
+    """What the mount should show: path -> node; ``""`` is the root."""
+
+    nodes: dict[str, Node] = field(default_factory=lambda: {"": MDir(marker=True)})
+
+    def get(self, path: str) -> Node | None:
+        return self.nodes.get(path)
+
+    def paths(self, *kinds: type) -> list[str]:
+        """Every path but the root, of the given kinds (all kinds if none given)."""
+        return sorted(p for p, n in self.nodes.items() if p and isinstance(n, kinds or Node))
+
+    def dirs(self) -> list[str]:
+        return sorted(p for p, n in self.nodes.items() if isinstance(n, MDir))
+
+    def children(self, path: str) -> list[str]:
+        return [p for p in self.nodes if p and parent_of(p) == path]
+
+    def below(self, path: str) -> list[str]:
+        return [p for p in self.nodes if p.startswith(path + "/")]
+
+    def add(self, path: str, node: Node) -> None:
+        """Put ``node`` at ``path``, with implicit directories for missing parents (S3 keys)."""
+        parent = parent_of(path)
+        while parent and parent not in self.nodes:
+            self.nodes[parent] = MDir()
+            parent = parent_of(parent)
+        self.nodes[path] = node
+
+    def remove(self, path: str) -> None:
+        del self.nodes[path]
+        self.prune(parent_of(path))
+
+    def prune(self, path: str) -> None:
+        """Implicit directories with nothing left below them are gone."""
+        while path:
+            node = self.nodes.get(path)
+            if not isinstance(node, MDir) or node.marker or self.children(path):
+                return
+            del self.nodes[path]
+            path = parent_of(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        node = self.nodes.pop(src)
+        self.nodes.pop(dst, None)  # a file, or an empty directory
+        if isinstance(node, MDir):
+            for p in sorted(self.below(src)):
+                self.nodes[dst + p[len(src):]] = self.nodes.pop(p)
+            node.marker = True
+        self.nodes[dst] = node
+        self.prune(parent_of(src))
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def name_of(path: str) -> bytes:
+    return path.rpartition("/")[2].encode()
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def ancestors(path: str) -> list[str]:
+    out = []
+    while (path := parent_of(path)):
+        out.append(path)
+    return out
+
+
+# -- driving the core as the kernel would ---------------------------------------------------------
+
+class Loop:
+    """A trio run in a background thread for the life of one example."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self.nursery: trio.Nursery | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True,
+                                        name="reftest-trio")
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("trio loop did not start")
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as n:
+            self.nursery = n
+            self.token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await trio.sleep_forever()
+
+    def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async def bounded() -> T:
+            with trio.fail_after(CALL_TIMEOUT):
+                return await afn(*args)
+        return trio.from_thread.run(bounded, trio_token=self.token)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            assert self.nursery is not None
+            self.run_sync(self.nursery.cancel_scope.cancel)
+        self._thread.join(10)
+
+
+@dataclass
+class Seen:
+    """One entry of the tree as the core shows it."""
+
+    kind: int
+    mode: int
+    size: int
+    mtime_ns: int
+    content: bytes | None = None
+
+
+class Kernel:
+    """Operations by path, done as the kernel does them: walk the path with lookups, make the
+    request, and forget the lookups it held (readdirplus entries included) when it is over."""
+
+    def __init__(self, fs: Filesystem) -> None:
+        self.fs = fs
+        self.held: list[int] = []
+
+    async def walk(self, path: str) -> Inode:
+        node = await self.fs.getattr(ROOT_INODE)
+        for name in path.split("/") if path else []:
+            node = await self.fs.lookup(node.ino, name.encode())
+            self.held.append(node.ino)
+        return node
+
+    def forget_all(self) -> None:
+        self.fs.forget([(ino, 1) for ino in self.held])
+        self.held.clear()
+
+    async def create(self, path: str, body: bytes, mode: int) -> None:
+        p = await self.walk(parent_of(path))
+        fh, node = await self.fs.create(p.ino, name_of(path), mode, os.O_WRONLY | os.O_CREAT,
+                                        UID, GID)
+        self.held.append(node.ino)
+        try:
+            for i in range(0, len(body), 20):  # several writes, as the kernel splits them
+                await self.fs.write(fh, i, body[i:i + 20])
+            await self.fs.flush(fh)
+        finally:
+            await self.fs.release(fh)
+
+    async def write(self, path: str, at: int, body: bytes, trunc: bool) -> None:
+        node = await self.walk(path)
+        fh, _ = await self.fs.open(node.ino, os.O_WRONLY | (os.O_TRUNC if trunc else 0))
+        try:
+            if body:
+                await self.fs.write(fh, at, body)
+            await self.fs.flush(fh)
+        finally:
+            await self.fs.release(fh)
+
+    async def read(self, path: str, start: int, length: int) -> bytes:
+        node = await self.walk(path)
+        fh, _ = await self.fs.open(node.ino, os.O_RDONLY)
+        try:
+            return await self.fs.read(fh, start, length)
+        finally:
+            await self.fs.release(fh)
+
+    async def setattr(self, path: str, ch: AttrChanges) -> Inode:
+        node = await self.walk(path)
+        return await self.fs.setattr(node.ino, ch, None)
+
+    async def mkdir(self, path: str, mode: int) -> None:
+        p = await self.walk(parent_of(path))
+        self.held.append((await self.fs.mkdir(p.ino, name_of(path), mode, UID, GID)).ino)
+
+    async def symlink(self, path: str, target: bytes) -> None:
+        p = await self.walk(parent_of(path))
+        self.held.append((await self.fs.symlink(p.ino, name_of(path), target, UID, GID)).ino)
+
+    async def rmdir(self, path: str) -> None:
+        p = await self.walk(parent_of(path))
+        await self.fs.rmdir(p.ino, name_of(path))
+
+    async def unlink(self, path: str) -> None:
+        p = await self.walk(parent_of(path))
+        await self.fs.unlink(p.ino, name_of(path))
+
+    async def rename(self, src: str, dst: str, flags: int) -> None:
+        sp = await self.walk(parent_of(src))
+        dp = await self.walk(parent_of(dst))
+        await self.fs.rename(sp.ino, name_of(src), dp.ino, name_of(dst), flags)
+
+    async def read_file(self, node: Inode) -> bytes:
+        fh, _ = await self.fs.open(node.ino, os.O_RDONLY)
+        try:
+            chunks = []
+            while chunk := await self.fs.read(fh, sum(map(len, chunks)), 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            await self.fs.release(fh)
+
+    async def list_dir(self, node: Inode) -> list[tuple[str, Inode]]:
+        fh = await self.fs.opendir(node.ino)
+        try:
+            entries = [(name, child) for name, child, _ in self.fs.readdir(fh, 0)]
+        finally:
+            self.fs.releasedir(fh)
+        for _, child in entries:
+            child.lookups += 1
+            self.held.append(child.ino)
+        return entries
+
+    async def snapshot(self, known: dict[str, tuple[str, bytes]]) -> dict[str, Seen]:
+        """The whole tree by recursive readdir, with each file's content and link's target.
+
+        ``known`` holds (ETag, content) of files read in earlier snapshots: a file the core still
+        shows with the same ETag is not read again (an object version's content cannot change),
+        which keeps a step to a few requests. It is updated with what was read.
+        """
+        out: dict[str, Seen] = {}
+
+        async def visit(path: str, node: Inode) -> None:
+            for name, child in await self.list_dir(node):
+                p = join(path, name)
+                a = child.attrs
+                seen = out[p] = Seen(stat.S_IFMT(a.mode), stat.S_IMODE(a.mode), a.size,
+                                     a.mtime_ns)
+                if child.is_dir:
+                    await visit(p, child)
+                elif child.is_symlink:
+                    seen.content = await self.fs.readlink(child.ino)
+                elif child.etag is not None and known.get(p, ("", b""))[0] == child.etag:
+                    seen.content = known[p][1]
+                else:
+                    seen.content = await self.read_file(child)
+                    if child.etag is not None:
+                        known[p] = (child.etag, seen.content)
+
+        await visit("", await self.fs.getattr(ROOT_INODE))
+        return out
+
+
+@dataclass
+class Shared:
+    """What all examples share: one bucket (examples differ by prefix), the store on it and an
+    admin client to change the bucket behind the filesystem's back. Building boto3 clients is
+    the slow part of setting up, so it happens once per module."""
+
+    bucket: str
+    store: S3Store
+    s3: Any
+
+
+_SHARED: list[Shared] = []
+
+
+def shared() -> Shared:
+    if not _SHARED:
+        sandbox = shared_sandbox()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request is noise
+        bucket = f"reftest-{uuid.uuid4().hex[:12]}"
+        sandbox.create_bucket(bucket)
+        keys = sandbox.issue_keys([bucket], label="reftest")
+        store = S3Store(StoreConfig(bucket=bucket, endpoint_url=keys.endpoint_url,
+                                    region="us-east-1", timeout=20),
+                        Refresher(StaticProvider(keys)))
+        _SHARED.append(Shared(bucket, store, sandbox.admin_s3()))
+    return _SHARED[0]
+
+
+Outcome = tuple[bool, Any]
+"""(True, result) or (False, errno)."""
+
+
+class Rig:
+    """A fresh filesystem core (all timeouts 0) over a fresh prefix, in its own trio run."""
+
+    def __init__(self) -> None:
+        sh = shared()
+        self.bucket, self.s3 = sh.bucket, sh.s3
+        self.prefix = f"ex-{uuid.uuid4().hex[:12]}/"
+        self.tmp = tempfile.mkdtemp(prefix="reftest-")
+        self.loop = Loop()
+        self.staging = StagingArea(os.path.join(self.tmp, "staging"))
+        cfg = FsConfig(defaults=Defaults(UID, GID), attr_timeout=0, dir_timeout=0,
+                       neg_timeout=0)
+
+        def build() -> Filesystem:
+            fs = Filesystem(sh.store, KeyMapper(self.prefix), cfg, self.staging, MetaCache(None))
+            assert self.loop.nursery is not None
+            fs.nursery = self.loop.nursery
+            self.loop.nursery.start_soon(fs.writeback.run)
+            return fs
+
+        self.fs = self.loop.run_sync(build)
+        self.k = Kernel(self.fs)
+
+    def close(self) -> None:
+        try:
+            self.loop.close()
+        finally:
+            self.staging.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __call__(self, op: Callable[..., Awaitable[T]], *args: Any) -> Outcome:
+        """Run one ``Kernel`` operation in the core."""
+        async def run() -> T:
+            try:
+                return await op(*args)
+            finally:
+                self.k.forget_all()
+        try:
+            return True, self.loop.run(run)
+        except S3MountError as exc:
+            return False, exc.errno
+
+    def ok(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+        done, value = self(op, *args)
+        assert done, f"{op.__name__}{args} failed: {errno.errorcode.get(value, value)}"
+        return value
+
+    def snapshot(self, known: dict[str, tuple[str, bytes]] | None = None) -> dict[str, Seen]:
+        return self.ok(self.k.snapshot, {} if known is None else known)
+
+    def key(self, path: str) -> str:
+        return self.prefix + path
+
+    def bucket_keys(self) -> dict[str, str]:
+        """Key (without the prefix) -> ETag of everything under the prefix."""
+        keys: dict[str, str] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix):
+            keys.update({o["Key"][len(self.prefix):]: o["ETag"].strip('"')
+                         for o in page.get("Contents", [])})
+        return keys
+
+
+# -- the state machine ----------------------------------------------------------------------------
+
+class FilesystemVsModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rig = Rig()
+        self.k = self.rig.k
+        self.model = Model()
+        self.known: dict[str, tuple[str, bytes]] = {}
+        self.ghosts: dict[str, Node] = {}
+        """Nodes that vanished behind the filesystem's back (the core may still hold inodes)."""
+
+    def teardown(self) -> None:
+        self.rig.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def expect(self, outcome: Outcome, allowed: set[int], what: str) -> bool:
+        """Check an outcome against the errnos the model allows (none: it must succeed); True
+        when the operation succeeded."""
+        ok, value = outcome
+        names = sorted(errno.errorcode[e] for e in allowed)
+        if ok:
+            assert not allowed, f"{what}: succeeded, expected one of {names}"
+            return True
+        got = errno.errorcode.get(value, value)
+        assert allowed, f"{what}: failed with {got}"
+        assert value in allowed, f"{what}: failed with {got}, expected one of {names}"
+        return False
+
+    def new_path(self, data: st.DataObject) -> str:
+        """A path in an existing directory; the name may or may not be taken."""
+        return join(data.draw(st.sampled_from(self.model.dirs())),
+                    data.draw(st.sampled_from(NAMES)))
+
+    def existing(self, data: st.DataObject, *kinds: type) -> str | None:
+        """An existing path of one of ``kinds``, or None (then the rule does nothing)."""
+        paths = self.model.paths(*kinds)
+        return data.draw(st.sampled_from(paths)) if paths else None
+
+    def any_path(self, data: st.DataObject) -> str | None:
+        """An existing path of any kind, or a name in an existing directory."""
+        return self.existing(data) if data.draw(st.booleans()) else self.new_path(data)
+
+    def behind(self, change: Callable[[], None]) -> None:
+        """Apply a change made behind the filesystem's back to the model, minding known bugs:
+        a directory that vanishes and comes back, or a file that comes back with the same
+        content (so the same ETag), still shows its old attributes (see
+        test_dir_recreated_behind_back and test_metadata_changed_behind_back); their modes are
+        not compared."""
+        before = dict(self.model.nodes)
+        change()
+        for p in before.keys() - self.model.nodes.keys():
+            self.ghosts[p] = before[p]
+        for p in self.model.nodes.keys() - before.keys():
+            node, ghost = self.model.nodes[p], self.ghosts.get(p)
+            if isinstance(node, MDir) and isinstance(ghost, MDir) or \
+                    isinstance(node, MFile) and isinstance(ghost, MFile) and \
+                    node.data == ghost.data:
+                node.mode = None
+
+    def taken(self, path: str) -> set[int]:
+        return {errno.EEXIST} if self.model.get(path) is not None else set()
+
+    # -- operations through the filesystem ------------------------------------------------------
+
+    @rule(data=st.data(), body=contents, mode=modes)
+    def create_file(self, data: st.DataObject, body: bytes, mode: int) -> None:
+        path = self.new_path(data)
+        if self.expect(self.rig(self.k.create, path, body, mode), self.taken(path),
+                       f"create {path}"):
+            self.model.add(path, MFile(body, mode))
+
+    @rule(data=st.data(), body=contents, at=st.integers(0, 64), trunc=st.booleans())
+    def write_file(self, data: st.DataObject, body: bytes, at: int, trunc: bool) -> None:
+        """Open an existing file (or a directory: EISDIR) for writing, write at an offset, close;
+        with ``trunc`` the file is opened with O_TRUNC."""
+        path = self.existing(data, MFile, MDir)
+        if path is None:
+            return
+        node = self.model.get(path)
+        allowed = {errno.EISDIR} if isinstance(node, MDir) else set()
+        if self.expect(self.rig(self.k.write, path, at, body, trunc), allowed,
+                       f"write {path} at {at} trunc={trunc}"):
+            assert isinstance(node, MFile)
+            new = b"" if trunc else node.data
+            if body:
+                new = new.ljust(at, b"\0")
+                new = new[:at] + body + new[at + len(body):]
+            node.data = new
+            node.mtime_ns = None
+
+    @rule(data=st.data(), size=st.integers(0, 80))
+    def truncate(self, data: st.DataObject, size: int) -> None:
+        path = self.existing(data, MFile, MDir)
+        if path is None:
+            return
+        node = self.model.get(path)
+        allowed = {errno.EISDIR} if isinstance(node, MDir) else set()
+        if self.expect(self.rig(self.k.setattr, path, AttrChanges(size=size)), allowed,
+                       f"truncate {path} to {size}"):
+            assert isinstance(node, MFile)
+            node.data = node.data[:size].ljust(size, b"\0")
+            node.mtime_ns = None
+
+    @rule(data=st.data(), mode=modes)
+    def mkdir(self, data: st.DataObject, mode: int) -> None:
+        path = self.new_path(data)
+        if self.expect(self.rig(self.k.mkdir, path, mode), self.taken(path), f"mkdir {path}"):
+            self.model.add(path, MDir(mode, marker=True))
+
+    @rule(data=st.data())
+    def rmdir(self, data: st.DataObject) -> None:
+        path = self.any_path(data)
+        if path is None:
+            return
+        node = self.model.get(path)
+        allowed = ({errno.ENOENT} if node is None else
+                   {errno.ENOTDIR} if not isinstance(node, MDir) else
+                   {errno.ENOTEMPTY} if self.model.children(path) else set())
+        if self.expect(self.rig(self.k.rmdir, path), allowed, f"rmdir {path}"):
+            self.model.remove(path)
+
+    @rule(data=st.data())
+    def unlink(self, data: st.DataObject) -> None:
+        path = self.any_path(data)
+        if path is None:
+            return
+        node = self.model.get(path)
+        allowed = ({errno.ENOENT} if node is None else
+                   {errno.EISDIR, errno.EPERM} if isinstance(node, MDir) else set())
+        if self.expect(self.rig(self.k.unlink, path), allowed, f"unlink {path}"):
+            self.model.remove(path)
+
+    @rule(data=st.data(), noreplace=st.booleans())
+    def rename(self, data: st.DataObject, noreplace: bool) -> None:
+        src = self.existing(data)
+        dst = self.any_path(data)
+        if src is None or dst is None or dst == src:
+            return
+        s, d = self.model.get(src), self.model.get(dst)
+        allowed: set[int] = set()
+        if isinstance(s, MDir) and dst.startswith(src + "/"):
+            allowed.add(errno.EINVAL)  # into itself
+        if d is not None:
+            if noreplace:
+                allowed.add(errno.EEXIST)
+            if isinstance(d, MDir) and not isinstance(s, MDir):
+                allowed.add(errno.EISDIR)
+            if isinstance(s, MDir) and not isinstance(d, MDir):
+                allowed.add(errno.ENOTDIR)
+            if isinstance(d, MDir) and self.model.children(dst):
+                allowed.add(errno.ENOTEMPTY)  # (also when the target is an ancestor of src)
+        if isinstance(s, MDir) and isinstance(d, MDir) and not allowed:
+            return  # replacing an empty directory: see test_rename_dir_onto_empty_dir
+        what = f"rename {src} -> {dst}{' (NOREPLACE)' if noreplace else ''}"
+        if self.expect(self.rig(self.k.rename, src, dst, RENAME_NOREPLACE if noreplace else 0),
+                       allowed, what):
+            self.model.rename(src, dst)
+
+    @rule(data=st.data(), mode=st.one_of(st.none(), modes), mtime=st.one_of(st.none(), mtimes))
+    def chmod_utimens(self, data: st.DataObject, mode: int | None, mtime: int | None) -> None:
+        path = self.existing(data, MFile, MDir)
+        if path is None or (mode is None and mtime is None):
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile | MDir)
+        what = f"setattr {path} mode={mode} mtime={mtime}"
+        result = self.rig.ok(self.k.setattr, path, AttrChanges(mode=mode, mtime_ns=mtime))
+        if mode is not None:
+            node.mode = mode
+            assert stat.S_IMODE(result.attrs.mode) == mode, what
+        if mtime is not None:
+            node.mtime_ns = mtime
+            assert result.attrs.mtime_ns == mtime, what
+        if isinstance(node, MDir):
+            node.marker = True  # a directory's attributes live in its marker
+
+    @rule(data=st.data(), link_to=st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b))
+    def symlink(self, data: st.DataObject, link_to: bytes) -> None:
+        path = self.new_path(data)
+        if self.expect(self.rig(self.k.symlink, path, link_to), self.taken(path),
+                       f"symlink {path}"):
+            self.model.add(path, MLink(link_to))
+
+    @rule(data=st.data(), start=st.integers(0, 60), length=st.integers(1, 60))
+    def read_range(self, data: st.DataObject, start: int, length: int) -> None:
+        """A read at an offset (the invariant reads whole files from the start)."""
+        path = self.existing(data, MFile)
+        if path is None:
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile)
+        got = self.rig.ok(self.k.read, path, start, length)
+        assert got == node.data[start:start + length], f"read {path} [{start}:+{length}]"
+
+    # -- changes behind the filesystem's back --------------------------------------------------
+
+    @rule(data=st.data(), body=contents, deeper=st.booleans(), mode=modes,
+          kind=st.sampled_from(["plain", "mode", "link"]))
+    def put_behind(self, data: st.DataObject, body: bytes, deeper: bool, mode: int,
+                   kind: str) -> None:
+        """Another client writes an object: a plain file, one with s3fs-style metadata, or a
+        symlink as s3fs and s3mount store one; perhaps in directories that exist only
+        implicitly."""
+        path = self.new_path(data)
+        if deeper:
+            path = join(path, data.draw(st.sampled_from(NAMES)))
+        if any(not isinstance(self.model.get(a), MDir | None) for a in ancestors(path)) or \
+                isinstance(self.model.get(path), MDir):
+            return  # a key that would make a name both a file and a directory: not modelled
+        old = self.model.get(path)
+        if kind == "link" and (not body or isinstance(old or self.ghosts.get(path), MLink)):
+            # A symlink has a target; replacing one's target behind the back is a known bug:
+            # see test_symlink_changed_behind_back.
+            kind = "plain"
+        metadata = {"plain": {}, "mode": {"mode": str(stat.S_IFREG | mode)},
+                    "link": {"mode": str(stat.S_IFLNK | 0o777)}}[kind]
+        self.rig.s3.put_object(Bucket=self.rig.bucket, Key=self.rig.key(path), Body=body,
+                               Metadata=metadata)
+        if kind == "link":
+            self.behind(lambda: self.model.add(path, MLink(body)))
+            return
+        new = MFile(body, mode if kind == "mode" else DEFAULT_FILE_MODE)
+        if isinstance(old, MFile) and old.data == body:
+            new.mode = None  # same content, same ETag: see test_metadata_changed_behind_back
+        self.behind(lambda: self.model.add(path, new))
+
+    @rule(data=st.data())
+    def delete_behind(self, data: st.DataObject) -> None:
+        path = self.existing(data, MFile, MLink)
+        if path is None:
+            return
+        self.rig.s3.delete_object(Bucket=self.rig.bucket, Key=self.rig.key(path))
+        self.behind(lambda: self.model.remove(path))
+
+    @rule(data=st.data(), add=st.booleans())
+    def marker_behind(self, data: st.DataObject, add: bool) -> None:
+        """Another client creates a directory (a bare marker) or deletes a directory's marker."""
+        if add:
+            path = self.new_path(data)
+            if self.model.get(path) is None:
+                self.rig.s3.put_object(Bucket=self.rig.bucket, Key=self.rig.key(path) + "/",
+                                       Body=b"")
+                self.behind(lambda: self.model.add(path, MDir(marker=True)))
+            return
+        marked = [p for p in self.model.paths(MDir) if self.model.nodes[p].marker]  # type: ignore[union-attr]
+        if not marked:
+            return
+        path = data.draw(st.sampled_from(marked))
+        self.rig.s3.delete_object(Bucket=self.rig.bucket, Key=self.rig.key(path) + "/")
+        node = self.model.nodes[path]
+        assert isinstance(node, MDir)
+        node.marker = False
+        # The mount should now show the default mode, but keeps the marker's: see
+        # test_dir_attrs_after_marker_deleted_behind_back.
+        node.mode = node.mtime_ns = None
+        self.behind(lambda: self.model.prune(path))
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def tree_matches_model(self) -> None:
+        seen = self.rig.snapshot(self.known)
+        expected = self.model.paths()
+        assert sorted(seen) == expected, "paths seen by readdir differ from the model"
+        for path in expected:
+            node, s = self.model.nodes[path], seen[path]
+            if isinstance(node, MLink):
+                assert s.kind == stat.S_IFLNK, f"{path} should be a symlink"
+                assert s.content == node.target, f"{path}: symlink target"
+                continue
+            if isinstance(node, MDir):
+                assert s.kind == stat.S_IFDIR, f"{path} should be a directory"
+            else:
+                assert s.kind == stat.S_IFREG, f"{path} should be a regular file"
+                assert s.size == len(node.data), f"{path}: size"
+                assert s.content == node.data, f"{path}: content"
+            if node.mode is not None:
+                assert s.mode == node.mode, f"{path}: mode {s.mode:o}, model {node.mode:o}"
+            if node.mtime_ns is not None:
+                assert s.mtime_ns == node.mtime_ns, f"{path}: mtime"
+
+    @invariant()
+    def bucket_matches_model(self) -> None:
+        keys = self.rig.bucket_keys()
+        markers = {k[:-1] for k in keys if k.endswith("/")}
+        objects = {k: v for k, v in keys.items() if not k.endswith("/")}
+        stored = {p: n.target if isinstance(n, MLink) else n.data
+                  for p, n in self.model.nodes.items() if isinstance(n, MFile | MLink)}
+        assert sorted(objects) == sorted(stored), "object keys differ from the model's files"
+        for p, body in stored.items():
+            assert objects[p] == hashlib.md5(body).hexdigest(), f"{p}: stored content"
+        assert markers <= set(self.model.dirs()), "a marker for a directory the model lacks"
+        for d in self.model.paths(MDir):
+            assert d in markers or self.model.below(d), f"{d}: an empty directory without marker"
+
+    @invariant()
+    def nothing_pending(self) -> None:
+        assert self.rig.fs.pending_uploads() == 0, "closed files must be stored (close-to-open)"
+
+
+# About 30 s of CPU (the sandbox server runs in this process); shrinking a failure takes longer,
+# hence the generous timeout.
+FilesystemVsModel.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestFilesystemVsModel = FilesystemVsModel.TestCase
+
+
+# -- known bugs found by the state machine, as deterministic cases --------------------------------
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.mark.xfail(strict=True, reason="core.rename deletes the target directory's marker "
+                   "after _rename_dir has copied the source's marker onto that same key")
+def test_rename_dir_onto_empty_dir(rig: Rig) -> None:
+    """rename(a, b) with a and b empty directories must leave b (POSIX; the model's rule)."""
+    rig.ok(rig.k.mkdir, "a", 0o750)
+    rig.ok(rig.k.mkdir, "b", 0o755)
+    rig.ok(rig.k.rename, "a", "b", 0)
+    assert set(rig.bucket_keys()) == {"b/"}
+    seen = rig.snapshot()
+    assert list(seen) == ["b"] and seen["b"].mode == 0o750
+
+
+@pytest.mark.xfail(strict=True, reason="_install_dir keeps a cached directory's attributes when "
+                   "its marker is gone, and _unchanged treats any directory entry as unchanged, "
+                   "so attr_timeout=0 is not honoured for directories")
+def test_dir_attrs_after_marker_deleted_behind_back(rig: Rig) -> None:
+    rig.ok(rig.k.mkdir, "d", 0o700)
+    rig.ok(rig.k.create, "d/f", b"x", 0o644)
+    assert rig.snapshot()["d"].mode == 0o700
+    rig.s3.delete_object(Bucket=rig.bucket, Key=rig.key("d/"))  # d is implicit now
+    assert rig.snapshot()["d"].mode == DEFAULT_DIR_MODE
+
+
+@pytest.mark.xfail(strict=True, reason="changed metadata with the same ETag is never seen: "
+                   "_unchanged compares ETags only and MetaCache is keyed by (key, ETag), but "
+                   "an S3 ETag is the MD5 of the content, not of the metadata")
+def test_metadata_changed_behind_back(rig: Rig) -> None:
+    """Another client (s3fs, another s3mount) chmods a file: CopyObject onto itself with new
+    metadata. The content and so the ETag stay; the mode must change all the same."""
+    rig.ok(rig.k.create, "f", b"same", 0o600)
+    assert rig.snapshot()["f"].mode == 0o600
+    before = rig.bucket_keys()["f"]
+    rig.s3.copy_object(Bucket=rig.bucket, Key=rig.key("f"), MetadataDirective="REPLACE",
+                       CopySource={"Bucket": rig.bucket, "Key": rig.key("f")},
+                       Metadata={"mode": str(stat.S_IFREG | 0o640)})
+    assert rig.bucket_keys()["f"] == before  # the premise: S3 keeps the ETag
+    assert rig.snapshot()["f"].mode == 0o640
+
+
+@pytest.mark.xfail(strict=True, reason="opendir keeps inodes of names gone from the listing, and "
+                   "_unchanged treats any directory entry as unchanged, so a directory removed "
+                   "and re-created by another client keeps the old one's attributes")
+def test_dir_recreated_behind_back(rig: Rig) -> None:
+    rig.ok(rig.k.mkdir, "d", 0o700)
+    assert rig.snapshot()["d"].mode == 0o700
+    rig.s3.delete_object(Bucket=rig.bucket, Key=rig.key("d/"))
+    assert rig.snapshot() == {}
+    rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/"), Body=b"")  # no metadata: defaults
+    assert rig.snapshot()["d"].mode == DEFAULT_DIR_MODE
+
+
+@pytest.mark.xfail(strict=True, reason="Filesystem._install keeps a cached symlink_target when "
+                   "the symlink object was replaced (new ETag, same kind)")
+def test_symlink_changed_behind_back(rig: Rig) -> None:
+    rig.ok(rig.k.symlink, "l", b"old-target")
+    assert rig.snapshot()["l"].content == b"old-target"
+    rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("l"), Body=b"new-target",
+                      Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    assert rig.snapshot()["l"].content == b"new-target"
