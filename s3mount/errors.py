@@ -37,9 +37,9 @@ class CredentialsExpired(AccessDenied):
 
 
 class PreconditionFailed(S3MountError):
-    """The object changed under us (If-Match/If-None-Match failed)."""
+    """The object changed under us (If-Match failed): the version a handle opened is gone."""
 
-    errno = _errno.EAGAIN
+    errno = _errno.ESTALE
 
 
 class Unavailable(S3MountError):

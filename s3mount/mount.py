@@ -34,6 +34,7 @@ from .fs.paths import KeyMapper
 from .fs.staging import StagingArea
 from .notify import notify
 from .options import MountOptions
+from .sources import SourceError, parse_source
 from .store.s3 import S3Store, StoreConfig
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def prepare(spec: MountSpec) -> Prepared:
     bucket = spec.bucket or keys.bucket
     if not bucket:
         raise MountError("no bucket given and the provider did not name one")
+    try:
+        parse_source(f"s3://{bucket}")  # it goes into the fsname= mount option
+    except SourceError:
+        raise MountError(f"{bucket!r} is not a valid bucket name") from None
     endpoint = o.endpoint_url or keys.endpoint_url
     if o.no_verify_ssl:
         log.warning("TLS certificate verification is OFF (-o no_verify_ssl): anyone on the network "
@@ -141,6 +146,20 @@ def _cache_root(p: Prepared) -> str:
     return os.path.join(o.cache_dir or default_cache_dir(), digest)
 
 
+def _check_private_dir(path: str) -> None:
+    """Staged data and crash-recovery records live here: the directory must be ours alone, or
+    someone else could read what we stage or plant files for recovery to upload."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) & 0o077):
+        raise MountError(f"cache directory {path} is not private to you (owner uid {st.st_uid}, "
+                         f"mode {stat.S_IMODE(st.st_mode):o}); remove it or use another "
+                         "cache_dir")
+
+
 class MountRunner:
     """One mounted filesystem from ``pyfuse3.init`` to unmount."""
 
@@ -149,6 +168,8 @@ class MountRunner:
         o = p.spec.options
         root = _cache_root(p)
         os.makedirs(root, mode=0o700, exist_ok=True)
+        for path in (root, os.path.join(root, "staging")):
+            _check_private_dir(path)
         self.staging = StagingArea(os.path.join(root, "staging"))
         self.meta = MetaCache(os.path.join(root, "attrs.sqlite"))
         uid = o.uid if o.uid is not None else os.getuid()

@@ -270,8 +270,6 @@ def test_allow_other_still_checks_permissions(public_dir: Path, mounter: Mounter
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="mount.py/fs/staging.py use an existing cache directory "
-                                       "whoever owns it (reported to the lead)")
 def test_cache_directory_of_another_user_is_refused(mounter: Mounter, sandbox: SandboxProcess,
                                                     bucket: str, tmp_path: Path) -> None:
     """With ``-o cache_dir`` in a shared place (``/tmp/...``), another user could create the
@@ -367,8 +365,6 @@ def test_no_secret_in_logs_ps_status_or_errors(mounter: Mounter, sandbox: Sandbo
     assert not leaks, leaks
 
 
-@pytest.mark.xfail(strict=True, reason="fs/fuse_ops.py logs write() data up to 256 bytes at "
-                                        "debug level (reported to the lead)")
 def test_file_contents_stay_out_of_the_debug_log(mounter: Mounter, sandbox: SandboxProcess,
                                                  bucket: str) -> None:
     """A file can hold a secret too (a copied credentials file): its bytes are not log lines."""

@@ -4,6 +4,10 @@
 ``s3mount.errors`` types only (each carries its errno). The FUSE adapter (``fuse_ops``) is a thin
 translation on top; tests drive this class directly as well as through real mounts.
 
+This module holds the state and the operations on names (mkdir, unlink, rename, setattr, readdir,
+...); finding out what a path is lives in ``namespace`` and file data (open, read, write, uploads)
+in ``files``, both mixed into ``Filesystem``.
+
 Concurrency protocol:
 
 * Everything here runs in the one trio thread; store calls (blocking boto3) run in worker threads via
@@ -23,25 +27,25 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
 from cachetools import TTLCache
 
-from ..errors import FsError, NotFound, S3MountError
-from ..store.base import ListPage, ObjectInfo, ObjectStore
+from ..errors import FsError, S3MountError
+from ..store.base import ObjectInfo, ObjectStore
 from .attrs import Attrs, Defaults, attrs_from_object, metadata_for
+from .concurrency import gather
+from .files import FileData, Handle, OpenFile
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .metacache import MetaCache
+from .namespace import DirEntry, Listing, Namespace
 from .paths import KeyMapper, decode_name, join, split
-from .reader import Reader
-from .staging import Record, StagingArea, StagingFile
-from .streaming import StreamingUpload
+from .staging import StagingArea
 from .writeback import Writeback
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,6 @@ T = TypeVar("T")
 # Metadata names we interpret; everything else on an object is carried along untouched.
 OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime"})
 HEAD_PARALLELISM = 32
-STREAM_PARALLEL = 4
 SYMLINK_MAX = 4096
 
 
@@ -73,49 +76,12 @@ class FsConfig:
     shutdown_timeout: float = 3600.0
 
 
-@dataclass
-class DirEntry:
-    """One name in a directory listing, as S3 (or our own pending work) reports it."""
-
-    name: str
-    is_dir: bool
-    size: int = 0
-    etag: str | None = None
-    last_modified: float = 0.0
 
 
-@dataclass
-class Listing:
-    entries: dict[str, DirEntry]
-    expires: float
 
 
-@dataclass
-class OpenFile:
-    """State of a file that has open handles (shared by all of them)."""
-
-    node: Inode
-    staging: StagingFile | None = None
-    loaded: bool = False
-    """The staging file holds the whole current content (reads and writes go there)."""
-    dirty: bool = False
-    handles: int = 0
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    base_etag: str | None = None
-    seq_end: int | None = None
-    """While the file has been written strictly front to back from empty: how far. None once a
-    write landed elsewhere (or the file was not empty to begin with)."""
-    stream: StreamingUpload | None = None
-    explicit_mtime: bool = False
-    """An mtime was set by utimens (not just moved by writes): it must be stored exactly."""
 
 
-@dataclass
-class Handle:
-    fh: int
-    node: Inode
-    of: OpenFile
-    reader: Reader | None = None
 
 
 @dataclass
@@ -136,7 +102,7 @@ class AttrChanges:
     ctime_ns: int | None = None
 
 
-class Filesystem:
+class Filesystem(Namespace, FileData):
     """POSIX semantics over one ``ObjectStore`` (see module docstring)."""
 
     def __init__(self, store: ObjectStore, mapper: KeyMapper, config: FsConfig,
@@ -211,205 +177,6 @@ class Filesystem:
             node.symlink_target = None
         self.negative.pop(path, None)
         return node
-
-    # -- listings ------------------------------------------------------------------------------
-
-    def _cached_listing(self, path: str) -> Listing | None:
-        lst = self.listings.get(path)
-        if lst is not None and lst.expires > trio.current_time():
-            return lst
-        return None
-
-    def _listing_add(self, parent: str, entry: DirEntry) -> None:
-        lst = self.listings.get(parent)
-        if lst is not None:
-            lst.entries[entry.name] = entry
-
-    def _listing_remove(self, parent: str, name: str) -> None:
-        lst = self.listings.get(parent)
-        if lst is not None:
-            lst.entries.pop(name, None)
-
-    async def _list_dir(self, path: str) -> Listing:
-        """The entries of directory ``path`` (all pages), cached for ``dir_timeout``."""
-        cached = self._cached_listing(path)
-        if cached is not None:
-            return cached
-        prefix = self.keys.dir_prefix(path)
-        pages = []
-        token = None
-        while True:
-            page = await self._run(self.store.list_page, prefix, token=token)
-            pages.append(page)
-            token = page.next_token
-            if not token:
-                break
-        return self._remember_listing(path, pages)
-
-    async def _listing_for_lookup(self, path: str) -> Listing | None:
-        """A listing of ``path`` to answer a lookup from, if one LIST page holds the directory.
-
-        One LIST answers a lookup (hit or miss) and refreshes every sibling at once, where asking
-        for a single name costs a HEAD and a LIST. Directories larger than one page are remembered
-        as large and looked up name by name instead.
-        """
-        cached = self._cached_listing(path)
-        if cached is not None or path in self.large_dirs:
-            return cached
-        page = await self._run(self.store.list_page, self.keys.dir_prefix(path))
-        if page.next_token:
-            self.large_dirs.add(path)
-            return None
-        return self._remember_listing(path, [page])
-
-    def _remember_listing(self, path: str, pages: list[ListPage]) -> Listing:
-        prefix = self.keys.dir_prefix(path)
-        entries: dict[str, DirEntry] = {}
-        for page in pages:
-            for p in page.prefixes:
-                name = self.keys.child_name(prefix, p)
-                if name is not None:
-                    if name in entries and not entries[name].is_dir:
-                        self._warn_conflict(join(path, name))
-                    entries[name] = DirEntry(name, True)
-            for o in page.objects:
-                name = self.keys.child_name(prefix, o.key)
-                if name is None:
-                    if o.key != prefix:
-                        log.debug("skipping key %r: not representable as a path", o.key)
-                    continue
-                if name in entries and entries[name].is_dir:
-                    self._warn_conflict(join(path, name))
-                    continue
-                entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
-        # Files created here but not uploaded yet exist too (close-to-open: they will be).
-        for name, of in self._pending_children(path):
-            entries.setdefault(name, DirEntry(name, False, of.node.attrs.size, None, time.time()))
-        lst = Listing(entries, trio.current_time() + self.cfg.dir_timeout)
-        self.listings[path] = lst
-        return lst
-
-    def _pending_children(self, path: str) -> list[tuple[str, OpenFile]]:
-        out = []
-        for of in self.open_files.values():
-            p = of.node.path
-            if p is not None and of.node.etag is None and split(p)[0] == path:
-                out.append((split(p)[1], of))
-        return out
-
-    def _warn_conflict(self, path: str) -> None:
-        if path not in self._warned_conflicts:
-            self._warned_conflicts.add(path)
-            log.warning("%r is both a file and a directory in the bucket; showing the directory "
-                        "(the file object is hidden)", path)
-
-    # -- finding out what a path is ------------------------------------------------------------
-
-    async def _head_or_none(self, key: str) -> ObjectInfo | None:
-        try:
-            return await self._run(self.store.head, key)
-        except NotFound:
-            return None
-
-    async def _dir_exists(self, path: str) -> bool:
-        page = await self._run(self.store.list_page, self.keys.dir_prefix(path), max_keys=1)
-        return bool(page.objects or page.prefixes)
-
-    async def _stat_path(self, path: str, hint: DirEntry | None = None) -> Inode | None:
-        """Ask S3 what ``path`` is; install and return its inode, or None if it does not exist."""
-        if hint is not None and not hint.is_dir:
-            return await self._install_file(path, hint)
-        file_info: ObjectInfo | None = None
-        marker: ObjectInfo | None = None
-        is_dir = hint is not None and hint.is_dir
-
-        async def head_file() -> None:
-            nonlocal file_info
-            file_info = await self._head_or_none(self.keys.file_key(path))
-
-        async def head_marker() -> None:
-            nonlocal marker
-            if self.cfg.posix_metadata or hint is None:
-                marker = await self._head_or_none(self.keys.dir_prefix(path))
-
-        async def list_dir() -> None:
-            nonlocal is_dir
-            is_dir = await self._dir_exists(path)
-
-        await gather([head_marker] if hint is not None else [head_file, list_dir, head_marker])
-        if is_dir or marker is not None:
-            if file_info is not None:
-                self._warn_conflict(path)
-            return self._install_dir(path, marker)
-        if file_info is None:
-            return None
-        return self._install_info(path, file_info)
-
-    def _install_dir(self, path: str, marker: ObjectInfo | None) -> Inode:
-        existing = self.inodes.at(path)
-        if marker is None and existing is not None and existing.is_dir:
-            existing.valid_until = self._fresh_until()
-            return existing
-        md = dict(marker.metadata or {}) if marker else None
-        lm = marker.last_modified if marker else time.time()
-        attrs = self._attrs_for(is_dir=True, size=0, last_modified=lm, metadata=md)
-        return self._install(path, attrs, marker.etag if marker else None, md)
-
-    def _install_info(self, path: str, info: ObjectInfo) -> Inode:
-        md = dict(info.metadata or {})
-        attrs = self._attrs_for(is_dir=False, size=info.size, last_modified=info.last_modified,
-                                metadata=md)
-        self.meta.put(info.key, info.etag, md)
-        node = self._install(path, attrs, info.etag, md)
-        return node
-
-    async def _install_file(self, path: str, entry: DirEntry) -> Inode | None:
-        """A file seen in a listing: metadata from the cache by ETag, else one HEAD."""
-        key = self.keys.file_key(path)
-        md = self.meta.get(key, entry.etag) if entry.etag else None
-        if md is None and not self.cfg.posix_metadata and entry.etag is not None:
-            md = {}
-        if md is None:
-            info = await self._head_or_none(key)
-            if info is None:
-                return None
-            return self._install_info(path, info)
-        attrs = self._attrs_for(is_dir=False, size=entry.size, last_modified=entry.last_modified,
-                                metadata=md)
-        return self._install(path, attrs, entry.etag, md)
-
-    @staticmethod
-    def _unchanged(node: Inode, entry: DirEntry) -> bool:
-        """Whether a listing entry shows the same object as ``node`` (metadata cannot change
-        without the ETag changing; a directory's attributes are refreshed by opendir)."""
-        if entry.is_dir or node.is_dir:
-            return entry.is_dir == node.is_dir
-        return entry.etag is not None and entry.etag == node.etag
-
-    async def _resolve(self, parent_path: str, name: str) -> Inode | None:
-        """The inode at ``parent/name`` if it exists (fresh enough), else None."""
-        path = join(parent_path, name)
-        node = self.inodes.at(path)
-        if node is not None and (node.valid_until > trio.current_time() or
-                                 node.open_count or node.etag is None and not node.is_dir):
-            return node
-        if path in self.negative:
-            return None
-        lst = await self._listing_for_lookup(parent_path)
-        if lst is None:
-            found = await self._stat_path(path)
-        elif (entry := lst.entries.get(name)) is None:
-            found = None
-        elif node is not None and self._unchanged(node, entry):
-            node.valid_until = self._fresh_until()
-            found = node
-        else:
-            found = await self._stat_path(path, entry)
-        if found is None:
-            if node is not None:
-                self.inodes.detach(node)
-            self.negative[path] = True
-        return found
 
     # -- operations: names ---------------------------------------------------------------------
 
@@ -694,27 +461,6 @@ class Filesystem:
         node.attrs = new
         node.valid_until = self._fresh_until()
 
-    async def _truncate(self, node: Inode, size: int) -> None:
-        own = node.ino not in self.open_files
-        of = self._open_file(node)
-        try:
-            async with of.lock:
-                await self._stop_stream(of)
-                if size == 0:
-                    self._fresh_staging(of)
-                else:
-                    await self._load(of)
-                assert of.staging is not None
-                of.staging.truncate(size)
-                node.attrs.size = size
-                node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
-                self._mark_dirty(of)
-            if own:
-                await self._upload(of)
-        finally:
-            if own:
-                await self._close_file(of)
-
     async def statfs(self) -> dict[str, int]:
         # S3 has no capacity to report; answer "plenty" so tools that check free space proceed.
         blocks = 2**40 // 4096
@@ -767,142 +513,6 @@ class Filesystem:
     def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
 
-    # -- files ---------------------------------------------------------------------------------
-
-    def _open_file(self, node: Inode) -> OpenFile:
-        of = self.open_files.get(node.ino)
-        if of is None:
-            of = OpenFile(node, base_etag=node.etag)
-            self.open_files[node.ino] = of
-        of.handles += 1
-        node.open_count += 1
-        return of
-
-    async def _close_file(self, of: OpenFile) -> None:
-        of.handles -= 1
-        of.node.open_count -= 1
-        await self._settle(of)
-
-    async def _settle(self, of: OpenFile) -> None:
-        """Forget a file nobody has open once its data is safely stored (or no longer wanted);
-        a dirty one stays, with its staging file, until the writeback stores it."""
-        if of.handles > 0 or of.dirty or self.open_files.get(of.node.ino) is not of:
-            return
-        del self.open_files[of.node.ino]
-        if of.staging is not None:
-            of.staging.discard()
-            of.staging = None
-        if of.node.path is None:
-            self.inodes.detach(of.node)
-
-    def _fresh_staging(self, of: OpenFile) -> None:
-        if of.staging is None:
-            of.staging = self.staging.new()
-        of.staging.truncate(0)
-        of.loaded = True
-
-    async def _load(self, of: OpenFile) -> None:
-        """Make the staging file hold the object's current content (caller holds of.lock)."""
-        if of.loaded:
-            return
-        node = of.node
-        if of.staging is None:
-            of.staging = self.staging.new()
-        if node.etag is not None and node.attrs.size > 0 and node.path is not None:
-            with open(of.staging.path, "r+b") as out:
-                await self._run(self.store.download, self.keys.file_key(node.path), out,
-                                etag=node.etag, size=node.attrs.size)
-        of.loaded = True
-
-    def _mark_dirty(self, of: OpenFile) -> None:
-        if not of.dirty:
-            self._save_record(of, dirty=True)
-        of.dirty = True
-
-    def _save_record(self, of: OpenFile, *, dirty: bool, sync: bool = False) -> None:
-        """Persist what the staging file belongs to, so a crash cannot orphan its data."""
-        if of.node.path is None or of.staging is None:
-            return
-        if sync:
-            of.staging.sync()
-        of.staging.save_record(Record(self.keys.file_key(of.node.path),
-                                      {**of.node.extra, **metadata_for(of.node.attrs)},
-                                      of.base_etag, dirty=dirty))
-
-    def _staged_bytes(self) -> int:
-        return sum(of.node.attrs.size for of in self.open_files.values()
-                   if of.staging is not None and of.dirty)
-
-    def space_freed(self) -> None:
-        self._space.set()
-        self._space = trio.Event()
-
-    def _stream_metadata(self, of: OpenFile) -> dict[str, str]:
-        """What a streamed object stores: as ``metadata_for`` but without an mtime that only
-        moved because of the writes (see streaming.py)."""
-        md = {**of.node.extra, **metadata_for(of.node.attrs)}
-        if not of.explicit_mtime:
-            del md["mtime"], md["ctime"]
-        return md
-
-    async def _stream(self, of: OpenFile) -> None:
-        """Send the complete parts of a sequentially written file (caller holds of.lock)."""
-        assert of.seq_end is not None
-        if self.cfg.async_upload or of.seq_end <= self.cfg.part_size or of.node.path is None:
-            return
-        if of.stream is None:
-            assert of.staging is not None and self.nursery is not None
-            of.stream = StreamingUpload(
-                self.store, self._run, self.nursery, of.staging,
-                self.keys.file_key(of.node.path), self._stream_metadata(of),
-                part_size=self.cfg.part_size, parallel=STREAM_PARALLEL)
-        await of.stream.advance(of.seq_end)
-
-    async def _stop_stream(self, of: OpenFile) -> None:
-        """The file is no longer written front to back: upload it the ordinary way at close."""
-        of.seq_end = None
-        if of.stream is not None:
-            stream, of.stream = of.stream, None
-            await stream.cancel()
-
-    async def _wait_for_space(self, of: OpenFile) -> None:
-        """Back-pressure: while staged data is over the cache limit and background uploads are
-        under way to free it, writers wait (instead of failing with ENOSPC)."""
-        while (self._staged_bytes() > self.cfg.cache_limit and self.writeback.pending()
-               and not (self.writeback.pending() == 1 and of.dirty)):
-            await self._space.wait()
-
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file; returns (fh, keep_cache)."""
-        node = self._node(ino)
-        if node.is_dir:
-            raise FsError("is a directory", errno=errno.EISDIR)
-        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
-        if writing:
-            self._writable()
-        keep_cache = node.open_count == 0 and node.etag is not None and \
-            node.etag == node.kernel_cache_etag
-        of = self._open_file(node)
-        try:
-            if flags & os.O_TRUNC:
-                async with of.lock:
-                    await self._stop_stream(of)
-                    self._fresh_staging(of)
-                    if of.handles == 1:
-                        of.seq_end = 0
-                    if node.attrs.size != 0 or node.etag is None:
-                        node.attrs.size = 0
-                        node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
-                    self._mark_dirty(of)
-                keep_cache = False
-        except BaseException:
-            await self._close_file(of)
-            raise
-        fh = self._new_fh()
-        self.handles[fh] = Handle(fh, node, of)
-        node.kernel_cache_etag = node.etag
-        return fh, keep_cache
-
     async def create(self, parent: int, raw_name: bytes, mode: int, flags: int, uid: int,
                      gid: int) -> tuple[int, Inode]:
         parent_path, path = await self._check_new_name(parent, raw_name)
@@ -918,171 +528,6 @@ class Filesystem:
         self._listing_add(parent_path, DirEntry(split(path)[1], False, 0, None, time.time()))
         return fh, node
 
-    def _handle(self, fh: int) -> Handle:
-        h = self.handles.get(fh)
-        if h is None:
-            raise FsError("bad file handle", errno=errno.EBADF)
-        return h
-
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
-        h = self._handle(fh)
-        of = h.of
-        if of.loaded and of.staging is not None:
-            async with of.lock:
-                return of.staging.pread(size, offset)
-        node = h.node
-        if node.etag is None or node.path is None:
-            return b""
-        if h.reader is None:
-            assert self.nursery is not None
-            key, etag = self.keys.file_key(node.path), node.etag
-
-            async def fetch(start: int, length: int) -> bytes:
-                return await self._run(self.store.get_range, key, start, length, etag=etag)
-
-            h.reader = Reader(fetch, node.attrs.size, self.nursery, part_size=self.cfg.part_size)
-        return await h.reader.read(offset, size)
-
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        h = self._handle(fh)
-        of = h.of
-        self._writable()
-        await self._wait_for_space(of)
-        async with of.lock:
-            await self._load(of)
-            assert of.staging is not None
-            n = of.staging.pwrite(data, offset)
-            node = h.node
-            node.attrs.size = max(node.attrs.size, offset + n)
-            node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
-            self._mark_dirty(of)
-            if of.seq_end is not None:
-                if offset == of.seq_end:
-                    of.seq_end += n
-                    await self._stream(of)
-                else:
-                    await self._stop_stream(of)
-        if h.reader is not None:
-            h.reader.close()
-            h.reader = None
-        return n
-
-    async def flush(self, fh: int) -> None:
-        """close(2) of one descriptor: store what is dirty (close-to-open), or with async_upload
-        make it durable in the cache and queue it."""
-        h = self._handle(fh)
-        if not h.of.dirty:
-            return
-        if self.cfg.async_upload:
-            self._save_record(h.of, dirty=True, sync=True)
-            self.writeback.submit(h.of)
-            return
-        await self._upload_or_queue(h.of)
-
-    async def fsync(self, fh: int) -> None:
-        h = self._handle(fh)
-        if h.of.dirty:
-            await self._upload_or_queue(h.of)
-
-    async def _upload_or_queue(self, of: OpenFile) -> None:
-        """Upload now; if that fails, keep the data, retry in the background, and report it."""
-        try:
-            await self._upload(of)
-        except S3MountError:
-            self.writeback.submit(of, failed=True)
-            raise
-
-    async def release(self, fh: int) -> None:
-        h = self.handles.pop(fh, None)
-        if h is None:
-            return
-        if h.reader is not None:
-            h.reader.close()
-        of = h.of
-        if of.dirty and of.handles == 1:
-            if self.cfg.async_upload:
-                self._save_record(of, dirty=True, sync=True)
-                self.writeback.submit(of)
-            else:
-                try:
-                    await self._upload_or_queue(of)
-                except S3MountError as exc:
-                    log.error("upload of %r failed (%s); the data is kept in %s and retried in "
-                              "the background", h.node.path, exc,
-                              of.staging.path if of.staging else "?")
-        await self._close_file(of)
-
-    async def _upload(self, of: OpenFile) -> None:
-        """Store the staging file as the object (caller must not hold of.lock)."""
-        async with of.lock:
-            node = of.node
-            if not of.dirty or node.path is None:
-                return
-            if of.staging is None:
-                self._fresh_staging(of)
-            assert of.staging is not None
-            key = self.keys.file_key(node.path)
-            self._save_record(of, dirty=True)
-            etag, md = await self._finish_stream(of, key)
-            if etag is None:
-                md = {**node.extra, **metadata_for(node.attrs)}
-                etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
-            of.dirty = False
-            of.base_etag = etag
-            node.etag = etag
-            node.valid_until = self._fresh_until()
-            node.kernel_cache_etag = etag
-            self.meta.put(key, etag, md)
-            self._save_record(of, dirty=False)
-            parent, name = split(node.path)
-            self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
-
-    async def _finish_stream(self, of: OpenFile, key: str
-                             ) -> tuple[str | None, dict[str, str]]:
-        """Complete a streamed upload if it still describes the file; (None, {}) otherwise."""
-        # A writer that goes on appending after this upload (a flush from dup2+close, an fsync)
-        # keeps streaming: a later stream starts again from offset 0, as the object must be whole.
-        stream, of.stream = of.stream, None
-        done_sequentially = of.seq_end == of.node.attrs.size
-        if stream is None:
-            return None, {}
-        if not (done_sequentially and stream.key == key and stream.started):
-            await stream.cancel()
-            return None, {}
-        try:
-            etag = await stream.finish(of.node.attrs.size)
-        except S3MountError as exc:
-            log.warning("streamed upload of %r failed (%s); uploading it whole", key, exc)
-            return None, {}
-        md = self._stream_metadata(of)
-        if md != stream.metadata:  # chmod, chown or utimens after the upload started
-            etag = await self._run(self.store.copy, key, key, metadata=md,
-                                   size=of.node.attrs.size)
-        return etag, md
-
-    async def flush_all(self) -> int:
-        """Store every dirty file (unmount, SIGTERM); returns how many could not be stored.
-
-        What cannot be stored stays in the cache directory with its record, and the next mount
-        of the same bucket uploads it. Uploads run here directly (not through the writeback
-        task), so this works while the mount is being torn down.
-        """
-        async def one(of: OpenFile) -> None:
-            try:
-                await self._upload(of)
-            except S3MountError as exc:
-                log.error("could not upload %r before unmount (%s); it stays in %s for the next "
-                          "mount", of.node.path, exc, of.staging.path if of.staging else "?")
-                return
-            await self._settle(of)
-
-        dirty = [of for of in self.open_files.values() if of.dirty]
-        await gather([functools.partial(one, of) for of in dirty], limit=8)
-        return sum(1 for of in self.open_files.values() if of.dirty)
-
-    def pending_uploads(self) -> int:
-        return sum(1 for of in self.open_files.values() if of.dirty)
-
     def invalidate_key(self, key: str) -> None:
         """Something changed ``key`` outside the normal paths (crash recovery): forget what we
         knew about its directory so the next lookup asks the bucket."""
@@ -1093,26 +538,3 @@ class Filesystem:
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-
-async def gather(thunks: list[Callable[[], Awaitable[Any]]], *, limit: int = 64) -> None:
-    """Run ``thunks`` concurrently, at most ``limit`` at once; re-raise the first error as itself.
-
-    (A trio nursery would wrap errors in an ExceptionGroup, and the FUSE adapter must see the
-    errno-carrying error to answer with the right errno.)
-    """
-    errors: list[BaseException] = []
-    sem = trio.Semaphore(limit)
-
-    async def one(thunk: Callable[[], Awaitable[Any]]) -> None:
-        async with sem:
-            try:
-                await thunk()
-            except Exception as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
-
-    async with trio.open_nursery() as n:
-        for t in thunks:
-            n.start_soon(one, t)
-    if errors:
-        raise errors[0]

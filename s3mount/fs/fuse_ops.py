@@ -28,10 +28,10 @@ def _errors(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: FuseOperations, *args: Any) -> Any:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s%r", fn.__name__, tuple(a for a in args
-                                                 if not isinstance(a, pyfuse3.RequestContext)
-                                                 and not isinstance(a, bytes) or
-                                                 isinstance(a, bytes) and len(a) <= 256))
+            # Names are logged, file contents never (a write's buffer shows as its length).
+            shown = tuple(f"<{len(a)} bytes>" if fn.__name__ == "write" and isinstance(a, bytes)
+                          else a for a in args if not isinstance(a, pyfuse3.RequestContext))
+            log.debug("%s%r", fn.__name__, shown)
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:

@@ -86,6 +86,12 @@ class Reader:
         self._last_end = end
         return await self._collect(offset, end)
 
+    async def prime(self) -> None:
+        """Fetch a small object now (it is read in one GET anyway); nothing for a large one."""
+        if self.size <= self._whole_max and not self._parts and self.size > 0:
+            self._schedule(0, self.size)
+            await self._collect(0, self.size)
+
     def close(self) -> None:
         """Stop using prefetched data; fetches in flight finish and are dropped."""
         self._parts.clear()

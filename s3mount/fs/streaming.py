@@ -32,7 +32,8 @@ class StreamingUpload:
 
     def __init__(self, store: ObjectStore, run: Callable[..., Awaitable[Any]],
                  nursery: trio.Nursery, staging: StagingFile, key: str,
-                 metadata: Mapping[str, str], *, part_size: int, parallel: int) -> None:
+                 metadata: Mapping[str, str], *, part_size: int, parallel: int,
+                 on_orphan: Callable[[str, str], None]) -> None:
         self._store = store
         self._run = run
         self._nursery = nursery
@@ -48,6 +49,7 @@ class StreamingUpload:
         self._idle = trio.Event()
         self._idle.set()
         self._error: BaseException | None = None
+        self._on_orphan = on_orphan
         self.cancelled = False
 
     async def advance(self, written_to: int) -> None:
@@ -115,4 +117,6 @@ class StreamingUpload:
         self.cancelled = True
         if self._upload_id is not None:
             await self._idle.wait()
-            await self._run(self._store.abort_multipart, self.key, self._upload_id)
+            if not await self._run(self._store.abort_multipart, self.key, self._upload_id):
+                # Server unreachable: its parts would stay stored (and billed) for good.
+                self._on_orphan(self.key, self._upload_id)

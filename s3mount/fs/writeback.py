@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 LOST_AND_FOUND = "lost+found"
+ORPHAN_RETRY = 5.0
 
 
 class Writeback:
@@ -49,6 +50,7 @@ class Writeback:
         self.idle = trio.Event()
         self.idle.set()
         self.failed_total = 0
+        self._orphans: list[tuple[str, str]] = []  # (key, upload id) whose abort must be retried
 
     # -- queue ---------------------------------------------------------------------------------
 
@@ -65,6 +67,20 @@ class Writeback:
         self.idle = trio.Event() if self.idle.is_set() else self.idle
         self._wake.set()
 
+    def abandon(self, key: str, upload_id: str) -> None:
+        """A multipart upload that could not be aborted (server down): abort it later."""
+        self._orphans.append((key, upload_id))
+
+    async def _abort_orphans(self) -> None:
+        """Retry the aborts of abandoned multipart uploads while any are left."""
+        while True:
+            await trio.sleep(ORPHAN_RETRY)
+            left = []
+            for key, upload_id in self._orphans:
+                if not await self.fs._run(self.fs.store.abort_multipart, key, upload_id):
+                    left.append((key, upload_id))
+            self._orphans = left
+
     def pending(self) -> int:
         return len(self._due) + len(self._running)
 
@@ -76,6 +92,7 @@ class Writeback:
         """The queue's task; runs for the life of the mount."""
         sem = trio.Semaphore(self.parallel)
         async with trio.open_nursery() as n:
+            n.start_soon(self._abort_orphans)
             while True:
                 now = trio.current_time()
                 due = [ino for ino, t in self._due.items() if t <= now]

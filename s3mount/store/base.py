@@ -80,8 +80,9 @@ class ObjectStore(Protocol):
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
         """Assemble the parts; returns the object's ETag."""
 
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Abandon a multipart upload (best effort, never raises)."""
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abandon a multipart upload; False if the server could not be reached (retry later).
+        Never raises."""
 
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
              size: int | None = None) -> str:

@@ -71,7 +71,7 @@ class StoreConfig:
     verify_ssl: bool = True
     timeout: float = 60.0
     """Upper bound in seconds for one store call including retries (connect + read per attempt)."""
-    max_attempts: int = 4
+    max_attempts: int = 6
     part_size: int = 8 * 1024 * 1024
     """Multipart part size; files up to this size go in one PUT."""
     max_concurrency: int = 8
@@ -364,15 +364,19 @@ class S3Store:
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}))
         return str(r["ETag"]).strip('"')
 
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Best effort: some providers (Cleverbase) do not allow aborting; the parts then expire
-        with the bucket's lifecycle rules."""
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abandon a multipart upload; False when the server could not be reached (try again
+        later). Refusals count as done: some providers (Cleverbase) do not allow aborting, and
+        the parts are then left to the bucket's lifecycle rules."""
         try:
             self._call("abort-multipart", key, lambda c: c.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id))
+        except Unavailable:
+            return False
         except S3MountError as exc:
             log.info("could not abort multipart upload of %r (%s); its parts are left to expire",
                      key, exc)
+        return True
 
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
              size: int | None = None) -> str:

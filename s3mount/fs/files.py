@@ -1,0 +1,419 @@
+"""The file-data half of the core: open files, staging, reads, writes and uploads.
+
+Every open file has one ``OpenFile`` (shared by its handles) whose staging file on local disk holds
+the data being written; the object in the bucket is replaced from it on flush, fsync and close
+(close-to-open), or in the background with ``async_upload``. A file written front to back streams
+its parts while being written (``streaming``). Reads of a file nobody is writing go to S3 through
+a per-handle ``Reader`` with read-ahead.
+
+Locking: ``OpenFile.lock`` serialises loading, writes, truncation and uploads of one file.
+
+This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import FsError, PreconditionFailed, S3MountError
+from .attrs import metadata_for
+from .concurrency import gather
+from .inodes import Inode
+from .namespace import DirEntry
+from .paths import split
+from .reader import Reader
+from .staging import Record, StagingFile
+from .streaming import StreamingUpload
+
+log = logging.getLogger(__name__)
+
+STREAM_PARALLEL = 4
+
+
+@dataclass
+class OpenFile:
+    """State of a file that has open handles (shared by all of them)."""
+
+    node: Inode
+    staging: StagingFile | None = None
+    loaded: bool = False
+    """The staging file holds the whole current content (reads and writes go there)."""
+    dirty: bool = False
+    handles: int = 0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    base_etag: str | None = None
+    seq_end: int | None = None
+    """While the file has been written strictly front to back from empty: how far. None once a
+    write landed elsewhere (or the file was not empty to begin with)."""
+    stream: StreamingUpload | None = None
+    explicit_mtime: bool = False
+    """An mtime was set by utimens (not just moved by writes): it must be stored exactly."""
+
+
+@dataclass
+class Handle:
+    fh: int
+    node: Inode
+    of: OpenFile
+    reader: Reader | None = None
+
+
+class FileData:
+    async def _truncate(self, node: Inode, size: int) -> None:
+        own = node.ino not in self.open_files
+        of = self._open_file(node)
+        try:
+            async with of.lock:
+                await self._stop_stream(of)
+                if size == 0:
+                    self._fresh_staging(of)
+                else:
+                    await self._load(of)
+                assert of.staging is not None
+                of.staging.truncate(size)
+                node.attrs.size = size
+                node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+                self._mark_dirty(of)
+            if own:
+                await self._upload(of)
+        finally:
+            if own:
+                await self._close_file(of)
+
+    def _open_file(self, node: Inode) -> OpenFile:
+        of = self.open_files.get(node.ino)
+        if of is None:
+            of = OpenFile(node, base_etag=node.etag)
+            self.open_files[node.ino] = of
+        of.handles += 1
+        node.open_count += 1
+        return of
+
+    async def _close_file(self, of: OpenFile) -> None:
+        of.handles -= 1
+        of.node.open_count -= 1
+        await self._settle(of)
+
+    async def _settle(self, of: OpenFile) -> None:
+        """Forget a file nobody has open once its data is safely stored (or no longer wanted);
+        a dirty one stays, with its staging file, until the writeback stores it."""
+        if of.handles > 0 or of.dirty or self.open_files.get(of.node.ino) is not of:
+            return
+        del self.open_files[of.node.ino]
+        if of.staging is not None:
+            of.staging.discard()
+            of.staging = None
+        if of.node.path is None:
+            self.inodes.detach(of.node)
+
+    def _fresh_staging(self, of: OpenFile) -> None:
+        if of.staging is None:
+            of.staging = self.staging.new()
+        of.staging.truncate(0)
+        of.loaded = True
+
+    async def _load(self, of: OpenFile) -> None:
+        """Make the staging file hold the object's current content (caller holds of.lock)."""
+        if of.loaded:
+            return
+        node = of.node
+        if of.staging is None:
+            of.staging = self.staging.new()
+        if node.etag is not None and node.attrs.size > 0 and node.path is not None:
+            with open(of.staging.path, "r+b") as out:
+                await self._run(self.store.download, self.keys.file_key(node.path), out,
+                                etag=node.etag, size=node.attrs.size)
+        of.loaded = True
+
+    def _mark_dirty(self, of: OpenFile) -> None:
+        if not of.dirty:
+            self._save_record(of, dirty=True)
+        of.dirty = True
+
+    def _save_record(self, of: OpenFile, *, dirty: bool, sync: bool = False) -> None:
+        """Persist what the staging file belongs to, so a crash cannot orphan its data."""
+        if of.node.path is None or of.staging is None:
+            return
+        if sync:
+            of.staging.sync()
+        of.staging.save_record(Record(self.keys.file_key(of.node.path),
+                                      {**of.node.extra, **metadata_for(of.node.attrs)},
+                                      of.base_etag, dirty=dirty))
+
+    def _staged_bytes(self) -> int:
+        return sum(of.node.attrs.size for of in self.open_files.values()
+                   if of.staging is not None and of.dirty)
+
+    def space_freed(self) -> None:
+        self._space.set()
+        self._space = trio.Event()
+
+    def _stream_metadata(self, of: OpenFile) -> dict[str, str]:
+        """What a streamed object stores: as ``metadata_for`` but without an mtime that only
+        moved because of the writes (see streaming.py)."""
+        md = {**of.node.extra, **metadata_for(of.node.attrs)}
+        if not of.explicit_mtime:
+            del md["mtime"], md["ctime"]
+        return md
+
+    async def _stream(self, of: OpenFile) -> None:
+        """Send the complete parts of a sequentially written file (caller holds of.lock)."""
+        assert of.seq_end is not None
+        if self.cfg.async_upload or of.seq_end <= self.cfg.part_size or of.node.path is None:
+            return
+        if of.stream is None:
+            assert of.staging is not None and self.nursery is not None
+            of.stream = StreamingUpload(
+                self.store, self._run, self.nursery, of.staging,
+                self.keys.file_key(of.node.path), self._stream_metadata(of),
+                part_size=self.cfg.part_size, parallel=STREAM_PARALLEL,
+                on_orphan=self.writeback.abandon)
+        await of.stream.advance(of.seq_end)
+
+    async def _stop_stream(self, of: OpenFile) -> None:
+        """The file is no longer written front to back: upload it the ordinary way at close."""
+        of.seq_end = None
+        if of.stream is not None:
+            stream, of.stream = of.stream, None
+            await stream.cancel()
+
+    async def _wait_for_space(self, of: OpenFile) -> None:
+        """Back-pressure: while staged data is over the cache limit and background uploads are
+        under way to free it, writers wait (instead of failing with ENOSPC)."""
+        while (self._staged_bytes() > self.cfg.cache_limit and self.writeback.pending()
+               and not (self.writeback.pending() == 1 and of.dirty)):
+            await self._space.wait()
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a file; returns (fh, keep_cache)."""
+        node = self._node(ino)
+        if node.is_dir:
+            raise FsError("is a directory", errno=errno.EISDIR)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            self._writable()
+        keep_cache = node.open_count == 0 and node.etag is not None and \
+            node.etag == node.kernel_cache_etag
+        of = self._open_file(node)
+        try:
+            if flags & os.O_TRUNC:
+                async with of.lock:
+                    await self._stop_stream(of)
+                    self._fresh_staging(of)
+                    if of.handles == 1:
+                        of.seq_end = 0
+                    if node.attrs.size != 0 or node.etag is None:
+                        node.attrs.size = 0
+                        node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+                    self._mark_dirty(of)
+                keep_cache = False
+        except BaseException:
+            await self._close_file(of)
+            raise
+        h = Handle(self._new_fh(), node, of)
+        if not writing and not of.loaded and node.etag is not None and node.path is not None:
+            try:
+                h.reader = await self._pinned_reader(node)
+            except BaseException:
+                await self._close_file(of)
+                raise
+        self.handles[h.fh] = h
+        node.kernel_cache_etag = node.etag
+        return h.fh, keep_cache
+
+    def _handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise FsError("bad file handle", errno=errno.EBADF)
+        return h
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handle(fh)
+        of = h.of
+        if of.loaded and of.staging is not None:
+            async with of.lock:
+                return of.staging.pread(size, offset)
+        if h.reader is None:
+            if h.node.etag is None:
+                return b""  # nothing stored and nothing staged: an empty new file
+            h.reader = self._reader(h.node)
+        return await h.reader.read(offset, size)
+
+    async def _pinned_reader(self, node: Inode) -> Reader:
+        """A reader of the object's current version. A small one is fetched whole before open
+        returns, so a reader racing a rename-over gets the old or the new file, whole: when the
+        version we knew was just replaced, we learn the new one and read that instead. (An
+        ESTALE left over makes the kernel look the name up again and retry the open.)"""
+        for _ in range(3):
+            path = node.path
+            if path is None or node.etag is None:
+                break  # renamed over or removed meanwhile: the kernel looks the name up again
+            reader = self._reader(node)
+            try:
+                await reader.prime()
+                return reader
+            except PreconditionFailed:
+                pass
+            info = await self._head_or_none(self.keys.file_key(path))
+            if info is None or node.path != path or self.inodes.at(path) is not node:
+                break
+            self._install_info(path, info)
+        raise FsError("the file was replaced while being opened", errno=errno.ESTALE)
+
+    def _reader(self, node: Inode) -> Reader:
+        """A reader of the object as it is now: its key and ETag are fixed here, so a handle keeps
+        reading the version it opened (or fails with ESTALE once that is gone), never a mix."""
+        assert self.nursery is not None and node.path is not None and node.etag is not None
+        key, etag = self.keys.file_key(node.path), node.etag
+
+        async def fetch(start: int, length: int) -> bytes:
+            return await self._run(self.store.get_range, key, start, length, etag=etag)
+
+        return Reader(fetch, node.attrs.size, self.nursery, part_size=self.cfg.part_size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        h = self._handle(fh)
+        of = h.of
+        self._writable()
+        await self._wait_for_space(of)
+        async with of.lock:
+            await self._load(of)
+            assert of.staging is not None
+            n = of.staging.pwrite(data, offset)
+            node = h.node
+            node.attrs.size = max(node.attrs.size, offset + n)
+            node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+            self._mark_dirty(of)
+            if of.seq_end is not None:
+                if offset == of.seq_end:
+                    of.seq_end += n
+                    await self._stream(of)
+                else:
+                    await self._stop_stream(of)
+        if h.reader is not None:
+            h.reader.close()
+            h.reader = None
+        return n
+
+    async def flush(self, fh: int) -> None:
+        """close(2) of one descriptor: store what is dirty (close-to-open), or with async_upload
+        make it durable in the cache and queue it."""
+        h = self._handle(fh)
+        if not h.of.dirty:
+            return
+        if self.cfg.async_upload:
+            self._save_record(h.of, dirty=True, sync=True)
+            self.writeback.submit(h.of)
+            return
+        await self._upload_or_queue(h.of)
+
+    async def fsync(self, fh: int) -> None:
+        h = self._handle(fh)
+        if h.of.dirty:
+            await self._upload_or_queue(h.of)
+
+    async def _upload_or_queue(self, of: OpenFile) -> None:
+        """Upload now; if that fails, keep the data, retry in the background, and report it."""
+        try:
+            await self._upload(of)
+        except S3MountError:
+            self.writeback.submit(of, failed=True)
+            raise
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        if h.reader is not None:
+            h.reader.close()
+        of = h.of
+        if of.dirty and of.handles == 1:
+            if self.cfg.async_upload:
+                self._save_record(of, dirty=True, sync=True)
+                self.writeback.submit(of)
+            else:
+                try:
+                    await self._upload_or_queue(of)
+                except S3MountError as exc:
+                    log.error("upload of %r failed (%s); the data is kept in %s and retried in "
+                              "the background", h.node.path, exc,
+                              of.staging.path if of.staging else "?")
+        await self._close_file(of)
+
+    async def _upload(self, of: OpenFile) -> None:
+        """Store the staging file as the object (caller must not hold of.lock)."""
+        async with of.lock:
+            node = of.node
+            if not of.dirty or node.path is None:
+                return
+            if of.staging is None:
+                self._fresh_staging(of)
+            assert of.staging is not None
+            key = self.keys.file_key(node.path)
+            self._save_record(of, dirty=True)
+            etag, md = await self._finish_stream(of, key)
+            if etag is None:
+                md = {**node.extra, **metadata_for(node.attrs)}
+                etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
+            of.dirty = False
+            of.base_etag = etag
+            node.etag = etag
+            node.valid_until = self._fresh_until()
+            node.kernel_cache_etag = etag
+            self.meta.put(key, etag, md)
+            self._save_record(of, dirty=False)
+            parent, name = split(node.path)
+            self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
+
+    async def _finish_stream(self, of: OpenFile, key: str
+                             ) -> tuple[str | None, dict[str, str]]:
+        """Complete a streamed upload if it still describes the file; (None, {}) otherwise."""
+        # A writer that goes on appending after this upload (a flush from dup2+close, an fsync)
+        # keeps streaming: a later stream starts again from offset 0, as the object must be whole.
+        stream, of.stream = of.stream, None
+        done_sequentially = of.seq_end == of.node.attrs.size
+        if stream is None:
+            return None, {}
+        if not (done_sequentially and stream.key == key and stream.started):
+            await stream.cancel()
+            return None, {}
+        try:
+            etag = await stream.finish(of.node.attrs.size)
+        except S3MountError as exc:
+            log.warning("streamed upload of %r failed (%s); uploading it whole", key, exc)
+            return None, {}
+        md = self._stream_metadata(of)
+        if md != stream.metadata:  # chmod, chown or utimens after the upload started
+            etag = await self._run(self.store.copy, key, key, metadata=md,
+                                   size=of.node.attrs.size)
+        return etag, md
+
+    async def flush_all(self) -> int:
+        """Store every dirty file (unmount, SIGTERM); returns how many could not be stored.
+
+        What cannot be stored stays in the cache directory with its record, and the next mount
+        of the same bucket uploads it. Uploads run here directly (not through the writeback
+        task), so this works while the mount is being torn down.
+        """
+        async def one(of: OpenFile) -> None:
+            try:
+                await self._upload(of)
+            except S3MountError as exc:
+                log.error("could not upload %r before unmount (%s); it stays in %s for the next "
+                          "mount", of.node.path, exc, of.staging.path if of.staging else "?")
+                return
+            await self._settle(of)
+
+        dirty = [of for of in self.open_files.values() if of.dirty]
+        await gather([functools.partial(one, of) for of in dirty], limit=8)
+        return sum(1 for of in self.open_files.values() if of.dirty)
+
+    def pending_uploads(self) -> int:
+        return sum(1 for of in self.open_files.values() if of.dirty)

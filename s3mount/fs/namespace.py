@@ -1,0 +1,245 @@
+"""The namespace half of the core: what a path is, answered from listings where possible.
+
+A lookup asks S3 as little as it can. A directory that fits in one LIST page is listed whole, and
+that one listing answers every lookup in it, hit or miss, for ``dir_timeout`` seconds (our own
+changes update it in place). A larger directory is asked name by name: a HEAD of the key and a LIST
+of ``key/`` together tell file from directory. File metadata comes from the metadata cache by
+(key, ETag) when it can, else from a HEAD. An object that is both a file and a prefix is shown as
+the directory, with one warning.
+
+This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import NotFound
+from ..store.base import ListPage, ObjectInfo
+from .concurrency import gather
+from .inodes import Inode
+from .paths import join, split
+
+if TYPE_CHECKING:
+    from .files import OpenFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DirEntry:
+    """One name in a directory listing, as S3 (or our own pending work) reports it."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    etag: str | None = None
+    last_modified: float = 0.0
+
+
+@dataclass
+class Listing:
+    entries: dict[str, DirEntry]
+    expires: float
+
+
+class Namespace:
+    def _cached_listing(self, path: str) -> Listing | None:
+        lst = self.listings.get(path)
+        if lst is not None and lst.expires > trio.current_time():
+            return lst
+        return None
+
+    def _listing_add(self, parent: str, entry: DirEntry) -> None:
+        lst = self.listings.get(parent)
+        if lst is not None:
+            lst.entries[entry.name] = entry
+
+    def _listing_remove(self, parent: str, name: str) -> None:
+        lst = self.listings.get(parent)
+        if lst is not None:
+            lst.entries.pop(name, None)
+
+    async def _list_dir(self, path: str) -> Listing:
+        """The entries of directory ``path`` (all pages), cached for ``dir_timeout``."""
+        cached = self._cached_listing(path)
+        if cached is not None:
+            return cached
+        prefix = self.keys.dir_prefix(path)
+        pages = []
+        token = None
+        while True:
+            page = await self._run(self.store.list_page, prefix, token=token)
+            pages.append(page)
+            token = page.next_token
+            if not token:
+                break
+        return self._remember_listing(path, pages)
+
+    async def _listing_for_lookup(self, path: str) -> Listing | None:
+        """A listing of ``path`` to answer a lookup from, if one LIST page holds the directory.
+
+        One LIST answers a lookup (hit or miss) and refreshes every sibling at once, where asking
+        for a single name costs a HEAD and a LIST. Directories larger than one page are remembered
+        as large and looked up name by name instead.
+        """
+        cached = self._cached_listing(path)
+        if cached is not None or path in self.large_dirs:
+            return cached
+        page = await self._run(self.store.list_page, self.keys.dir_prefix(path))
+        if page.next_token:
+            self.large_dirs.add(path)
+            return None
+        return self._remember_listing(path, [page])
+
+    def _remember_listing(self, path: str, pages: list[ListPage]) -> Listing:
+        prefix = self.keys.dir_prefix(path)
+        entries: dict[str, DirEntry] = {}
+        for page in pages:
+            for p in page.prefixes:
+                name = self.keys.child_name(prefix, p)
+                if name is not None:
+                    if name in entries and not entries[name].is_dir:
+                        self._warn_conflict(join(path, name))
+                    entries[name] = DirEntry(name, True)
+            for o in page.objects:
+                name = self.keys.child_name(prefix, o.key)
+                if name is None:
+                    if o.key != prefix:
+                        log.debug("skipping key %r: not representable as a path", o.key)
+                    continue
+                if name in entries and entries[name].is_dir:
+                    self._warn_conflict(join(path, name))
+                    continue
+                entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
+        # Files created here but not uploaded yet exist too (close-to-open: they will be).
+        for name, of in self._pending_children(path):
+            entries.setdefault(name, DirEntry(name, False, of.node.attrs.size, None, time.time()))
+        lst = Listing(entries, trio.current_time() + self.cfg.dir_timeout)
+        self.listings[path] = lst
+        return lst
+
+    def _pending_children(self, path: str) -> list[tuple[str, OpenFile]]:
+        out = []
+        for of in self.open_files.values():
+            p = of.node.path
+            if p is not None and of.node.etag is None and split(p)[0] == path:
+                out.append((split(p)[1], of))
+        return out
+
+    def _warn_conflict(self, path: str) -> None:
+        if path not in self._warned_conflicts:
+            self._warned_conflicts.add(path)
+            log.warning("%r is both a file and a directory in the bucket; showing the directory "
+                        "(the file object is hidden)", path)
+
+    async def _head_or_none(self, key: str) -> ObjectInfo | None:
+        try:
+            return await self._run(self.store.head, key)
+        except NotFound:
+            return None
+
+    async def _dir_exists(self, path: str) -> bool:
+        page = await self._run(self.store.list_page, self.keys.dir_prefix(path), max_keys=1)
+        return bool(page.objects or page.prefixes)
+
+    async def _stat_path(self, path: str, hint: DirEntry | None = None) -> Inode | None:
+        """Ask S3 what ``path`` is; install and return its inode, or None if it does not exist."""
+        if hint is not None and not hint.is_dir:
+            return await self._install_file(path, hint)
+        file_info: ObjectInfo | None = None
+        marker: ObjectInfo | None = None
+        is_dir = hint is not None and hint.is_dir
+
+        async def head_file() -> None:
+            nonlocal file_info
+            file_info = await self._head_or_none(self.keys.file_key(path))
+
+        async def head_marker() -> None:
+            nonlocal marker
+            if self.cfg.posix_metadata or hint is None:
+                marker = await self._head_or_none(self.keys.dir_prefix(path))
+
+        async def list_dir() -> None:
+            nonlocal is_dir
+            is_dir = await self._dir_exists(path)
+
+        await gather([head_marker] if hint is not None else [head_file, list_dir, head_marker])
+        if is_dir or marker is not None:
+            if file_info is not None:
+                self._warn_conflict(path)
+            return self._install_dir(path, marker)
+        if file_info is None:
+            return None
+        return self._install_info(path, file_info)
+
+    def _install_dir(self, path: str, marker: ObjectInfo | None) -> Inode:
+        existing = self.inodes.at(path)
+        if marker is None and existing is not None and existing.is_dir:
+            existing.valid_until = self._fresh_until()
+            return existing
+        md = dict(marker.metadata or {}) if marker else None
+        lm = marker.last_modified if marker else time.time()
+        attrs = self._attrs_for(is_dir=True, size=0, last_modified=lm, metadata=md)
+        return self._install(path, attrs, marker.etag if marker else None, md)
+
+    def _install_info(self, path: str, info: ObjectInfo) -> Inode:
+        md = dict(info.metadata or {})
+        attrs = self._attrs_for(is_dir=False, size=info.size, last_modified=info.last_modified,
+                                metadata=md)
+        self.meta.put(info.key, info.etag, md)
+        node = self._install(path, attrs, info.etag, md)
+        return node
+
+    async def _install_file(self, path: str, entry: DirEntry) -> Inode | None:
+        """A file seen in a listing: metadata from the cache by ETag, else one HEAD."""
+        key = self.keys.file_key(path)
+        md = self.meta.get(key, entry.etag) if entry.etag else None
+        if md is None and not self.cfg.posix_metadata and entry.etag is not None:
+            md = {}
+        if md is None:
+            info = await self._head_or_none(key)
+            if info is None:
+                return None
+            return self._install_info(path, info)
+        attrs = self._attrs_for(is_dir=False, size=entry.size, last_modified=entry.last_modified,
+                                metadata=md)
+        return self._install(path, attrs, entry.etag, md)
+
+    @staticmethod
+    def _unchanged(node: Inode, entry: DirEntry) -> bool:
+        """Whether a listing entry shows the same object as ``node`` (metadata cannot change
+        without the ETag changing; a directory's attributes are refreshed by opendir)."""
+        if entry.is_dir or node.is_dir:
+            return entry.is_dir == node.is_dir
+        return entry.etag is not None and entry.etag == node.etag
+
+    async def _resolve(self, parent_path: str, name: str) -> Inode | None:
+        """The inode at ``parent/name`` if it exists (fresh enough), else None."""
+        path = join(parent_path, name)
+        node = self.inodes.at(path)
+        if node is not None and (node.valid_until > trio.current_time() or
+                                 node.open_count or node.etag is None and not node.is_dir):
+            return node
+        if path in self.negative:
+            return None
+        lst = await self._listing_for_lookup(parent_path)
+        if lst is None:
+            found = await self._stat_path(path)
+        elif (entry := lst.entries.get(name)) is None:
+            found = None
+        elif node is not None and self._unchanged(node, entry):
+            node.valid_until = self._fresh_until()
+            found = node
+        else:
+            found = await self._stat_path(path, entry)
+        if found is None:
+            if node is not None:
+                self.inodes.detach(node)
+            self.negative[path] = True
+        return found
