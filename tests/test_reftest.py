@@ -295,6 +295,28 @@ class Kernel:
         dp = await self.walk(parent_of(dst))
         await self.fs.rename(sp.ino, name_of(src), dp.ino, name_of(dst), flags)
 
+    async def write_around(self, path: str, first: bytes, second: bytes,
+                           between: Callable[[], Awaitable[None]]) -> bytes:
+        """Open ``path`` twice (to write, to read), write ``first`` at 0, run ``between`` (a
+        rename or unlink of the open file), write ``second`` after ``first``, read it all back
+        through the other handle and close both; returns what was read."""
+        node = await self.walk(path)
+        fh, _ = await self.fs.open(node.ino, os.O_WRONLY)
+        try:
+            rh, _ = await self.fs.open(node.ino, os.O_RDONLY)
+            try:
+                if first:  # (the kernel sends no empty writes)
+                    await self.fs.write(fh, 0, first)
+                await between()
+                if second:
+                    await self.fs.write(fh, len(first), second)
+                return await self.fs.read(rh, 0, 4096)
+            finally:
+                await self.fs.release(rh)
+        finally:
+            await self.fs.flush(fh)
+            await self.fs.release(fh)
+
     async def read_file(self, node: Inode) -> bytes:
         fh, _ = await self.fs.open(node.ino, os.O_RDONLY)
         try:
@@ -452,6 +474,8 @@ class FilesystemVsModel(RuleBasedStateMachine):
         self.known: dict[str, tuple[str, bytes]] = {}
         self.ghosts: dict[str, Node] = {}
         """Nodes that vanished behind the filesystem's back (the core may still hold inodes)."""
+        self.stuck = 0
+        """Unlinked files written to after the unlink: see test_write_after_unlink_while_open."""
 
     def teardown(self) -> None:
         self.rig.close()
@@ -619,7 +643,7 @@ class FilesystemVsModel(RuleBasedStateMachine):
         if isinstance(node, MDir):
             node.marker = True  # a directory's attributes live in its marker
 
-    @rule(data=st.data(), link_to=st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b))
+    @rule(data=st.data(), link_to=st.binary(min_size=1, max_size=40).filter(lambda b: 0 not in b))
     def symlink(self, data: st.DataObject, link_to: bytes) -> None:
         path = self.new_path(data)
         if self.expect(self.rig(self.k.symlink, path, link_to), self.taken(path),
@@ -636,6 +660,43 @@ class FilesystemVsModel(RuleBasedStateMachine):
         assert isinstance(node, MFile)
         got = self.rig.ok(self.k.read, path, start, length)
         assert got == node.data[start:start + length], f"read {path} [{start}:+{length}]"
+
+    @rule(data=st.data(), first=contents, second=contents)
+    def rename_while_open(self, data: st.DataObject, first: bytes, second: bytes) -> None:
+        """mv of a file while a writer has it open: the writes before and after the rename all
+        land in the file under its new name."""
+        src = self.existing(data, MFile)
+        dst = self.new_path(data)
+        if src is None or self.model.get(dst) is not None:
+            return
+        node = self.model.get(src)
+        assert isinstance(node, MFile)
+        expected = first + second + node.data[len(first) + len(second):]
+        got = self.rig.ok(self.k.write_around, src, first, second,
+                          lambda: self.k.rename(src, dst, 0))
+        assert got == expected, f"read back after renaming {src} -> {dst} while open"
+        node.data = expected
+        node.mtime_ns = None
+        self.model.rename(src, dst)
+
+    @rule(data=st.data(), first=contents, second=contents)
+    def unlink_while_open(self, data: st.DataObject, first: bytes, second: bytes) -> None:
+        """rm of a file while a writer has it open: the writer goes on (POSIX), and nothing of
+        it reaches the bucket afterwards."""
+        path = self.existing(data, MFile)
+        if path is None:
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile)
+        if not first and node.data:
+            return  # content not loaded before the unlink is lost: see
+            # test_write_after_unlink_keeps_old_content
+        expected = first + second + node.data[len(first) + len(second):]
+        got = self.rig.ok(self.k.write_around, path, first, second,
+                          lambda: self.k.unlink(path))
+        assert got == expected, f"read back after unlinking {path} while open"
+        self.model.remove(path)
+        self.stuck += bool(second)
 
     # -- changes behind the filesystem's back --------------------------------------------------
 
@@ -687,7 +748,8 @@ class FilesystemVsModel(RuleBasedStateMachine):
                                        Body=b"")
                 self.behind(lambda: self.model.add(path, MDir(marker=True)))
             return
-        marked = [p for p in self.model.paths(MDir) if self.model.nodes[p].marker]  # type: ignore[union-attr]
+        marked = [p for p in self.model.paths(MDir)
+                  if isinstance(n := self.model.nodes[p], MDir) and n.marker]
         if not marked:
             return
         path = data.draw(st.sampled_from(marked))
@@ -740,7 +802,9 @@ class FilesystemVsModel(RuleBasedStateMachine):
 
     @invariant()
     def nothing_pending(self) -> None:
-        assert self.rig.fs.pending_uploads() == 0, "closed files must be stored (close-to-open)"
+        # (At most the files stuck by the known bug may be counted.)
+        assert self.rig.fs.pending_uploads() <= self.stuck, \
+            "closed files must be stored (close-to-open)"
 
 
 # About 30 s of CPU (the sandbox server runs in this process); shrinking a failure takes longer,
@@ -763,8 +827,9 @@ def rig() -> Iterator[Rig]:
         r.close()
 
 
-@pytest.mark.xfail(strict=True, reason="core.rename deletes the target directory's marker "
-                   "after _rename_dir has copied the source's marker onto that same key")
+@pytest.mark.xfail(strict=True, reason="fs/core.py Filesystem.rename deletes the target "
+                   "directory's marker after _rename_dir has copied the source's marker onto that "
+                   "same key")
 def test_rename_dir_onto_empty_dir(rig: Rig) -> None:
     """rename(a, b) with a and b empty directories must leave b (POSIX; the model's rule)."""
     rig.ok(rig.k.mkdir, "a", 0o750)
@@ -775,9 +840,9 @@ def test_rename_dir_onto_empty_dir(rig: Rig) -> None:
     assert list(seen) == ["b"] and seen["b"].mode == 0o750
 
 
-@pytest.mark.xfail(strict=True, reason="_install_dir keeps a cached directory's attributes when "
-                   "its marker is gone, and _unchanged treats any directory entry as unchanged, "
-                   "so attr_timeout=0 is not honoured for directories")
+@pytest.mark.xfail(strict=True, reason="fs/namespace.py: _install_dir keeps a cached directory's "
+                   "attributes when its marker is gone, and _unchanged treats any directory entry "
+                   "as unchanged, so attr_timeout=0 is not honoured for directories")
 def test_dir_attrs_after_marker_deleted_behind_back(rig: Rig) -> None:
     rig.ok(rig.k.mkdir, "d", 0o700)
     rig.ok(rig.k.create, "d/f", b"x", 0o644)
@@ -787,8 +852,8 @@ def test_dir_attrs_after_marker_deleted_behind_back(rig: Rig) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="changed metadata with the same ETag is never seen: "
-                   "_unchanged compares ETags only and MetaCache is keyed by (key, ETag), but "
-                   "an S3 ETag is the MD5 of the content, not of the metadata")
+                   "fs/namespace.py _unchanged compares ETags only and MetaCache is keyed by "
+                   "(key, ETag), but an S3 ETag is the MD5 of the content, not of the metadata")
 def test_metadata_changed_behind_back(rig: Rig) -> None:
     """Another client (s3fs, another s3mount) chmods a file: CopyObject onto itself with new
     metadata. The content and so the ETag stay; the mode must change all the same."""
@@ -802,9 +867,10 @@ def test_metadata_changed_behind_back(rig: Rig) -> None:
     assert rig.snapshot()["f"].mode == 0o640
 
 
-@pytest.mark.xfail(strict=True, reason="opendir keeps inodes of names gone from the listing, and "
-                   "_unchanged treats any directory entry as unchanged, so a directory removed "
-                   "and re-created by another client keeps the old one's attributes")
+@pytest.mark.xfail(strict=True, reason="fs/core.py opendir keeps inodes of names gone from the "
+                   "listing, and fs/namespace.py _unchanged treats any directory entry as "
+                   "unchanged, so a directory removed and re-created by another client keeps the "
+                   "old one's attributes")
 def test_dir_recreated_behind_back(rig: Rig) -> None:
     rig.ok(rig.k.mkdir, "d", 0o700)
     assert rig.snapshot()["d"].mode == 0o700
@@ -814,11 +880,64 @@ def test_dir_recreated_behind_back(rig: Rig) -> None:
     assert rig.snapshot()["d"].mode == DEFAULT_DIR_MODE
 
 
-@pytest.mark.xfail(strict=True, reason="Filesystem._install keeps a cached symlink_target when "
-                   "the symlink object was replaced (new ETag, same kind)")
+@pytest.mark.xfail(strict=True, reason="fs/core.py Filesystem._install keeps a cached "
+                   "symlink_target when the symlink object was replaced (new ETag, same kind)")
 def test_symlink_changed_behind_back(rig: Rig) -> None:
     rig.ok(rig.k.symlink, "l", b"old-target")
     assert rig.snapshot()["l"].content == b"old-target"
     rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("l"), Body=b"new-target",
                       Metadata={"mode": str(stat.S_IFLNK | 0o777)})
     assert rig.snapshot()["l"].content == b"new-target"
+
+
+@pytest.mark.xfail(strict=True, reason="fs/core.py Filesystem.unlink clears of.dirty, but a write "
+                   "after the unlink sets it again and fs/files.py _upload skips a file without a "
+                   "path, so _settle never forgets it: the staging file leaks and it counts as a "
+                   "pending upload forever")
+def test_write_after_unlink_while_open(rig: Rig) -> None:
+    """Write to an open file after unlinking it (POSIX allows it; temporary files do it), then
+    close: nothing is left to upload and the staging file is gone."""
+    rig.ok(rig.k.create, "f", b"data", 0o644)
+    rig.ok(rig.k.write_around, "f", b"more", b"after unlink", lambda: rig.k.unlink("f"))
+    assert rig.bucket_keys() == {}
+    assert rig.fs.pending_uploads() == 0
+    assert not [f for f in os.listdir(rig.staging.dir) if f.endswith(".data")]
+
+
+@pytest.mark.parametrize("size", [
+    10,
+    pytest.param(3 * 1024 * 1024, marks=pytest.mark.xfail(strict=True, reason=(
+        "fs/core.py Filesystem.unlink deletes the object while a read handle is open; only "
+        "objects up to Reader's whole_object_max (1 MiB) are fetched at open (fs/files.py "
+        "_pinned_reader), larger ones are read by ranged GETs afterwards, which fail with "
+        "ENOENT"))),
+])
+def test_read_after_unlink_while_open(rig: Rig, size: int) -> None:
+    """POSIX: an unlinked file stays readable through the descriptors open on it."""
+    body = os.urandom(size)
+    rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("f"), Body=body)
+
+    async def open_unlink_read() -> bytes:
+        node = await rig.k.walk("f")
+        fh, _ = await rig.fs.open(node.ino, os.O_RDONLY)
+        try:
+            await rig.k.unlink("f")
+            out = b""
+            while chunk := await rig.fs.read(fh, len(out), 128 * 1024):
+                out += chunk
+            return out
+        finally:
+            await rig.fs.release(fh)
+
+    assert rig.ok(open_unlink_read) == body
+    assert rig.bucket_keys() == {}
+
+
+@pytest.mark.xfail(strict=True, reason="fs/core.py Filesystem.unlink deletes the object while a "
+                   "write handle that has not loaded it is open; a write after that starts from "
+                   "an empty file (fs/files.py _load skips a file without a path), so the old "
+                   "content is lost")
+def test_write_after_unlink_keeps_old_content(rig: Rig) -> None:
+    rig.ok(rig.k.create, "f", b"0123456789", 0o644)
+    got = rig.ok(rig.k.write_around, "f", b"", b"ab", lambda: rig.k.unlink("f"))
+    assert got == b"ab23456789"
