@@ -49,6 +49,8 @@ MIB = 1024 * KIB
 LIFETIME = 30.0
 PROVIDER = "cleverbase"
 RSS_INTERVAL = 5.0
+JOIN_TIMEOUT = 300.0  # for the workers' last operations after the end (a wedged mount)
+PRINT_MAX = 20  # errors and mismatches printed as they happen; all are counted
 REWRITE_SHARE = 0.15  # of writer operations: rewrite part of an existing file in place
 
 
@@ -74,12 +76,16 @@ class Stats:
     def error(self, what: str) -> None:
         with self.lock:
             self.errors.append(what)
-        print(f"soak: ERROR {what}", file=sys.stderr, flush=True)
+            shown = len(self.errors) <= PRINT_MAX
+        if shown:
+            print(f"soak: ERROR {what}", file=sys.stderr, flush=True)
 
     def mismatch(self, what: str) -> None:
         with self.lock:
             self.mismatches.append(what)
-        print(f"soak: MISMATCH {what}", file=sys.stderr, flush=True)
+            shown = len(self.mismatches) <= PRINT_MAX
+        if shown:
+            print(f"soak: MISMATCH {what}", file=sys.stderr, flush=True)
 
 
 class Files:
@@ -170,6 +176,15 @@ def _guard(stats: Stats, what: str, fn: Callable[..., None], *args: Any) -> None
         fn(*args)
     except OSError as exc:
         stats.error(f"{what}: {exc}")
+
+
+def join_all(threads: list[threading.Thread], timeout: float) -> list[str]:
+    """Join ``threads`` within ``timeout`` seconds in all; the names of those still running."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        if t.is_alive():
+            t.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threads if t.is_alive()]
 
 
 def rss_of(pid: int) -> int | None:
@@ -263,21 +278,24 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
             threads += [threading.Thread(target=reader, daemon=True, args=(
                 files, stats, stop, random.Random(rng.random()))) for _ in range(args.readers)]
             started = time.monotonic()
-            for t in threads:
-                t.start()
-            while not stop.wait(min(60.0, args.duration)):
-                elapsed = time.monotonic() - started
-                with stats.lock:
-                    print(f"soak: {elapsed:4.0f} s, ops {stats.ops}, errors {len(stats.errors)}, "
-                          f"mismatches {len(stats.mismatches)}, RSS "
-                          f"{(rss[-1] if rss else 0) / MIB:.0f} MiB", flush=True)
-                if elapsed >= args.duration:
-                    stop.set()
-            for t in threads:
-                t.join(300)
-            hung = [t.name for t in threads if t.is_alive()]
+            try:
+                for t in threads:
+                    t.start()
+                while not stop.wait(min(60.0, args.duration)):
+                    elapsed = time.monotonic() - started
+                    with stats.lock:
+                        print(f"soak: {elapsed:4.0f} s, ops {stats.ops}, errors "
+                              f"{len(stats.errors)}, mismatches {len(stats.mismatches)}, RSS "
+                              f"{(rss[-1] if rss else 0) / MIB:.0f} MiB", flush=True)
+                    if elapsed >= args.duration:
+                        stop.set()
+            finally:
+                # Also on Ctrl-C: the workers finish their operation before the unmount.
+                stop.set()
+                hung = join_all(threads, JOIN_TIMEOUT)
             if hung:
-                stats.error(f"threads still blocked in the mount after 300 s: {hung}")
+                stats.error(f"threads still blocked in the mount after {JOIN_TIMEOUT:.0f} s: "
+                            f"{hung}")
             elapsed = time.monotonic() - started
             last = status(m)
             checked = verify_bucket(sb, last["bucket"], files, stats)
@@ -335,11 +353,15 @@ def main() -> int:
     args = ap.parse_args()
     # SIGTERM ends the run like Ctrl-C, through the finally blocks that unmount and stop.
     signal.signal(signal.SIGTERM, _interrupt)
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        return soak(args, Path(args.workdir))
-    with tempfile.TemporaryDirectory(prefix="s3mount-soak-") as tmp:
-        return soak(args, Path(tmp))
+    try:
+        if args.workdir:
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+            return soak(args, Path(args.workdir))
+        with tempfile.TemporaryDirectory(prefix="s3mount-soak-") as tmp:
+            return soak(args, Path(tmp))
+    except KeyboardInterrupt:
+        print("soak: interrupted; unmounted and stopped the sandbox", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
