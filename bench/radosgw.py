@@ -197,6 +197,16 @@ class Radosgw:
     def other(self) -> RgwUser:
         return RgwUser(*OTHER)
 
+    @property
+    def gateway_pid(self) -> int | None:
+        return next((p.pid for p in self._procs if p.args[0] == "radosgw"), None)
+
+    @property
+    def request_log(self) -> Path:
+        """The gateway's log: one ``beast:`` line per request (method, path, status)."""
+        assert self.dir is not None
+        return self.dir / "log" / "ceph-client.rgw.gw.log"
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def __enter__(self) -> Radosgw:
