@@ -807,8 +807,8 @@ class FilesystemVsModel(RuleBasedStateMachine):
             "closed files must be stored (close-to-open)"
 
 
-# About 30 s of CPU (the sandbox server runs in this process); shrinking a failure takes longer,
-# hence the generous timeout.
+# About 20 s of CPU (the sandbox server included: it runs in this process); shrinking a failure
+# takes minutes, hence the generous timeout.
 FilesystemVsModel.TestCase.settings = settings(
     max_examples=25, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
