@@ -28,6 +28,7 @@ guarding everything else.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -941,3 +942,25 @@ def test_write_after_unlink_keeps_old_content(rig: Rig) -> None:
     rig.ok(rig.k.create, "f", b"0123456789", 0o644)
     got = rig.ok(rig.k.write_around, "f", b"", b"ab", lambda: rig.k.unlink("f"))
     assert got == b"ab23456789"
+
+
+def test_zero_timeouts_see_outside_changes_at_once(rig: Rig) -> None:
+    """With attr_timeout, dir_timeout and neg_timeout 0, a miss, a listing and attributes are all
+    asked anew: each change another client makes is seen by the very next call."""
+    put = functools.partial(rig.s3.put_object, Bucket=rig.bucket)
+    assert rig(rig.k.walk, "f") == (False, errno.ENOENT)  # a miss (a negative entry)
+    put(Key=rig.key("f"), Body=b"1")
+    assert rig.ok(rig.k.walk, "f").attrs.size == 1  # neg_timeout=0
+    assert sorted(rig.snapshot()) == ["f"]
+    put(Key=rig.key("g"), Body=b"")
+    assert sorted(rig.snapshot()) == ["f", "g"]  # dir_timeout=0
+    put(Key=rig.key("f"), Body=b"12345", Metadata={"mode": str(stat.S_IFREG | 0o600)})
+
+    async def getattr_f() -> Inode:
+        node = await rig.k.walk("f")
+        return await rig.fs.getattr(node.ino)
+
+    a = rig.ok(getattr_f).attrs
+    assert (a.size, stat.S_IMODE(a.mode)) == (5, 0o600)  # attr_timeout=0
+    rig.s3.delete_object(Bucket=rig.bucket, Key=rig.key("f"))
+    assert rig(rig.k.walk, "f") == (False, errno.ENOENT)
