@@ -36,6 +36,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -343,10 +344,15 @@ class Kernel:
         """The whole tree by recursive readdir, with each file's content and link's target.
 
         ``known`` holds (ETag, content) of files read in earlier snapshots: a file the core still
-        shows with the same ETag is not read again (an object version's content cannot change),
-        which keeps a step to a few requests. It is updated with what was read.
+        shows with the same ETag, and has no staged copy of, is not read again (an object
+        version's content cannot change), which keeps a step to a few requests. It is updated
+        with what was read.
         """
         out: dict[str, Seen] = {}
+
+        def stored_only(node: Inode) -> bool:
+            """The file's content is the stored object's (no open or dirty staged copy)."""
+            return node.etag is not None and node.ino not in self.fs.open_files
 
         async def visit(path: str, node: Inode) -> None:
             for name, child in await self.list_dir(node):
@@ -358,11 +364,11 @@ class Kernel:
                     await visit(p, child)
                 elif child.is_symlink:
                     seen.content = await self.fs.readlink(child.ino)
-                elif child.etag is not None and known.get(p, ("", b""))[0] == child.etag:
+                elif stored_only(child) and known.get(p, ("", b""))[0] == child.etag:
                     seen.content = known[p][1]
                 else:
                     seen.content = await self.read_file(child)
-                    if child.etag is not None:
+                    if stored_only(child):
                         known[p] = (child.etag, seen.content)
 
         await visit("", await self.fs.getattr(ROOT_INODE))
@@ -404,7 +410,7 @@ Outcome = tuple[bool, Any]
 class Rig:
     """A fresh filesystem core (all timeouts 0) over a fresh prefix, in its own trio run."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, async_upload: bool = False) -> None:
         sh = shared()
         self.bucket, self.s3 = sh.bucket, sh.s3
         self.prefix = f"ex-{uuid.uuid4().hex[:12]}/"
@@ -412,7 +418,7 @@ class Rig:
         self.loop = Loop()
         self.staging = StagingArea(os.path.join(self.tmp, "staging"))
         cfg = FsConfig(defaults=Defaults(UID, GID), attr_timeout=0, dir_timeout=0,
-                       neg_timeout=0)
+                       neg_timeout=0, async_upload=async_upload)
 
         def build() -> Filesystem:
             fs = Filesystem(sh.store, KeyMapper(self.prefix), cfg, self.staging, MetaCache(None))
@@ -467,9 +473,11 @@ class Rig:
 # -- the state machine ----------------------------------------------------------------------------
 
 class FilesystemVsModel(RuleBasedStateMachine):
+    ASYNC_UPLOAD = False
+
     def __init__(self) -> None:
         super().__init__()
-        self.rig = Rig()
+        self.rig = Rig(async_upload=self.ASYNC_UPLOAD)
         self.k = self.rig.k
         self.model = Model()
         self.known: dict[str, tuple[str, bytes]] = {}
@@ -810,11 +818,56 @@ class FilesystemVsModel(RuleBasedStateMachine):
 
 # About 20 s of CPU (the sandbox server included: it runs in this process); shrinking a failure
 # takes minutes, hence the generous timeout.
+class AsyncUploadVsModel(FilesystemVsModel):
+    """The same with ``-o async_upload``: close() queues the upload and returns, so operations
+    meet files whose upload is queued or running (renamed, unlinked, rewritten, read, listed
+    meanwhile). The bucket is compared when the queue is empty, which ``settle`` forces now and
+    then."""
+
+    ASYNC_UPLOAD = True
+
+    @rule()
+    def settle(self) -> None:
+        assert self.rig.loop.run(self.rig.fs.writeback.drain, 20.0), "uploads did not finish"
+
+    @invariant()
+    def bucket_matches_model(self) -> None:
+        if self.rig.fs.pending_uploads() == 0:
+            super().bucket_matches_model()
+
+    @invariant()
+    def nothing_pending(self) -> None:
+        """(Pending uploads are what this variant is about.)"""
+
+    @invariant()
+    def tree_matches_model(self) -> None:
+        try:
+            super().tree_matches_model()
+        except AssertionError:
+            # A file whose upload finishes while the directory is being listed can be missing
+            # from that listing (test_readdir_during_upload); once uploads are done it must not.
+            assert self.rig.loop.run(self.rig.fs.writeback.drain, 20.0), "uploads did not finish"
+            super().tree_matches_model()
+
+    def teardown(self) -> None:
+        try:
+            assert self.rig.loop.run(self.rig.fs.writeback.drain, 20.0), "uploads did not finish"
+            assert self.rig.fs.pending_uploads() <= self.stuck
+            super().bucket_matches_model()
+        finally:
+            super().teardown()
+
+
 FilesystemVsModel.TestCase.settings = settings(
     max_examples=25, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestFilesystemVsModel = FilesystemVsModel.TestCase
+AsyncUploadVsModel.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestAsyncUploadVsModel = AsyncUploadVsModel.TestCase
 
 
 # -- known bugs found by the state machine, as deterministic cases --------------------------------
@@ -964,3 +1017,48 @@ def test_zero_timeouts_see_outside_changes_at_once(rig: Rig) -> None:
     assert (a.size, stat.S_IMODE(a.mode)) == (5, 0o600)  # attr_timeout=0
     rig.s3.delete_object(Bucket=rig.bucket, Key=rig.key("f"))
     assert rig(rig.k.walk, "f") == (False, errno.ENOENT)
+
+
+class ListRacesUpload:
+    """An ObjectStore wrapper that makes a LIST overtake an upload: uploads wait until an armed
+    LIST has been answered by the server, and that LIST's answer is handed back only once the
+    core has recorded the finished upload (an order a real race can take)."""
+
+    def __init__(self, store: S3Store, node: Callable[[], Inode | None]) -> None:
+        self._store = store
+        self._node = node
+        self.armed = threading.Event()
+        self._listed = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def list_page(self, prefix: str, **kw: Any) -> Any:
+        page = self._store.list_page(prefix, **kw)
+        if self.armed.is_set():
+            self._listed.set()
+            deadline = time.monotonic() + 10
+            while (n := self._node()) is None or n.etag is None:
+                assert time.monotonic() < deadline, "the upload did not finish"
+                time.sleep(0.01)
+        return page
+
+    def upload(self, *args: Any, **kw: Any) -> str:
+        assert self._listed.wait(10), "no armed LIST came"
+        return self._store.upload(*args, **kw)
+
+
+@pytest.mark.xfail(strict=True, reason="fs/namespace.py _remember_listing adds pending files "
+                   "(_pending_children: open files with etag None) after the LIST returned; a "
+                   "file whose upload finished meanwhile is in neither, so readdir misses it")
+def test_readdir_during_upload() -> None:
+    """A new file (async_upload: close queues the upload) must be listed while its upload runs."""
+    rig = Rig(async_upload=True)
+    try:
+        store = ListRacesUpload(rig.fs.store, lambda: rig.fs.inodes.at("f"))
+        rig.fs.store = store
+        rig.ok(rig.k.create, "f", b"data", 0o644)  # queued; its upload waits for the LIST
+        store.armed.set()
+        assert list(rig.snapshot()) == ["f"]
+    finally:
+        rig.close()
