@@ -20,6 +20,9 @@ to it with ``trio.from_thread.run``, each bounded by ``CALL_TIMEOUT``. The S3 si
 in-process sandbox server over HTTP (``shared_sandbox``), one bucket for the module and a fresh
 prefix per example.
 
+``AsyncUploadVsModel`` runs the same machine with ``async_upload`` (close() queues the upload), so
+operations also meet files whose upload is queued or running.
+
 Bugs found this way that are not fixed yet have a deterministic test at the end, marked
 ``xfail(strict=True)``; the state machine steps around them (each place says which) so that it keeps
 guarding everything else.
