@@ -125,7 +125,10 @@ class Filesystem(Namespace, FileData):
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
         self._warned_conflicts: set[str] = set()
-        self.large_dirs: set[str] = set()
+        self._seq = 0  # counts our own directory changes (see Namespace._journal)
+        self._changes: dict[str, list[tuple[int, str, DirEntry | None]]] = {}
+        self.large_dirs: dict[str, int] = {}  # directory -> LIST pages it takes
+        self.large_dir_lookups: dict[str, int] = {}  # requests spent on single names since
         self.writeback = Writeback(self)
         self._space = trio.Event()
 
@@ -169,8 +172,12 @@ class Filesystem(Namespace, FileData):
                                  defaults=self.cfg.defaults)
 
     def _install(self, path: str, attrs: Attrs, etag: str | None,
-                 metadata: dict[str, str] | None) -> Inode:
+                 metadata: dict[str, str] | None, last_modified: float | None = None) -> Inode:
+        old = self.inodes.at(path)
+        if old is not None and old.etag != etag:
+            old.symlink_target = None  # another object now: read its target again
         node = self.inodes.put(path, attrs, etag=etag)
+        node.s3_mtime = last_modified
         node.valid_until = self._fresh_until()
         node.extra = {k: v for k, v in (metadata or {}).items() if k not in OWN_METADATA}
         if not node.is_symlink:
@@ -283,6 +290,9 @@ class Filesystem(Namespace, FileData):
         if of is not None:
             async with of.lock:
                 await self._stop_stream(of)
+                if of.handles:
+                    # POSIX: open descriptors keep the data; keep a local copy of it.
+                    await self._load(of)
                 of.dirty = False  # nothing of it may reach the bucket any more
                 self._save_record(of, dirty=False)
         if node.etag is not None:
@@ -348,12 +358,12 @@ class Filesystem(Namespace, FileData):
             if dst.is_dir:
                 assert dst.path is not None
                 await self._check_empty(dst.path)
+        # An empty target directory needs no deleting: the source's marker (or the one
+        # _rename_dir writes for an implicit source) takes the same key.
         if src.is_dir:
             await self._rename_dir(src.path, new_path)
         else:
             await self._rename_file(src, new_path)
-        if dst is not None and dst.is_dir and dst.path is not None:
-            await self._run(self.store.delete, self.keys.dir_prefix(dst.path))
         old_path = src.path
         for p in [p for p in self.listings if p == old_path or p.startswith(old_path + "/")]:
             self.listings.pop(p)
@@ -457,7 +467,8 @@ class Filesystem(Namespace, FileData):
             key = self.keys.file_key(node.path)
             node.etag = await self._run(self.store.copy, key, key, metadata=md,
                                         size=node.attrs.size)
-            self.meta.put(key, node.etag, md)
+            node.s3_mtime = None
+            self.meta.put(key, node.etag, None, md)
         node.attrs = new
         node.valid_until = self._fresh_until()
 
@@ -476,11 +487,19 @@ class Filesystem(Namespace, FileData):
         lst = await self._list_dir(path)
         entries: list[tuple[str, Inode]] = []
         todo: list[tuple[str, DirEntry]] = []
+        now = trio.current_time()
+        for child in self.inodes.children(path):
+            assert child.path is not None
+            if split(child.path)[1] not in lst.entries and not child.open_count:
+                self.inodes.detach(child)  # gone from the bucket behind our back
         for name in sorted(lst.entries):
             e = lst.entries[name]
             child = join(path, name)
             node = self.inodes.at(child)
-            if node is not None and (node.open_count or self._unchanged(node, e)):
+            # Files are re-read only when their version moved; directories (whose marker has no
+            # version in a listing) when their attributes are older than attr_timeout.
+            if node is not None and (node.open_count or self._unchanged(node, e) and
+                                     (not node.is_dir or node.valid_until > now)):
                 node.valid_until = self._fresh_until()
                 continue
             todo.append((name, e))

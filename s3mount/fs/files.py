@@ -34,7 +34,7 @@ from .streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
 
-STREAM_PARALLEL = 4
+STREAM_PARALLEL = 6
 
 
 @dataclass
@@ -104,6 +104,8 @@ class FileData:
     async def _settle(self, of: OpenFile) -> None:
         """Forget a file nobody has open once its data is safely stored (or no longer wanted);
         a dirty one stays, with its staging file, until the writeback stores it."""
+        if of.node.path is None:
+            of.dirty = False  # unlinked: whatever was written has nowhere to go
         if of.handles > 0 or of.dirty or self.open_files.get(of.node.ino) is not of:
             return
         del self.open_files[of.node.ino]
@@ -137,15 +139,25 @@ class FileData:
             self._save_record(of, dirty=True)
         of.dirty = True
 
-    def _save_record(self, of: OpenFile, *, dirty: bool, sync: bool = False) -> None:
-        """Persist what the staging file belongs to, so a crash cannot orphan its data."""
+    def _save_record(self, of: OpenFile, *, dirty: bool, durable: bool = False) -> None:
+        """Record what the staging file belongs to, so a crash cannot orphan its data.
+
+        The record is replaced atomically, which a killed process cannot tear; ``durable`` also
+        fsyncs data and record, so they survive a power cut (see ``_persist``)."""
         if of.node.path is None or of.staging is None:
             return
-        if sync:
+        if durable:
             of.staging.sync()
         of.staging.save_record(Record(self.keys.file_key(of.node.path),
                                       {**of.node.extra, **metadata_for(of.node.attrs)},
-                                      of.base_etag, dirty=dirty))
+                                      of.base_etag, dirty=dirty), durable=durable)
+
+    async def _persist(self, of: OpenFile) -> None:
+        """Make a file that will wait in the cache (closed with async_upload, or whose upload
+        failed) survive a reboot: fsync data and record, in a worker thread so other calls go
+        on. Files uploaded before close() returns need none of it."""
+        await trio.to_thread.run_sync(
+            functools.partial(self._save_record, of, dirty=True, durable=True))
 
     def _staged_bytes(self) -> int:
         return sum(of.node.attrs.size for of in self.open_files.values()
@@ -166,7 +178,7 @@ class FileData:
     async def _stream(self, of: OpenFile) -> None:
         """Send the complete parts of a sequentially written file (caller holds of.lock)."""
         assert of.seq_end is not None
-        if self.cfg.async_upload or of.seq_end <= self.cfg.part_size or of.node.path is None:
+        if of.seq_end <= self.cfg.part_size or of.node.path is None:
             return
         if of.stream is None:
             assert of.staging is not None and self.nursery is not None
@@ -243,6 +255,8 @@ class FileData:
         if h.reader is None:
             if h.node.etag is None:
                 return b""  # nothing stored and nothing staged: an empty new file
+            if h.node.path is None:
+                raise FsError("the file was removed or replaced", errno=errno.ESTALE)
             h.reader = self._reader(h.node)
         return await h.reader.read(offset, size)
 
@@ -309,7 +323,7 @@ class FileData:
         if not h.of.dirty:
             return
         if self.cfg.async_upload:
-            self._save_record(h.of, dirty=True, sync=True)
+            await self._persist(h.of)
             self.writeback.submit(h.of)
             return
         await self._upload_or_queue(h.of)
@@ -324,6 +338,7 @@ class FileData:
         try:
             await self._upload(of)
         except S3MountError:
+            await self._persist(of)
             self.writeback.submit(of, failed=True)
             raise
 
@@ -336,8 +351,9 @@ class FileData:
         of = h.of
         if of.dirty and of.handles == 1:
             if self.cfg.async_upload:
-                self._save_record(of, dirty=True, sync=True)
-                self.writeback.submit(of)
+                if not self.writeback.queued(of):  # flush() queued it already, as a rule
+                    await self._persist(of)
+                    self.writeback.submit(of)
             else:
                 try:
                     await self._upload_or_queue(of)
@@ -367,7 +383,8 @@ class FileData:
             node.etag = etag
             node.valid_until = self._fresh_until()
             node.kernel_cache_etag = etag
-            self.meta.put(key, etag, md)
+            node.s3_mtime = None  # a PUT does not say; the next listing does
+            self.meta.put(key, etag, None, md)
             self._save_record(of, dirty=False)
             parent, name = split(node.path)
             self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
@@ -416,4 +433,4 @@ class FileData:
         return sum(1 for of in self.open_files.values() if of.dirty)
 
     def pending_uploads(self) -> int:
-        return sum(1 for of in self.open_files.values() if of.dirty)
+        return sum(1 for of in self.open_files.values() if of.dirty and of.node.path is not None)

@@ -29,6 +29,8 @@ class Inode:
     lookups: int = 0
     open_count: int = 0
     symlink_target: str | None = None
+    s3_mtime: float | None = None
+    """LastModified of the object version ``etag`` names; None when unknown (our own upload)."""
     kernel_cache_etag: str | None = None
     """ETag of the content the kernel's page cache holds for this inode (keep_cache decision)."""
     extra: dict[str, str] = field(default_factory=dict)

@@ -1,9 +1,12 @@
-"""POSIX metadata of objects, remembered by key and ETag, in memory and optionally on disk.
+"""POSIX metadata of objects, remembered by version, in memory and optionally on disk.
 
 A listing gives size, ETag and LastModified but not user metadata (mode, uid, gid, mtime); that takes
-one HEAD per object. Since an object's metadata cannot change without its ETag changing, an entry
-keyed by (key, ETag) never goes stale: a changed object simply misses. Kept in an SQLite file in the
-cache directory, an unchanged directory costs one LIST and no HEAD even on the next mount.
+one HEAD per object. An object's *version* is its (ETag, LastModified): the ETag alone is the MD5 of
+the content, so a chmod by another client (a copy of the object onto itself with new metadata)
+keeps it, but it moves LastModified. An entry stored for a version never goes stale: a changed
+object simply misses. (After our own uploads LastModified is unknown, PUT does not return it; such
+entries match any LastModified with their ETag.) Kept in an SQLite file in the cache directory, an
+unchanged directory costs one LIST and no HEAD even on the next mount.
 """
 
 from __future__ import annotations
@@ -22,44 +25,49 @@ class MetaCache:
     """(key, etag) -> metadata. ``path=None`` keeps it in memory only."""
 
     def __init__(self, path: str | None, *, memory_entries: int = 200_000) -> None:
-        self._mem: LRUCache[str, tuple[str, dict[str, str]]] = LRUCache(maxsize=memory_entries)
+        self._mem: LRUCache[str, tuple[str, float | None, dict[str, str]]] = \
+            LRUCache(maxsize=memory_entries)
         self._db: sqlite3.Connection | None = None
-        self._pending: dict[str, tuple[str, str] | None] = {}
+        self._pending: dict[str, tuple[str, float | None, str] | None] = {}
         if path is not None:
             try:
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("CREATE TABLE IF NOT EXISTS meta "
-                                 "(key TEXT PRIMARY KEY, etag TEXT NOT NULL, md TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS objmeta (key TEXT PRIMARY KEY, "
+                                 "etag TEXT NOT NULL, lm REAL, md TEXT NOT NULL)")
             except sqlite3.Error as exc:
                 log.warning("attribute cache %s unusable (%s); using memory only", path, exc)
                 self._db = None
 
-    def get(self, key: str, etag: str) -> dict[str, str] | None:
+    def get(self, key: str, etag: str, last_modified: float) -> dict[str, str] | None:
         hit = self._mem.get(key)
-        if hit is not None:
-            return dict(hit[1]) if hit[0] == etag else None
-        if self._db is None:
+        if hit is None and self._db is not None:
+            pending = self._pending.get(key)
+            row = pending if key in self._pending else self._db.execute(
+                "SELECT etag, lm, md FROM objmeta WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                hit = (row[0], row[1], json.loads(row[2]))
+                self._mem[key] = hit
+        if hit is None or hit[0] != etag or not same_time(hit[1], last_modified):
             return None
-        pending = self._pending.get(key)
-        if pending is not None:
-            row: tuple[str, str] | None = pending
-        else:
-            row = self._db.execute("SELECT etag, md FROM meta WHERE key=?", (key,)).fetchone()
-        if row is None or row[0] != etag:
-            return None
-        md = json.loads(row[1])
-        self._mem[key] = (etag, md)
-        return dict(md)
+        return dict(hit[2])
 
-    def put(self, key: str, etag: str, metadata: Mapping[str, str]) -> None:
+    def put(self, key: str, etag: str, last_modified: float | None,
+            metadata: Mapping[str, str]) -> None:
         md = dict(metadata)
-        self._mem[key] = (etag, md)
+        self._mem[key] = (etag, last_modified, md)
         if self._db is not None:
-            self._pending[key] = (etag, json.dumps(md))
+            self._pending[key] = (etag, last_modified, json.dumps(md))
             if len(self._pending) >= 500:
                 self.commit()
+
+    def adopt(self, key: str, etag: str, last_modified: float) -> None:
+        """We learnt the LastModified of our own upload (from a listing): from now on the entry
+        matches that version only, so a later metadata-only change elsewhere is noticed."""
+        hit = self._mem.get(key)
+        if hit is not None and hit[0] == etag and hit[1] is None:
+            self.put(key, etag, last_modified, hit[2])
 
     def drop(self, key: str) -> None:
         self._mem.pop(key, None)
@@ -73,10 +81,10 @@ class MetaCache:
         items, self._pending = self._pending, {}
         try:
             with self._db:
-                self._db.executemany("DELETE FROM meta WHERE key=?",
+                self._db.executemany("DELETE FROM objmeta WHERE key=?",
                                      [(k,) for k, v in items.items() if v is None])
-                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
-                                     [(k, v[0], v[1]) for k, v in items.items() if v is not None])
+                self._db.executemany("INSERT OR REPLACE INTO objmeta VALUES (?, ?, ?, ?)",
+                                     [(k, *v) for k, v in items.items() if v is not None])
         except sqlite3.Error as exc:
             log.warning("could not save the attribute cache: %s", exc)
 
@@ -85,3 +93,9 @@ class MetaCache:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def same_time(known: float | None, seen: float) -> bool:
+    """LastModified values agree (None: not known, after our own upload). Compared to the
+    second: a HEAD's Last-Modified header has whole seconds, a listing may have milliseconds."""
+    return known is None or int(known) == int(seen)

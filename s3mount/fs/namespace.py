@@ -23,12 +23,17 @@ from ..errors import NotFound
 from ..store.base import ListPage, ObjectInfo
 from .concurrency import gather
 from .inodes import Inode
+from .metacache import same_time
 from .paths import join, split
 
 if TYPE_CHECKING:
     from .files import OpenFile
 
 log = logging.getLogger(__name__)
+
+JOURNAL_MAX = 10_000
+"""Changes remembered per directory; a listing that takes longer than this many of our own
+changes to it may miss the oldest (they are then seen at the next listing)."""
 
 
 @dataclass
@@ -56,14 +61,26 @@ class Namespace:
         return None
 
     def _listing_add(self, parent: str, entry: DirEntry) -> None:
+        self._journal(parent, entry.name, entry)
         lst = self.listings.get(parent)
         if lst is not None:
             lst.entries[entry.name] = entry
 
     def _listing_remove(self, parent: str, name: str) -> None:
+        self._journal(parent, name, None)
         lst = self.listings.get(parent)
         if lst is not None:
             lst.entries.pop(name, None)
+
+    def _journal(self, parent: str, name: str, entry: DirEntry | None) -> None:
+        """Remember our own change to ``parent``: a LIST under way may have missed it (an upload
+        that completes while the directory is being listed is in neither the listing nor the
+        pending files), so ``_remember_listing`` replays what happened since the LIST began."""
+        self._seq += 1
+        changes = self._changes.setdefault(parent, [])
+        changes.append((self._seq, name, entry))
+        if len(changes) > JOURNAL_MAX:
+            del changes[: len(changes) - JOURNAL_MAX]
 
     async def _list_dir(self, path: str) -> Listing:
         """The entries of directory ``path`` (all pages), cached for ``dir_timeout``."""
@@ -73,32 +90,44 @@ class Namespace:
         prefix = self.keys.dir_prefix(path)
         pages = []
         token = None
+        since = self._seq
         while True:
             page = await self._run(self.store.list_page, prefix, token=token)
             pages.append(page)
             token = page.next_token
             if not token:
                 break
-        return self._remember_listing(path, pages)
+        return self._remember_listing(path, pages, since)
 
     async def _listing_for_lookup(self, path: str) -> Listing | None:
         """A listing of ``path`` to answer a lookup from, if one LIST page holds the directory.
 
         One LIST answers a lookup (hit or miss) and refreshes every sibling at once, where asking
-        for a single name costs a HEAD and a LIST. Directories larger than one page are remembered
-        as large and looked up name by name instead.
+        for a single name costs a HEAD and a LIST. A directory larger than one page is looked up
+        name by name, until it has cost more requests than listing it whole again would (say an
+        ``rm -r`` or ``ls -l`` going through it): then it is listed whole again.
         """
         cached = self._cached_listing(path)
-        if cached is not None or path in self.large_dirs:
+        if cached is not None:
             return cached
+        pages = self.large_dirs.get(path)
+        if pages is not None:
+            self.large_dir_lookups[path] = spent = self.large_dir_lookups.get(path, 0) + 2
+            if spent <= 2 * pages:
+                return None
+            return await self._list_dir(path)
+        since = self._seq
         page = await self._run(self.store.list_page, self.keys.dir_prefix(path))
         if page.next_token:
-            self.large_dirs.add(path)
+            self.large_dirs[path] = 2  # at least; _list_dir records the real count
             return None
-        return self._remember_listing(path, [page])
+        return self._remember_listing(path, [page], since)
 
-    def _remember_listing(self, path: str, pages: list[ListPage]) -> Listing:
+    def _remember_listing(self, path: str, pages: list[ListPage], since: int) -> Listing:
         prefix = self.keys.dir_prefix(path)
+        if len(pages) > 1:
+            self.large_dirs[path] = len(pages)
+            self.large_dir_lookups[path] = 0
         entries: dict[str, DirEntry] = {}
         for page in pages:
             for p in page.prefixes:
@@ -117,7 +146,14 @@ class Namespace:
                     self._warn_conflict(join(path, name))
                     continue
                 entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
-        # Files created here but not uploaded yet exist too (close-to-open: they will be).
+        # Our own changes while the LIST was under way, then files created here but not
+        # uploaded yet (close-to-open: they will be).
+        for seq, name, change in self._changes.get(path, ()):
+            if seq > since:
+                if change is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = change
         for name, of in self._pending_children(path):
             entries.setdefault(name, DirEntry(name, False, of.node.attrs.size, None, time.time()))
         lst = Listing(entries, trio.current_time() + self.cfg.dir_timeout)
@@ -180,26 +216,27 @@ class Namespace:
 
     def _install_dir(self, path: str, marker: ObjectInfo | None) -> Inode:
         existing = self.inodes.at(path)
-        if marker is None and existing is not None and existing.is_dir:
-            existing.valid_until = self._fresh_until()
+        if (marker is None and existing is not None and existing.is_dir
+                and existing.etag is None):
+            existing.valid_until = self._fresh_until()  # implicit before, implicit still
             return existing
         md = dict(marker.metadata or {}) if marker else None
         lm = marker.last_modified if marker else time.time()
         attrs = self._attrs_for(is_dir=True, size=0, last_modified=lm, metadata=md)
-        return self._install(path, attrs, marker.etag if marker else None, md)
+        return self._install(path, attrs, marker.etag if marker else None, md,
+                             marker.last_modified if marker else None)
 
     def _install_info(self, path: str, info: ObjectInfo) -> Inode:
         md = dict(info.metadata or {})
         attrs = self._attrs_for(is_dir=False, size=info.size, last_modified=info.last_modified,
                                 metadata=md)
-        self.meta.put(info.key, info.etag, md)
-        node = self._install(path, attrs, info.etag, md)
-        return node
+        self.meta.put(info.key, info.etag, info.last_modified, md)
+        return self._install(path, attrs, info.etag, md, info.last_modified)
 
     async def _install_file(self, path: str, entry: DirEntry) -> Inode | None:
         """A file seen in a listing: metadata from the cache by ETag, else one HEAD."""
         key = self.keys.file_key(path)
-        md = self.meta.get(key, entry.etag) if entry.etag else None
+        md = self.meta.get(key, entry.etag, entry.last_modified) if entry.etag else None
         if md is None and not self.cfg.posix_metadata and entry.etag is not None:
             md = {}
         if md is None:
@@ -209,15 +246,22 @@ class Namespace:
             return self._install_info(path, info)
         attrs = self._attrs_for(is_dir=False, size=entry.size, last_modified=entry.last_modified,
                                 metadata=md)
-        return self._install(path, attrs, entry.etag, md)
+        return self._install(path, attrs, entry.etag, md, entry.last_modified)
 
-    @staticmethod
-    def _unchanged(node: Inode, entry: DirEntry) -> bool:
-        """Whether a listing entry shows the same object as ``node`` (metadata cannot change
-        without the ETag changing; a directory's attributes are refreshed by opendir)."""
+    def _unchanged(self, node: Inode, entry: DirEntry) -> bool:
+        """Whether a listing entry shows the same object version as ``node`` (see metacache on
+        versions). For a directory only whether it is still one: a listing carries nothing of
+        its marker, whose attributes opendir of the parent refreshes."""
         if entry.is_dir or node.is_dir:
             return entry.is_dir == node.is_dir
-        return entry.etag is not None and entry.etag == node.etag
+        if entry.etag is None or entry.etag != node.etag:
+            return False
+        if not same_time(node.s3_mtime, entry.last_modified):
+            return False
+        if node.s3_mtime is None and node.path is not None:  # our own upload: known now
+            self.meta.adopt(self.keys.file_key(node.path), entry.etag, entry.last_modified)
+        node.s3_mtime = entry.last_modified
+        return True
 
     async def _resolve(self, parent_path: str, name: str) -> Inode | None:
         """The inode at ``parent/name`` if it exists (fresh enough), else None."""

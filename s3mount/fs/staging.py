@@ -4,9 +4,9 @@ Dirty data is never only in memory. Each file being written has a data file in
 ``<cache_dir>/staging/`` and, beside it, a small JSON record saying which key it belongs to, with
 what metadata and on which ETag it was based. Until an upload is confirmed the staging file is the
 truth; after a crash the next mount of the same bucket finds the records (``StagingArea.leftovers``)
-and uploads what was left. The record is written (fsync'd, atomically replaced) whenever the file
-becomes dirty or its key or metadata change, so a ``kill -9`` at any moment leaves either the old or
-the new record, never a torn one.
+and uploads what was left. The record is atomically replaced whenever the file becomes dirty or is
+about to be uploaded, so a ``kill -9`` at any moment leaves either the old or the new record, never
+a torn one; data and record of a file whose upload failed are also fsync'd, so a reboot keeps them.
 """
 
 from __future__ import annotations
@@ -60,13 +60,15 @@ class StagingFile:
     def sync(self) -> None:
         os.fsync(self.fd)
 
-    def save_record(self, record: Record) -> None:
-        tmp = self.record_path + ".tmp"
+    def save_record(self, record: Record, *, durable: bool = False) -> None:
+        """Replace the record atomically; ``durable`` fsyncs it first (power-cut safe)."""
+        tmp = f"{self.record_path}.{uuid.uuid4().hex[:8]}.tmp"  # concurrent writers never clash
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(record.__dict__, f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, self.record_path)
 
     def close(self) -> None:
@@ -143,6 +145,6 @@ class StagingArea:
         # Data files with no record were never dirty (or the record write was cut): not ours to
         # upload, and nothing promised them to anyone.
         for entry in os.listdir(self.dir):
-            if entry.endswith(".data") and not os.path.exists(
-                    os.path.join(self.dir, entry[:-5] + ".json")):
+            if entry.endswith(".tmp") or entry.endswith(".data") and not os.path.exists(
+                    os.path.join(self.dir, entry[:-5] + ".json")):  # a record being written when the process died
                 os.unlink(os.path.join(self.dir, entry))

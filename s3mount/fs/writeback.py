@@ -81,6 +81,9 @@ class Writeback:
                     left.append((key, upload_id))
             self._orphans = left
 
+    def queued(self, of: OpenFile) -> bool:
+        return of.node.ino in self._due or of.node.ino in self._running
+
     def pending(self) -> int:
         return len(self._due) + len(self._running)
 
@@ -117,6 +120,7 @@ class Writeback:
             except S3MountError as exc:
                 log.warning("background upload of %r failed (%s); retrying later",
                             of.node.path, exc)
+                await self.fs._persist(of)
                 self.submit(of, failed=True)
                 return
             self._failures.pop(ino, None)
