@@ -31,7 +31,7 @@ from joserfc.jwk import OctKey
 from ..config import TokenStore
 from .base import KeySet, ProviderError
 from .browser import Opener, run_consent
-from .wire import call, json_body, parse_time
+from .wire import call, error_text, json_body, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +257,5 @@ class CleverbaseProvider:
 
 
 def _detail(r: requests.Response) -> str:
-    """The problem details' ``detail`` (or title); never the whole body."""
-    try:
-        body = r.json()
-    except ValueError:
-        return f"HTTP {r.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("title") or f"HTTP {r.status_code}")[:200]
-    return f"HTTP {r.status_code}"
+    """The problem details' ``detail`` (or title)."""
+    return error_text(r, "detail", "title")

@@ -33,7 +33,7 @@ from ..config import TokenStore
 from .base import KeySet, ProviderError
 from .browser import Opener, run_consent
 from .oauth1 import OAuth1Auth
-from .wire import call, json_body, parse_time
+from .wire import call, error_text, json_body, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +260,8 @@ class CleverCloudProvider:
 
 
 def _message(r: requests.Response) -> str:
-    """The error's ``message`` (the vendor client reads message/error), never the whole body."""
-    try:
-        body = r.json()
-    except ValueError:
-        return f"HTTP {r.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or f"HTTP {r.status_code}")[:200]
-    return f"HTTP {r.status_code}"
+    """The error's ``message`` (the vendor client reads message, then error)."""
+    return error_text(r, "message", "error")
 
 
 def _form(text: str, *required: str) -> dict[str, str]:

@@ -59,3 +59,17 @@ def parse_time(text: str) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def error_text(r: requests.Response, *fields: str) -> str:
+    """The first of ``fields`` found in a JSON error body (at most 200 characters), else the
+    HTTP status; never the whole body, which may echo what was sent."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for f in fields:
+            if body.get(f):
+                return str(body[f])[:200]
+    return f"HTTP {r.status_code}"

@@ -276,13 +276,19 @@ class Filesystem(Namespace, FileData):
                                                 time.time()))
         return node
 
-    async def unlink(self, parent: int, raw_name: bytes) -> None:
-        self._writable()
+    async def _existing(self, parent: int, raw_name: bytes) -> tuple[str, str, Inode]:
+        """(parent path, name, inode) of an existing entry, for the calls that remove or move
+        one; ENOENT when there is none."""
         parent_path = self._dir_path(parent)
         name = decode_name(raw_name)
         node = await self._resolve(parent_path, name)
-        if node is None:
-            raise FsError("no such file", errno=errno.ENOENT)
+        if node is None or node.path is None:
+            raise FsError("no such file or directory", errno=errno.ENOENT)
+        return parent_path, name, node
+
+    async def unlink(self, parent: int, raw_name: bytes) -> None:
+        self._writable()
+        parent_path, name, node = await self._existing(parent, raw_name)
         if node.is_dir:
             raise FsError("is a directory", errno=errno.EISDIR)
         assert node.path is not None
@@ -304,11 +310,7 @@ class Filesystem(Namespace, FileData):
 
     async def rmdir(self, parent: int, raw_name: bytes) -> None:
         self._writable()
-        parent_path = self._dir_path(parent)
-        name = decode_name(raw_name)
-        node = await self._resolve(parent_path, name)
-        if node is None:
-            raise FsError("no such directory", errno=errno.ENOENT)
+        parent_path, name, node = await self._existing(parent, raw_name)
         if not node.is_dir:
             raise FsError("not a directory", errno=errno.ENOTDIR)
         assert node.path is not None
@@ -334,12 +336,9 @@ class Filesystem(Namespace, FileData):
         self._writable()
         if flags & RENAME_EXCHANGE:
             raise FsError("RENAME_EXCHANGE cannot be done atomically on S3", errno=errno.EINVAL)
-        old_parent = self._dir_path(parent_old)
+        old_parent, old_name, src = await self._existing(parent_old, raw_old)
         new_parent = self._dir_path(parent_new)
-        old_name, new_name = decode_name(raw_old), decode_name(raw_new)
-        src = await self._resolve(old_parent, old_name)
-        if src is None:
-            raise FsError("no such file", errno=errno.ENOENT)
+        new_name = decode_name(raw_new)
         assert src.path is not None
         new_path = join(new_parent, new_name)
         if new_path == src.path:
