@@ -182,6 +182,7 @@ class S3Store:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             tcp_keepalive=True,
+            parameter_validation=False,  # our calls are well-formed; saves CPU per request
         )
         # A boto3 client (not a bare botocore one) for the managed transfer methods
         # (upload_fileobj, download_fileobj, copy) that do parallel multipart.
