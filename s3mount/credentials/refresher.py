@@ -162,11 +162,6 @@ class Refresher:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def refresh_soon(self) -> None:
-        """Ask the thread to renew now (used by the control file and tests)."""
-        self._next_at = self._clock()
-        self._wake.set()
-
     def _run(self) -> None:
         while not self._stop.is_set():
             now = self._clock()

@@ -49,7 +49,6 @@ class Writeback:
         self._wake = trio.Event()
         self.idle = trio.Event()
         self.idle.set()
-        self.failed_total = 0
         self._orphans: list[tuple[str, str]] = []  # (key, upload id) whose abort must be retried
 
     # -- queue ---------------------------------------------------------------------------------
@@ -61,7 +60,6 @@ class Writeback:
         if failed:
             n = self._failures.get(ino, 0) + 1
             self._failures[ino] = n
-            self.failed_total += 1
             delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (n - 1))
         self._due[ino] = trio.current_time() + delay
         self.idle = trio.Event() if self.idle.is_set() else self.idle

@@ -7,7 +7,7 @@ inodes or the mount's prefix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -52,9 +52,6 @@ class ObjectStore(Protocol):
     ) -> ListPage:
         """One page of ListObjectsV2 under ``prefix``."""
 
-    def list_all(self, prefix: str, *, delimiter: str | None = "/") -> Iterator[ListPage]:
-        """Every page under ``prefix``, following continuation tokens."""
-
     def get_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end); PreconditionFailed if the ETag moved."""
 
@@ -91,6 +88,3 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error (S3 semantics)."""
-
-    def delete_many(self, keys: list[str]) -> None:
-        """Delete several keys, in batches."""

@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar
 
@@ -253,15 +253,6 @@ class S3Store:
         page.prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
         return page
 
-    def list_all(self, prefix: str, *, delimiter: str | None = "/") -> Iterator[ListPage]:
-        token = None
-        while True:
-            page = self.list_page(prefix, delimiter=delimiter, token=token)
-            yield page
-            token = page.next_token
-            if not token:
-                return
-
     def get_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
         if length <= 0:
             return b""
@@ -397,12 +388,6 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda c: c.delete_object(Bucket=self.bucket, Key=key))
-
-    def delete_many(self, keys: list[str]) -> None:
-        # DeleteObjects needs Content-MD5/checksums some servers reject and is a separate permission
-        # on some providers; single deletes in the caller's parallel threads are portable.
-        for key in keys:
-            self.delete(key)
 
 
 def _verify(verify_ssl: bool) -> bool | None:
