@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 import boto3
@@ -15,6 +13,7 @@ import requests
 from botocore.config import Config
 
 from ..credentials.base import KeySet
+from . import procs
 from .s3server import keys_from_json
 
 
@@ -32,19 +31,14 @@ class SandboxProcess:
         for b in buckets or []:
             cmd += ["--bucket", b]
         self._log = open(log_file or os.path.join(self._dir, "sandbox.log"), "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + startup_timeout
-        while not os.path.exists(self.state_file):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sandbox exited with {self.proc.returncode}; see "
-                                   f"{self._log.name}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("sandbox did not start in time")
-            time.sleep(0.05)
-        with open(self.state_file) as f:
-            self.state: dict[str, Any] = json.load(f)
+        try:
+            self.proc, self.state = procs.start(
+                cmd, self.state_file, timeout=startup_timeout,
+                what=f"the sandbox (log: {self._log.name})", stdout=self._log,
+                stderr=subprocess.STDOUT)
+        except BaseException:
+            self._log.close()
+            raise
         self.url: str = self.state["s3"]
         self.admin = keys_from_json(self.state["admin"])
 
@@ -55,13 +49,7 @@ class SandboxProcess:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc)
         self._log.close()
 
     # -- admin API -----------------------------------------------------------------------------

@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from . import procs
 from .httpwire import Head, Wire, WireError, request_framing, response_framing
 
 log = logging.getLogger(__name__)
@@ -485,28 +485,15 @@ class FaultProxyProcess(FaultProxyClient):
     def __init__(self, upstream_url: str, *, seed: int = 0, startup_timeout: float = 30) -> None:
         self._dir = tempfile.mkdtemp(prefix="s3mount-faultproxy-")
         state_file = os.path.join(self._dir, "state.json")
-        self.proc = subprocess.Popen(
+        self.proc, state = procs.start(
             [sys.executable, "-m", "s3mount.sandbox.faultproxy", "--upstream", upstream_url,
              "--state-file", state_file, "--seed", str(seed)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + startup_timeout
-        while not os.path.exists(state_file):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the fault proxy process did not start")
-            time.sleep(0.05)
-        with open(state_file) as f:
-            state = json.load(f)
+            state_file, timeout=startup_timeout, what="the fault proxy process",
+            stdout=subprocess.DEVNULL)
         super().__init__(state["url"], state["token"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc)
 
     def __enter__(self) -> FaultProxyProcess:
         return self
