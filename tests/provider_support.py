@@ -163,3 +163,29 @@ def python_m_s3mount(argv: list[str], env: dict[str, str]) -> tuple[int, str, st
     p = subprocess.run([sys.executable, "-m", "s3mount", *argv], capture_output=True, text=True,
                        env={**os.environ, **env}, timeout=60, stdin=subprocess.DEVNULL)
     return p.returncode, p.stdout, p.stderr
+
+
+def emulator_fixtures(emulator_cls: type, settings_cls: type) -> tuple[Any, Any, Any]:
+    """The ``started`` (module scope: one emulator on the shared sandbox), ``emu`` (with default
+    settings and up again, for each test) and ``info`` (its start() dict) fixtures of a test
+    module; assign them to those three names there."""
+
+    @pytest.fixture(scope="module")
+    def started() -> Iterator[tuple[Any, dict[str, Any]]]:
+        emu = emulator_cls(shared_sandbox())
+        info = emu.start()
+        yield emu, info
+        emu.stop()
+
+    @pytest.fixture
+    def emu(started: tuple[Any, dict[str, Any]]) -> Any:
+        e = started[0]
+        e.settings = settings_cls()
+        e.down = False
+        return e
+
+    @pytest.fixture
+    def info(started: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+        return started[1]
+
+    return started, emu, info

@@ -10,7 +10,7 @@ import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from provider_support import shared_sandbox
+from provider_support import emulator_fixtures
 
 from s3mount.sandbox.cleverbase import CleverbaseEmulator, CleverbaseSettings
 from s3mount.sandbox.emubase import admin_call
@@ -18,25 +18,7 @@ from s3mount.sandbox.emubase import admin_call
 REDIRECT = "http://127.0.0.1:1/callback"
 
 
-@pytest.fixture(scope="module")
-def started():
-    emu = CleverbaseEmulator(shared_sandbox())
-    info = emu.start()
-    yield emu, info
-    emu.stop()
-
-
-@pytest.fixture
-def emu(started):
-    emu = started[0]
-    emu.settings = CleverbaseSettings()
-    emu.down = False
-    return emu
-
-
-@pytest.fixture
-def info(started):
-    return started[1]
+started, emu, info = emulator_fixtures(CleverbaseEmulator, CleverbaseSettings)
 
 
 def authorize(info, **params) -> requests.Response:

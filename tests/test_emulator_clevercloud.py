@@ -9,7 +9,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 from oauthlib.oauth1 import Client
-from provider_support import s3_client, shared_sandbox
+from provider_support import emulator_fixtures, s3_client
 
 from s3mount.credentials.base import KeySet
 from s3mount.sandbox.clevercloud import CleverCloudEmulator, CleverCloudSettings
@@ -18,25 +18,7 @@ CALLBACK = "http://127.0.0.1:1/callback"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-@pytest.fixture(scope="module")
-def started():
-    emu = CleverCloudEmulator(shared_sandbox())
-    info = emu.start()
-    yield emu, info
-    emu.stop()
-
-
-@pytest.fixture
-def emu(started):
-    emu = started[0]
-    emu.settings = CleverCloudSettings()
-    emu.down = False
-    return emu
-
-
-@pytest.fixture
-def info(started):
-    return started[1]
+started, emu, info = emulator_fixtures(CleverCloudEmulator, CleverCloudSettings)
 
 
 def signed(client: Client, method: str, url: str, body: str | None = None) -> requests.Response:

@@ -7,31 +7,12 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from provider_support import s3_client, shared_sandbox
+from provider_support import emulator_fixtures, s3_client
 
 from s3mount.credentials.base import KeySet
 from s3mount.sandbox.lyvecloud import LyveCloudEmulator, LyveSettings
 
-
-@pytest.fixture(scope="module")
-def started():
-    emu = LyveCloudEmulator(shared_sandbox())
-    info = emu.start()
-    yield emu, info
-    emu.stop()
-
-
-@pytest.fixture
-def emu(started):
-    emu = started[0]
-    emu.settings = LyveSettings()
-    emu.down = False
-    return emu
-
-
-@pytest.fixture
-def info(started):
-    return started[1]
+started, emu, info = emulator_fixtures(LyveCloudEmulator, LyveSettings)
 
 
 def login(info, account: str = "acme", **override) -> requests.Response:
