@@ -502,6 +502,11 @@ class Filesystem(Namespace, FileData):
                 node.valid_until = self._fresh_until()
                 continue
             todo.append((name, e))
+        # Files whose metadata is known (cached by version, or not wanted) are installed here
+        # and now; only the rest cost a request each, in parallel.
+        self.meta.load([self.keys.file_key(join(path, name)) for name, e in todo if not e.is_dir])
+        todo = [(name, e) for name, e in todo
+                if e.is_dir or self._install_known(join(path, name), e) is None]
         await gather([functools.partial(self._stat_entry, join(path, name), e)
                       for name, e in todo], limit=HEAD_PARALLELISM)
         for name in sorted(lst.entries):

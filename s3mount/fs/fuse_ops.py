@@ -216,15 +216,17 @@ class FuseOperations(pyfuse3.Operations):
             setattr(s, k, v)
         return s
 
+    # No extended attributes: ENOSYS makes the kernel answer EOPNOTSUPP itself from then on, so
+    # the two getxattr calls ``ls -l`` makes per file (SELinux label, ACL) never reach us.
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)

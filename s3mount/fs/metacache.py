@@ -20,6 +20,9 @@ from cachetools import LRUCache
 
 log = logging.getLogger(__name__)
 
+LOAD_BATCH = 500
+"""Keys per query in ``load`` (SQLite allows 32,766 parameters, older builds 999)."""
+
 
 class MetaCache:
     """(key, etag) -> metadata. ``path=None`` keeps it in memory only."""
@@ -52,6 +55,24 @@ class MetaCache:
         if hit is None or hit[0] != etag or not same_time(hit[1], last_modified):
             return None
         return dict(hit[2])
+
+    def load(self, keys: list[str]) -> None:
+        """Bring the disk entries of ``keys`` into memory in a few queries (a directory's worth
+        of ``get`` calls would cost one query each)."""
+        if self._db is None:
+            return
+        want = [k for k in keys if k not in self._mem and k not in self._pending]
+        for i in range(0, len(want), LOAD_BATCH):
+            batch = want[i:i + LOAD_BATCH]
+            try:
+                rows = self._db.execute(
+                    f"SELECT key, etag, lm, md FROM objmeta WHERE key IN "
+                    f"({','.join('?' * len(batch))})", batch).fetchall()
+            except sqlite3.Error as exc:
+                log.warning("could not read the attribute cache: %s", exc)
+                return
+            for key, etag, lm, md in rows:
+                self._mem[key] = (etag, lm, json.loads(md))
 
     def put(self, key: str, etag: str, last_modified: float | None,
             metadata: Mapping[str, str]) -> None:

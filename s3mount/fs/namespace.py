@@ -235,15 +235,24 @@ class Namespace:
 
     async def _install_file(self, path: str, entry: DirEntry) -> Inode | None:
         """A file seen in a listing: metadata from the cache by ETag, else one HEAD."""
-        key = self.keys.file_key(path)
-        md = self.meta.get(key, entry.etag, entry.last_modified) if entry.etag else None
-        if md is None and not self.cfg.posix_metadata and entry.etag is not None:
+        node = self._install_known(path, entry)
+        if node is not None:
+            return node
+        info = await self._head_or_none(self.keys.file_key(path))
+        if info is None:
+            return None
+        return self._install_info(path, info)
+
+    def _install_known(self, path: str, entry: DirEntry) -> Inode | None:
+        """Install a listed file if that needs no request: its metadata is cached for this
+        version, or no metadata is wanted (``no_posix_metadata``). Else None."""
+        if entry.etag is None:
+            return None
+        md = self.meta.get(self.keys.file_key(path), entry.etag, entry.last_modified)
+        if md is None and not self.cfg.posix_metadata:
             md = {}
         if md is None:
-            info = await self._head_or_none(key)
-            if info is None:
-                return None
-            return self._install_info(path, info)
+            return None
         attrs = self._attrs_for(is_dir=False, size=entry.size, last_modified=entry.last_modified,
                                 metadata=md)
         return self._install(path, attrs, entry.etag, md, entry.last_modified)

@@ -1,8 +1,11 @@
-"""The boto3 implementation of ``ObjectStore``: the only module that talks to an S3 server.
+"""The S3 implementation of ``ObjectStore``: with ``lean.py``, the only code that talks to an S3 server.
 
-Retrying lives in botocore (standard mode, bounded attempts and timeouts); this module adds exactly
-one thing on top: a request refused because the keys expired or were revoked renews them (single
-flight, through the key source) and is retried once. S3 errors leave here as ``s3mount.errors``.
+The simple requests (HEAD, DELETE, LIST pages, small GET and PUT) go through ``lean.LeanS3``; the
+managed transfers (multipart, parallel ranged downloads, copies) through a boto3 client on the same
+endpoint. Retrying lives in botocore and urllib3 (bounded attempts and timeouts); this module adds
+exactly one thing on top: a request refused because the keys expired or were revoked renews them
+(single flight, through the key source) and is retried once. S3 errors leave here as
+``s3mount.errors``.
 """
 
 from __future__ import annotations
@@ -15,16 +18,15 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import boto3.session
 import botocore.credentials
+import botocore.httpsession
 import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, SSLError
-from botocore.response import StreamingBody
-from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 from urllib3.exceptions import InsecureRequestWarning
 
 from ..credentials.base import KeySet
@@ -38,6 +40,7 @@ from ..errors import (
     Unavailable,
 )
 from .base import ListPage, ObjectInfo
+from .lean import LeanS3
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +136,27 @@ class _LiveProvider(botocore.credentials.CredentialProvider):
         return self._creds
 
 
+@dataclass(frozen=True)
+class _Conn:
+    """What one store call runs with: both request paths to the endpoint, and the keys to sign
+    with (those the retry-after-renewal logic in ``_call`` reasons about)."""
+
+    client: Any  # a boto3 S3 client (its type is generated at run time)
+    lean: LeanS3
+    keys: KeySet
+
+
 class S3Store:
-    """``ObjectStore`` on one bucket of an S3-compatible server, through boto3."""
+    """``ObjectStore`` on one bucket of an S3-compatible server."""
 
     def __init__(self, config: StoreConfig, keys: KeySource) -> None:
         self.config = config
         self.bucket = config.bucket
         self._keys = keys
         self._creds = _LiveCredentials(keys)
-        self._client_lock = threading.Lock()
-        self._client_key: tuple[str | None, str | None] | None = None
-        self._client = None
+        self._conn_lock = threading.Lock()
+        self._conn_key: tuple[str | None, str | None] | None = None
+        self._paths: tuple[Any, LeanS3] | None = None
         self._transfer_config = TransferConfig(
             multipart_threshold=config.part_size,
             multipart_chunksize=config.part_size,
@@ -151,32 +164,33 @@ class S3Store:
             use_threads=True,
         )
 
-    # -- client ------------------------------------------------------------------------------
+    # -- connections -------------------------------------------------------------------------
 
-    def _client_for(self, keys: KeySet):  # noqa: ANN202 - botocore client type is dynamic
-        """The client for the keys' endpoint; rebuilt only when a provider moves the endpoint."""
+    def _conn_for(self, keys: KeySet) -> _Conn:
+        """Connections to the keys' endpoint; rebuilt only when a provider moves the endpoint."""
         where = (keys.endpoint_url or self.config.endpoint_url, keys.region or self.config.region)
-        with self._client_lock:
-            if self._client is None or where != self._client_key:
-                if self._client is not None:
+        with self._conn_lock:
+            if self._paths is None or where != self._conn_key:
+                if self._paths is not None:
                     log.info("endpoint changed to %s; reconnecting", where[0])
-                self._client = self._make_client(*where)
-                self._client_key = where
-            return self._client
+                self._paths = self._connect(*where)
+                self._conn_key = where
+            return _Conn(*self._paths, keys)
 
-    def _make_client(self, endpoint_url: str | None, region: str | None):  # noqa: ANN202
+    def _connect(self, endpoint_url: str | None, region: str | None) -> tuple[Any, LeanS3]:
         c = self.config
         session = botocore.session.Session()
         session.get_component("credential_provider").insert_before(
             "env", _LiveProvider(self._creds)
         )
         per_attempt = max(c.timeout / max(c.max_attempts, 1), 1.0)
+        connect_timeout = min(5.0, per_attempt)
         cfg = Config(
             region_name=region or "us-east-1",
             signature_version="s3v4",
             s3={"addressing_style": "path"},
             retries={"mode": "standard", "total_max_attempts": c.max_attempts},
-            connect_timeout=min(5.0, per_attempt),
+            connect_timeout=connect_timeout,
             read_timeout=per_attempt,
             max_pool_connections=c.max_pool_connections,
             request_checksum_calculation="when_required",
@@ -186,14 +200,24 @@ class S3Store:
         )
         # A boto3 client (not a bare botocore one) for the managed transfer methods
         # (upload_fileobj, download_fileobj, copy) that do parallel multipart.
-        return boto3.session.Session(botocore_session=session).client(
+        client = boto3.session.Session(botocore_session=session).client(
             "s3", endpoint_url=endpoint_url, verify=_verify(c.verify_ssl), config=cfg
         )
+        # The lean path goes where the client goes (botocore resolves a missing endpoint from
+        # the region) and trusts the same CAs (AWS_CA_BUNDLE / ca_bundle, else certifi's).
+        lean = LeanS3(
+            client.meta.endpoint_url, client.meta.region_name, self.bucket,
+            ca_certs=botocore.httpsession.get_cert_path(
+                session.get_config_variable("ca_bundle") or True),
+            verify=c.verify_ssl, connect_timeout=connect_timeout, read_timeout=per_attempt,
+            max_attempts=c.max_attempts, pool_size=c.max_pool_connections,
+        )
+        return client, lean
 
     # -- the one wrapper every call goes through ----------------------------------------------
 
-    def _call(self, what: str, key: str, fn: Callable[[object], T]) -> T:
-        """Run ``fn(client)``; map errors; renew keys and retry once when they were rejected."""
+    def _call(self, what: str, key: str, fn: Callable[[_Conn], T]) -> T:
+        """Run ``fn(conn)``; map errors; renew keys and retry once when they were rejected."""
         log.debug("%s %s", what, key)
         keys = self._keys.current()
         if keys.expired():
@@ -202,7 +226,7 @@ class S3Store:
                 raise CredentialsExpired(f"{what} {key!r}: credentials expired and renewal failed")
             keys = renewed
         try:
-            return fn(self._client_for(keys))
+            return fn(self._conn_for(keys))
         except (ClientError, BotoCoreError) as exc:
             err = _translate(exc, what, key, keys)
             if not isinstance(err, CredentialsExpired):
@@ -214,7 +238,7 @@ class S3Store:
                 raise AccessDenied(f"{what} {key!r}: credentials rejected and not renewable") \
                     from None
         try:
-            return fn(self._client_for(renewed))
+            return fn(self._conn_for(renewed))
         except (ClientError, BotoCoreError) as exc:
             err = _translate(exc, what, key, renewed)
             if isinstance(err, CredentialsExpired):
@@ -226,44 +250,32 @@ class S3Store:
     def check(self) -> None:
         # ListObjectsV2 with one key needs only s3:ListBucket (HeadBucket is not always allowed and
         # ListBuckets never is for scoped keys).
-        self._call("check", "", lambda c: c.list_objects_v2(Bucket=self.bucket, MaxKeys=1))
+        self._call("check", "", lambda c: c.lean.list_page(c.keys, {"prefix": "",
+                                                                     "max-keys": "1"}))
 
     def head(self, key: str) -> ObjectInfo:
-        r = self._call("head", key, lambda c: c.head_object(Bucket=self.bucket, Key=key))
-        return _info_from_head(key, r)
+        return self._call("head", key, lambda c: c.lean.head(key, c.keys))
 
     def list_page(
         self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,
         max_keys: int = 1000, start_after: str | None = None,
     ) -> ListPage:
-        kw: dict[str, object] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        params = {"prefix": prefix, "max-keys": str(max_keys)}
         if delimiter:
-            kw["Delimiter"] = delimiter
+            params["delimiter"] = delimiter
         if token:
-            kw["ContinuationToken"] = token
+            params["continuation-token"] = token
         if start_after:
-            kw["StartAfter"] = start_after
-        r = self._call("list", prefix, lambda c: c.list_objects_v2(**kw))
-        page = ListPage(next_token=r.get("NextContinuationToken") if r.get("IsTruncated") else None)
-        for o in r.get("Contents", ()):
-            page.objects.append(ObjectInfo(
-                key=o["Key"], size=int(o["Size"]), etag=o.get("ETag", "").strip('"'),
-                last_modified=o["LastModified"].timestamp(),
-            ))
-        page.prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
-        return page
+            params["start-after"] = start_after
+        return self._call("list", prefix, lambda c: c.lean.list_page(c.keys, params))
 
     def get_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
         if length <= 0:
             return b""
-        kw: dict[str, object] = {"Bucket": self.bucket, "Key": key,
-                                 "Range": f"bytes={start}-{start + length - 1}"}
-        if etag:
-            kw["IfMatch"] = f'"{etag}"'
 
-        def get(c: object) -> bytes:
+        def get(c: _Conn) -> bytes:
             try:
-                return self._get_body(c, kw, lambda body: body.read())
+                return c.lean.get(key, c.keys, byte_range=(start, start + length - 1), etag=etag)
             except ClientError as exc:
                 if _code(exc) == "InvalidRange":  # reading at or past the end
                     return b""
@@ -271,57 +283,29 @@ class S3Store:
 
         return self._call("get", key, get)
 
-    def _get_body(self, c: object, kw: Mapping[str, object],
-                  consume: Callable[[StreamingBody], T]) -> T:
-        """GET and ``consume`` the body, fetching again when the body breaks off.
-
-        botocore's retries end once the response head has arrived, so a connection that breaks
-        in the middle of the body would fail the read outright; s3transfer retries exactly these
-        errors for its downloads, and so do we, up to ``max_attempts`` GETs in all.
-        """
-        attempt = 1
-        while True:
-            r = c.get_object(**kw)  # type: ignore[attr-defined]
-            try:
-                return consume(r["Body"])
-            except S3_RETRYABLE_DOWNLOAD_ERRORS as exc:
-                if attempt >= self.config.max_attempts:
-                    raise
-                attempt += 1
-                log.info("get %s: the response broke off (%s); fetching it again", kw["Key"],
-                         type(exc).__name__)
-
     def download(self, key: str, out: BinaryIO, *, etag: str | None = None,
                  size: int | None = None) -> None:
-        extra = {"IfMatch": f'"{etag}"'} if etag else {}
         if size is not None and size <= self.config.part_size:
-            def small(c: object) -> None:
-                self._get_body(c, {"Bucket": self.bucket, "Key": key, **extra}, write)
-
-            def write(body: StreamingBody) -> None:
-                out.seek(0)
-                out.truncate()
-                for chunk in body.iter_chunks(1024 * 1024):
-                    out.write(chunk)
-            self._call("get", key, small)
+            data = self._call("get", key, lambda c: c.lean.get(key, c.keys, etag=etag))
+            out.seek(0)
+            out.truncate()
+            out.write(data)
             return
+        extra = {"IfMatch": f'"{etag}"'} if etag else {}
 
-        def big(c: object) -> None:
+        def big(c: _Conn) -> None:
             # download_fileobj writes ranges into ``out`` in place (download_file would write a
             # temporary file and rename it over the path, orphaning the caller's descriptor).
             out.seek(0)
             out.truncate()
-            c.download_fileobj(self.bucket, key, out, ExtraArgs=extra,  # type: ignore[attr-defined]
-                               Config=self._transfer_config)
+            c.client.download_fileobj(self.bucket, key, out, ExtraArgs=extra,
+                                      Config=self._transfer_config)
         self._call("download", key, big)
 
     def put(self, key: str, data: bytes, *, metadata: Mapping[str, str],
             content_type: str | None = None) -> str:
-        r = self._call("put", key, lambda c: c.put_object(
-            Bucket=self.bucket, Key=key, Body=data, Metadata=dict(metadata),
-            ContentType=content_type or _guess_type(key),
-        ))
-        return r["ETag"].strip('"')
+        return self._call("put", key, lambda c: c.lean.put(
+            key, c.keys, data, metadata=metadata, content_type=content_type or _guess_type(key)))
 
     def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
                content_type: str | None = None) -> str:
@@ -333,25 +317,25 @@ class S3Store:
         # By file name, the transfer manager streams each part from disk as it sends it, so
         # memory stays at a few buffers however large the file (a file object is read into
         # memory part by part, up to ten parts at a time).
-        self._call("upload", key, lambda c: c.upload_file(
+        self._call("upload", key, lambda c: c.client.upload_file(
             path, self.bucket, key, ExtraArgs=extra, Config=self._transfer_config))
         # The transfer manager does not hand back the ETag; one HEAD gets it.
         return self.head(key).etag
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str],
                          content_type: str | None = None) -> str:
-        r = self._call("create-multipart", key, lambda c: c.create_multipart_upload(
+        r = self._call("create-multipart", key, lambda c: c.client.create_multipart_upload(
             Bucket=self.bucket, Key=key, Metadata=dict(metadata),
             ContentType=content_type or _guess_type(key)))
         return str(r["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        r = self._call("upload-part", key, lambda c: c.upload_part(
+        r = self._call("upload-part", key, lambda c: c.client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data))
         return str(r["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
-        r = self._call("complete-multipart", key, lambda c: c.complete_multipart_upload(
+        r = self._call("complete-multipart", key, lambda c: c.client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}))
         return str(r["ETag"]).strip('"')
@@ -361,7 +345,7 @@ class S3Store:
         later). Refusals count as done: some providers (Cleverbase) do not allow aborting, and
         the parts are then left to the bucket's lifecycle rules."""
         try:
-            self._call("abort-multipart", key, lambda c: c.abort_multipart_upload(
+            self._call("abort-multipart", key, lambda c: c.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id))
         except Unavailable:
             return False
@@ -377,17 +361,17 @@ class S3Store:
             extra = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE",
                      "ContentType": _guess_type(dst)}
         if size is not None and size <= self.config.part_size * 4:
-            r = self._call("copy", src, lambda c: c.copy_object(
+            r = self._call("copy", src, lambda c: c.client.copy_object(
                 Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src},
                 **extra))
             return r["CopyObjectResult"]["ETag"].strip('"')
-        self._call("copy", src, lambda c: c.copy(
+        self._call("copy", src, lambda c: c.client.copy(
             {"Bucket": self.bucket, "Key": src}, self.bucket, dst, ExtraArgs=extra or None,
             Config=self._transfer_config))
         return self.head(dst).etag
 
     def delete(self, key: str) -> None:
-        self._call("delete", key, lambda c: c.delete_object(Bucket=self.bucket, Key=key))
+        self._call("delete", key, lambda c: c.lean.delete(key, c.keys))
 
 
 def _verify(verify_ssl: bool) -> bool | None:
@@ -407,17 +391,6 @@ def _guess_type(key: str) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _info_from_head(key: str, r: Mapping) -> ObjectInfo:
-    return ObjectInfo(
-        key=key,
-        size=int(r.get("ContentLength", 0)),
-        etag=str(r.get("ETag", "")).strip('"'),
-        last_modified=r["LastModified"].timestamp(),
-        metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
-        content_type=r.get("ContentType"),
-    )
 
 
 def _tls_message(exc: SSLError) -> str:
