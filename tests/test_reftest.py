@@ -41,6 +41,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -411,18 +412,20 @@ Outcome = tuple[bool, Any]
 class Rig:
     """A fresh filesystem core (all timeouts 0) over a fresh prefix, in its own trio run."""
 
-    def __init__(self, *, async_upload: bool = False) -> None:
+    def __init__(self, *, async_upload: bool = False, prefix: str | None = None,
+                 metacache: MetaCache | None = None, posix_metadata: bool = True) -> None:
         sh = shared()
         self.bucket, self.s3 = sh.bucket, sh.s3
-        self.prefix = f"ex-{uuid.uuid4().hex[:12]}/"
+        self.prefix = prefix or f"ex-{uuid.uuid4().hex[:12]}/"
         self.tmp = tempfile.mkdtemp(prefix="reftest-")
         self.loop = Loop()
         self.staging = StagingArea(os.path.join(self.tmp, "staging"))
         cfg = FsConfig(defaults=Defaults(UID, GID), attr_timeout=0, dir_timeout=0,
-                       neg_timeout=0, async_upload=async_upload)
+                       neg_timeout=0, async_upload=async_upload, posix_metadata=posix_metadata)
 
         def build() -> Filesystem:
-            fs = Filesystem(sh.store, KeyMapper(self.prefix), cfg, self.staging, MetaCache(None))
+            fs = Filesystem(sh.store, KeyMapper(self.prefix), cfg, self.staging,
+                            metacache or MetaCache(None))
             assert self.loop.nursery is not None
             fs.nursery = self.loop.nursery
             self.loop.nursery.start_soon(fs.writeback.run)
@@ -1005,3 +1008,70 @@ def test_readdir_during_upload() -> None:
         assert list(rig.snapshot()) == ["f"]
     finally:
         rig.close()
+
+
+class CountingStore:
+    """An ObjectStore wrapper that records the keys HEADed, singly or in batches."""
+
+    def __init__(self, store: S3Store) -> None:
+        self._store = store
+        self.heads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def head(self, key: str) -> Any:
+        self.heads.append(key)
+        return self._store.head(key)
+
+    def head_many(self, keys: list[str]) -> Any:
+        self.heads.extend(keys)
+        return self._store.head_many(keys)
+
+
+def test_listing_heads_only_what_no_cache_knows(tmp_path: Path) -> None:
+    """ls -l of a directory HEADs each file once; on the next mount (same attribute cache) an
+    unchanged directory costs no HEAD, a changed file one; no_posix_metadata never HEADs."""
+    prefix = f"ex-{uuid.uuid4().hex[:12]}/"
+    sh = shared()
+    for i in range(40):
+        sh.s3.put_object(Bucket=sh.bucket, Key=f"{prefix}d/f{i:02d}", Body=b"x" * i)
+    sh.s3.put_object(Bucket=sh.bucket, Key=f"{prefix}d/s3fs", Body=b"y",
+                     Metadata={"mode": str(0o100600), "uid": "1234", "mtime": "1000000000"})
+    files = {f"{prefix}d/f{i:02d}" for i in range(40)} | {f"{prefix}d/s3fs"}
+
+    def listing(rig: Rig) -> tuple[list[str], dict[str, tuple[int, int, int, int]]]:
+        store = CountingStore(rig.fs.store)
+        rig.fs.store = store
+        try:
+            async def ls() -> list[tuple[str, Inode]]:
+                d = await rig.k.walk("d")
+                store.heads.clear()  # the lookup of d itself is not what is measured
+                return await rig.k.list_dir(d)
+            entries = rig.ok(ls)
+            return store.heads, {n: (stat.S_IMODE(c.attrs.mode), c.attrs.uid, c.attrs.size,
+                                     c.attrs.mtime_ns) for n, c in entries}
+        finally:
+            rig.close()
+
+    db = str(tmp_path / "attrs.sqlite")
+    cache = MetaCache(db)
+    heads, first = listing(Rig(prefix=prefix, metacache=cache))
+    cache.close()
+    assert sorted(heads) == sorted(files)
+    assert first["s3fs"][:3] == (0o600, 1234, 1)
+    assert first["s3fs"][3] == 1_000_000_000 * 10**9
+
+    cache = MetaCache(db)  # the next mount
+    heads, second = listing(Rig(prefix=prefix, metacache=cache))
+    assert heads == [] and second == first
+    time.sleep(1.1)  # into a new second, so the change below moves LastModified
+    sh.s3.copy_object(Bucket=sh.bucket, Key=f"{prefix}d/s3fs", MetadataDirective="REPLACE",
+                      CopySource={"Bucket": sh.bucket, "Key": f"{prefix}d/s3fs"},
+                      Metadata={"mode": str(0o100640), "uid": "1234", "mtime": "1000000000"})
+    heads, third = listing(Rig(prefix=prefix, metacache=cache))
+    cache.close()
+    assert heads == [f"{prefix}d/s3fs"] and third["s3fs"][0] == 0o640
+
+    heads, plain = listing(Rig(prefix=prefix, posix_metadata=False))
+    assert heads == [] and plain["s3fs"][0] == 0o644 and set(plain) == set(first)

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import trio
 from cachetools import TTLCache
 
-from ..errors import FsError, S3MountError
+from ..errors import FsError, NotFound, S3MountError
 from ..store.base import ObjectInfo, ObjectStore
 from .attrs import Attrs, Defaults, attrs_from_object, metadata_for
 from .concurrency import gather
@@ -74,14 +74,6 @@ class FsConfig:
     cache_limit: int = 4096 * 1024 * 1024
     """Bytes of staged data above which writers wait for background uploads to free space."""
     shutdown_timeout: float = 3600.0
-
-
-
-
-
-
-
-
 
 
 @dataclass
@@ -182,7 +174,8 @@ class Filesystem(Namespace, FileData):
         node.extra = {k: v for k, v in (metadata or {}).items() if k not in OWN_METADATA}
         if not node.is_symlink:
             node.symlink_target = None
-        self.negative.pop(path, None)
+        if self.negative:  # (a TTLCache pop costs more than all the rest of this method)
+            self.negative.pop(path, None)
         return node
 
     # -- operations: names ---------------------------------------------------------------------
@@ -507,8 +500,7 @@ class Filesystem(Namespace, FileData):
         self.meta.load([self.keys.file_key(join(path, name)) for name, e in todo if not e.is_dir])
         todo = [(name, e) for name, e in todo
                 if e.is_dir or self._install_known(join(path, name), e) is None]
-        await gather([functools.partial(self._stat_entry, join(path, name), e)
-                      for name, e in todo], limit=HEAD_PARALLELISM)
+        await self._stat_listed(path, todo)
         for name in sorted(lst.entries):
             node = self.inodes.at(join(path, name))
             if node is not None:
@@ -517,11 +509,31 @@ class Filesystem(Namespace, FileData):
         self.dir_handles[fh] = DirHandle(self._node(ino), entries)
         return fh
 
-    async def _stat_entry(self, path: str, entry: DirEntry) -> None:
-        try:
-            await self._stat_path(path, entry)
-        except S3MountError as exc:
-            log.warning("cannot stat %r while listing: %s", path, exc)
+    async def _stat_listed(self, path: str, todo: list[tuple[str, DirEntry]]) -> None:
+        """Attributes for listed entries no cache could give: one batch of HEADs (the file
+        objects, and the directory markers when POSIX metadata is on)."""
+        heads: dict[str, tuple[str, DirEntry]] = {}
+        for name, e in todo:
+            child = join(path, name)
+            if not e.is_dir:
+                heads[self.keys.file_key(child)] = (child, e)
+            elif self.cfg.posix_metadata:
+                heads[self.keys.dir_prefix(child)] = (child, e)
+            else:
+                self._install_dir(child, None)
+        if not heads:
+            return
+        for key, info in (await self._run(self.store.head_many, list(heads))).items():
+            child, e = heads[key]
+            if isinstance(info, NotFound):
+                if e.is_dir:
+                    self._install_dir(child, None)  # a prefix without a marker object
+            elif isinstance(info, S3MountError):
+                log.warning("cannot stat %r while listing: %s", child, info)
+            elif e.is_dir:
+                self._install_dir(child, info)
+            else:
+                self._install_info(child, info)
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[str, Inode, int]]:
         """Entries from index ``start`` on, each with the index to continue after it (lazily:

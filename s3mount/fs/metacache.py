@@ -20,6 +20,8 @@ from cachetools import LRUCache
 
 log = logging.getLogger(__name__)
 
+ABSENT: tuple[str, float | None, dict[str, str]] = ("", None, {})
+"""Memory entry of a key known not to be on disk (matches no ETag)."""
 LOAD_BATCH = 500
 """Keys per query in ``load`` (SQLite allows 32,766 parameters, older builds 999)."""
 
@@ -49,9 +51,8 @@ class MetaCache:
             pending = self._pending.get(key)
             row = pending if key in self._pending else self._db.execute(
                 "SELECT etag, lm, md FROM objmeta WHERE key=?", (key,)).fetchone()
-            if row is not None:
-                hit = (row[0], row[1], json.loads(row[2]))
-                self._mem[key] = hit
+            hit = ABSENT if row is None else (row[0], row[1], json.loads(row[2]))
+            self._mem[key] = hit
         if hit is None or hit[0] != etag or not same_time(hit[1], last_modified):
             return None
         return dict(hit[2])
@@ -71,8 +72,9 @@ class MetaCache:
             except sqlite3.Error as exc:
                 log.warning("could not read the attribute cache: %s", exc)
                 return
-            for key, etag, lm, md in rows:
-                self._mem[key] = (etag, lm, json.loads(md))
+            found = {key: (etag, lm, json.loads(md)) for key, etag, lm, md in rows}
+            for key in batch:  # a key not on disk is remembered as such: no query per miss
+                self._mem[key] = found.get(key, ABSENT)
 
     def put(self, key: str, etag: str, last_modified: float | None,
             metadata: Mapping[str, str]) -> None:

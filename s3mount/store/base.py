@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+from ..errors import S3MountError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -45,6 +47,9 @@ class ObjectStore(Protocol):
 
     def head(self, key: str) -> ObjectInfo:
         """Metadata of ``key``; NotFound when absent."""
+
+    def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
+        """``head`` of each key, in parallel: the info, or the error (NotFound when absent)."""
 
     def list_page(
         self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,

@@ -17,6 +17,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -255,6 +256,21 @@ class S3Store:
 
     def head(self, key: str) -> ObjectInfo:
         return self._call("head", key, lambda c: c.lean.head(key, c.keys))
+
+    def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
+        """One hand-off for a directory's worth of HEADs (``ls -l`` of a fresh directory): the
+        caller's event loop would otherwise spend as much CPU per HEAD on handing each one to a
+        thread and back as the request itself costs."""
+        def one(key: str) -> ObjectInfo | S3MountError:
+            try:
+                return self.head(key)
+            except S3MountError as exc:
+                return exc
+
+        if len(keys) <= 1:
+            return {k: one(k) for k in keys}
+        with ThreadPoolExecutor(min(len(keys), self.config.max_pool_connections)) as pool:
+            return dict(zip(keys, pool.map(one, keys), strict=True))
 
     def list_page(
         self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,
