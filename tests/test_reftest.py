@@ -1075,3 +1075,55 @@ def test_listing_heads_only_what_no_cache_knows(tmp_path: Path) -> None:
 
     heads, plain = listing(Rig(prefix=prefix, posix_metadata=False))
     assert heads == [] and plain["s3fs"][0] == 0o644 and set(plain) == set(first)
+
+
+class ListCounter:
+    """An ObjectStore wrapper that records the StartAfter of each LIST request."""
+
+    def __init__(self, store: S3Store) -> None:
+        self._store = store
+        self.starts: list[str | None] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def list_page(self, prefix: str, **kw: Any) -> Any:
+        self.starts.append(kw.get("start_after"))
+        return self._store.list_page(prefix, **kw)
+
+
+def test_relisting_in_ranges_misses_nothing() -> None:
+    """A directory listed before is listed again in ranges split at the old page boundaries
+    (here pages of 10 names): names added behind our back inside a range (more than a page of
+    them), after the last boundary and before the first, names removed (boundaries too), and
+    subdirectories all come out exactly as in the bucket."""
+    rig = Rig()
+    try:
+        rig.fs.LIST_PAGE = 10
+        put = functools.partial(rig.s3.put_object, Bucket=rig.bucket, Body=b"x")
+        for i in range(0, 60, 2):
+            put(Key=rig.key(f"d/f{i:03d}"))
+        put(Key=rig.key("d/sub/a"))
+        put(Key=rig.key("d/sub/b"))
+        store = ListCounter(rig.fs.store)
+        rig.fs.store = store
+
+        async def ls() -> list[str]:
+            return [n for n, _ in await rig.k.list_dir(await rig.k.walk("d"))]
+
+        first = rig.ok(ls)
+        assert len(first) == 31 and "sub" in first
+        for i in range(1, 30, 2):  # 15 new names between f000 and f030: more than a page
+            put(Key=rig.key(f"d/f{i:03d}"))
+        for name in ("e", "g", "f0185", "sub2/x"):  # before, after, inside; a new subdirectory
+            put(Key=rig.key(f"d/{name}"))
+        for name in ("f018", "f038", "sub/a", "sub/b"):  # boundaries among them; sub vanishes
+            rig.s3.delete_object(Bucket=rig.bucket, Key=rig.key(f"d/{name}"))
+        store.starts.clear()
+        second = rig.ok(ls)
+        truth = sorted({k[len("d/"):].split("/")[0] for k in rig.bucket_keys()
+                        if k.startswith("d/")})
+        assert second == truth
+        assert len([s for s in store.starts if s is not None]) >= 3  # ranges were used
+    finally:
+        rig.close()

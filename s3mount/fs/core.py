@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -119,8 +120,8 @@ class Filesystem(Namespace, FileData):
         self._warned_conflicts: set[str] = set()
         self._seq = 0  # counts our own directory changes (see Namespace._journal)
         self._changes: dict[str, list[tuple[int, str, DirEntry | None]]] = {}
-        self.large_dirs: dict[str, int] = {}  # directory -> LIST pages it takes
-        self.large_dir_lookups: dict[str, int] = {}  # requests spent on single names since
+        self.large_dirs: set[str] = set()  # directories larger than one LIST page
+        self.large_dir_lookups: dict[str, int] = {}  # names looked up singly since listed
         self.writeback = Writeback(self)
         self._space = trio.Event()
 
@@ -475,7 +476,8 @@ class Filesystem(Namespace, FileData):
 
     async def opendir(self, ino: int) -> int:
         path = self._dir_path(ino)
-        self.listings.pop(path, None)  # each opendir sees a current listing
+        if (old := self.listings.get(path)) is not None:
+            old.expires = -math.inf  # each opendir sees a current listing (the old one guides it)
         lst = await self._list_dir(path)
         entries: list[tuple[str, Inode]] = []
         todo: list[tuple[str, DirEntry]] = []

@@ -103,7 +103,8 @@ class MetaCache:
             return
         items, self._pending = self._pending, {}
         try:
-            with self._db:
+            with self._db:  # one transaction (the connection autocommits each statement)
+                self._db.execute("BEGIN")
                 self._db.executemany("DELETE FROM objmeta WHERE key=?",
                                      [(k,) for k, v in items.items() if v is None])
                 self._db.executemany("INSERT OR REPLACE INTO objmeta VALUES (?, ?, ?, ?)",

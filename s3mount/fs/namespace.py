@@ -2,8 +2,9 @@
 
 A lookup asks S3 as little as it can. A directory that fits in one LIST page is listed whole, and
 that one listing answers every lookup in it, hit or miss, for ``dir_timeout`` seconds (our own
-changes update it in place). A larger directory is asked name by name: a HEAD of the key and a LIST
-of ``key/`` together tell file from directory. File metadata comes from the metadata cache by
+changes update it in place). A larger directory is asked name by name (a HEAD of the key and a
+LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as a
+file) and listed again, in parallel ranges, only once many of its names have been asked. File metadata comes from the metadata cache by
 (key, ETag) when it can, else from a HEAD. An object that is both a file and a prefix is shown as
 the directory, with one warning.
 
@@ -12,6 +13,7 @@ This is a mixin of ``core.Filesystem`` (it uses the store, inode table and cache
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +32,13 @@ if TYPE_CHECKING:
     from .files import OpenFile
 
 log = logging.getLogger(__name__)
+
+RELIST_RATIO = 10
+RELIST_MIN = 20
+"""A big directory is listed again after lookups of a tenth of its names, or of 20 names."""
+
+LIST_PARALLELISM = 16
+"""Ranges of one directory listed at once (see ``_list_dir``)."""
 
 JOURNAL_MAX = 10_000
 """Changes remembered per directory; a listing that takes longer than this many of our own
@@ -54,6 +63,9 @@ class Listing:
 
 
 class Namespace:
+    LIST_PAGE = 1000
+    """Names per LIST page (S3's maximum); a class attribute so tests can make pages small."""
+
     def _cached_listing(self, path: str) -> Listing | None:
         lst = self.listings.get(path)
         if lst is not None and lst.expires > trio.current_time():
@@ -83,50 +95,93 @@ class Namespace:
             del changes[: len(changes) - JOURNAL_MAX]
 
     async def _list_dir(self, path: str) -> Listing:
-        """The entries of directory ``path`` (all pages), cached for ``dir_timeout``."""
+        """The entries of directory ``path`` (all pages), cached for ``dir_timeout``.
+
+        A directory listed before is listed again in parallel: the previous listing's page
+        boundaries split the names into ranges, each listed from its start (StartAfter) up to
+        the next boundary, so 10,000 names cost the latency of one page instead of ten in a row.
+        Each range is followed until it passes its end, so names added since are not missed."""
         cached = self._cached_listing(path)
         if cached is not None:
             return cached
         prefix = self.keys.dir_prefix(path)
+        since = self._seq
+        starts: list[str | None] = [None, *self._page_bounds(prefix, self.listings.get(path))]
+        ranges: list[list[ListPage]] = [[] for _ in starts]
+
+        async def list_range(i: int) -> None:
+            ranges[i] = await self._list_range(
+                prefix, starts[i], starts[i + 1] if i + 1 < len(starts) else None)
+
+        await gather([functools.partial(list_range, i) for i in range(len(starts))],
+                     limit=LIST_PARALLELISM)
+        return self._remember_listing(path, [p for pages in ranges for p in pages], since)
+
+    def _page_bounds(self, prefix: str, old: Listing | None) -> list[str]:
+        """Every ``LIST_PAGE``-th name (as a key) of a previous listing: where ranges split."""
+        if old is None or len(old.entries) <= self.LIST_PAGE:
+            return []
+        keys = sorted(prefix + name + ("/" if e.is_dir else "") for name, e in old.entries.items())
+        return keys[self.LIST_PAGE - 1:len(keys) - 1:self.LIST_PAGE]
+
+    async def _list_range(self, prefix: str, after: str | None, upto: str | None) -> list[ListPage]:
+        """Pages of the listing from after ``after`` until past ``upto`` (None: the start, the
+        end). They may overlap the next range's; the caller's merge by name absorbs that."""
         pages = []
         token = None
-        since = self._seq
         while True:
-            page = await self._run(self.store.list_page, prefix, token=token)
+            page = await self._run(self.store.list_page, prefix, token=token,
+                                   start_after=None if token else after, max_keys=self.LIST_PAGE)
             pages.append(page)
+            if not page.next_token or upto is not None and any(
+                    k > upto for k in (*(o.key for o in page.objects), *page.prefixes)):
+                break  # the listing, or the range, is complete
             token = page.next_token
-            if not token:
-                break
-        return self._remember_listing(path, pages, since)
+        return pages
 
     async def _listing_for_lookup(self, path: str) -> Listing | None:
         """A listing of ``path`` to answer a lookup from, if one LIST page holds the directory.
 
-        One LIST answers a lookup (hit or miss) and refreshes every sibling at once, where asking
-        for a single name costs a HEAD and a LIST. A directory larger than one page is looked up
-        name by name, until it has cost more requests than listing it whole again would (say an
-        ``rm -r`` or ``ls -l`` going through it): then it is listed whole again.
+        One LIST answers a lookup (hit or miss) and refreshes every sibling at once. A directory
+        larger than one page is looked up name by name (see ``_stat_name``) until a tenth of its
+        names have been (say an ``rm -r`` going through it): then it is listed whole again. Each
+        re-listing of a big directory costs a LIST per thousand names and parsing them all, so
+        doing it every ``dir_timeout`` would cost more than the lookups it saves.
         """
         cached = self._cached_listing(path)
         if cached is not None:
             return cached
-        pages = self.large_dirs.get(path)
-        if pages is not None:
-            self.large_dir_lookups[path] = spent = self.large_dir_lookups.get(path, 0) + 2
-            if spent <= 2 * pages:
+        if path in self.large_dirs:
+            old = self.listings.get(path)
+            allowance = max(len(old.entries) // RELIST_RATIO if old else 0, RELIST_MIN)
+            self.large_dir_lookups[path] = spent = self.large_dir_lookups.get(path, 0) + 1
+            if spent <= allowance:
                 return None
             return await self._list_dir(path)
         since = self._seq
         page = await self._run(self.store.list_page, self.keys.dir_prefix(path))
         if page.next_token:
-            self.large_dirs[path] = 2  # at least; _list_dir records the real count
+            self.large_dirs.add(path)
             return None
         return self._remember_listing(path, [page], since)
+
+    async def _stat_name(self, parent: str, name: str) -> Inode | None:
+        """A lookup in a big directory whose listing has expired. A name that listing showed as
+        a file is checked with one HEAD (a directory of the same name made since then shows at
+        the next listing); anything else needs the full question (HEAD, LIST and marker HEAD)."""
+        path = join(parent, name)
+        old = self.listings.get(parent)
+        entry = old.entries.get(name) if old is not None else None
+        if entry is not None and not entry.is_dir:
+            info = await self._head_or_none(self.keys.file_key(path))
+            if info is not None:
+                return self._install_info(path, info)
+        return await self._stat_path(path)
 
     def _remember_listing(self, path: str, pages: list[ListPage], since: int) -> Listing:
         prefix = self.keys.dir_prefix(path)
         if len(pages) > 1:
-            self.large_dirs[path] = len(pages)
+            self.large_dirs.add(path)
             self.large_dir_lookups[path] = 0
         entries: dict[str, DirEntry] = {}
         for page in pages:
@@ -283,7 +338,7 @@ class Namespace:
             return None
         lst = await self._listing_for_lookup(parent_path)
         if lst is None:
-            found = await self._stat_path(path)
+            found = await self._stat_name(parent_path, name)
         elif (entry := lst.entries.get(name)) is None:
             found = None
         elif node is not None and self._unchanged(node, entry):
@@ -296,3 +351,4 @@ class Namespace:
                 self.inodes.detach(node)
             self.negative[path] = True
         return found
+
