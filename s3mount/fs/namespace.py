@@ -3,9 +3,9 @@
 A lookup asks S3 as little as it can. A directory that fits in one LIST page is listed whole, and
 that one listing answers every lookup in it, hit or miss, for ``dir_timeout`` seconds (our own
 changes update it in place). A larger directory is asked name by name (a HEAD of the key and a
-LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as a
-file) and listed again, in parallel ranges, only once many of its names have been asked. File metadata comes from the metadata cache by
-(key, ETag) when it can, else from a HEAD. An object that is both a file and a prefix is shown as
+LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as
+a file) and listed again, in parallel ranges, only once many of its names have been asked. File
+metadata comes from the metadata cache by (key, ETag) when it can, else from a HEAD. An object that is both a file and a prefix is shown as
 the directory, with one warning.
 
 This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).

@@ -1,4 +1,4 @@
-"""The S3 implementation of ``ObjectStore``: with ``lean.py``, the only code that talks to an S3 server.
+"""The S3 ``ObjectStore``: with ``lean.py``, the only code that talks to an S3 server.
 
 The simple requests (HEAD, DELETE, LIST pages, small GET and PUT) go through ``lean.LeanS3``; the
 managed transfers (multipart, parallel ranged downloads, copies) through a boto3 client on the same
