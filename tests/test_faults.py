@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import random
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,28 @@ def test_stream_broken_by_outage_leaves_no_parts_behind(pmounter: Mounter, proxy
     while s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
         assert time.monotonic() < deadline, "the abandoned multipart upload was never aborted"
         time.sleep(0.5)
+
+
+def test_http_proxy_from_the_environment_carries_every_request(
+        mounter: Mounter, proxy: FaultProxy, sandbox: SandboxProcess, bucket: str, s3) -> None:
+    """HTTP_PROXY is honoured by both request paths (boto3 for multipart, the lean one for the
+    rest). Nothing listens at the endpoint itself, so only requests sent through the proxy
+    (which forwards everything to the sandbox) can work: a small file, a streamed 20 MiB file,
+    a listing and a delete."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    keys = sandbox.issue_keys([bucket])
+    env = dict(mounter.env_for(keys), HTTP_PROXY=proxy.url, http_proxy=proxy.url,
+               NO_PROXY="", no_proxy="")
+    m = through(mounter, sandbox, closed)(bucket, keys=keys, env=env)
+    big = os.urandom(20 * 1024 * 1024 + 5)
+    (m.path / "small").write_bytes(b"via the proxy")
+    (m.path / "big").write_bytes(big)
+    assert sorted(p.name for p in m.path.iterdir()) == ["big", "small"]
+    (m.path / "small").unlink()
+    body = s3.get_object(Bucket=bucket, Key="big")["Body"].read()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
+    assert "small" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    stats = proxy.stats()
+    assert stats.get("forwarded", 0) >= 8, stats  # LIST, PUT, multipart (create, parts, ...), DELETE

@@ -63,6 +63,9 @@ class LeanS3:
         manager = (urllib3.ProxyManager(proxy, num_pools=1, **kw) if proxy
                    else urllib3.PoolManager(num_pools=1, **kw))  # type: ignore[arg-type]
         self._pool = manager.connection_from_url(self._origin)
+        # A plain-HTTP proxy wants the absolute URL in the request line (HTTPS goes through a
+        # CONNECT tunnel and takes the path), as urllib3's ProxyManager itself does.
+        self._absolute_target = bool(proxy) and parts.scheme == "http"
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -123,7 +126,8 @@ class LeanS3:
             # A connection pool takes the target verbatim (a PoolManager would normalise
             # "a/../b" in keys); the body is read whole here, so a body that breaks off is
             # retried like any other read error.
-            r = self._pool.urlopen(method, target, body=body or None,
+            r = self._pool.urlopen(method, self._origin + target if self._absolute_target
+                                   else target, body=body or None,
                                    headers=dict(req.headers.items()), redirect=False,
                                    assert_same_host=False, preload_content=True,
                                    decode_content=False)
