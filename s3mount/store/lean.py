@@ -50,7 +50,8 @@ class LeanS3:
         retry = Retry(
             total=max_attempts - 1, backoff_factor=0.5, backoff_max=20, backoff_jitter=0.5,
             status_forcelist=RETRY_STATUSES, raise_on_status=False, redirect=False,
-            # A Retry-After is slept in full (no cap), and the mount's timeout bounds the call.
+            # Ignored: urllib3 would sleep a Retry-After in full, however long, past the
+            # mount's timeout; the backoff above is what bounds a call.
             respect_retry_after_header=False,
         )
         kw: dict[str, object] = {
