@@ -968,19 +968,26 @@ def test_zero_timeouts_see_outside_changes_at_once(rig: Rig) -> None:
     assert rig(rig.k.walk, "f") == (False, errno.ENOENT)
 
 
-class ListRacesUpload:
+class StoreWrapper:
+    """An ObjectStore that passes every call to ``store``; subclasses intercept a few."""
+
+    def __init__(self, store: S3Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class ListRacesUpload(StoreWrapper):
     """An ObjectStore wrapper that makes a LIST overtake an upload: uploads wait until an armed
     LIST has been answered by the server, and that LIST's answer is handed back only once the
     core has recorded the finished upload (an order a real race can take)."""
 
     def __init__(self, store: S3Store, node: Callable[[], Inode | None]) -> None:
-        self._store = store
+        super().__init__(store)
         self._node = node
         self.armed = threading.Event()
         self._listed = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def list_page(self, prefix: str, **kw: Any) -> Any:
         page = self._store.list_page(prefix, **kw)
@@ -1010,15 +1017,12 @@ def test_readdir_during_upload() -> None:
         rig.close()
 
 
-class CountingStore:
+class CountingStore(StoreWrapper):
     """An ObjectStore wrapper that records the keys HEADed, singly or in batches."""
 
     def __init__(self, store: S3Store) -> None:
-        self._store = store
+        super().__init__(store)
         self.heads: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def head(self, key: str) -> Any:
         self.heads.append(key)
@@ -1077,15 +1081,12 @@ def test_listing_heads_only_what_no_cache_knows(tmp_path: Path) -> None:
     assert heads == [] and plain["s3fs"][0] == 0o644 and set(plain) == set(first)
 
 
-class ListCounter:
+class ListCounter(StoreWrapper):
     """An ObjectStore wrapper that records the StartAfter of each LIST request."""
 
     def __init__(self, store: S3Store) -> None:
-        self._store = store
+        super().__init__(store)
         self.starts: list[str | None] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def list_page(self, prefix: str, **kw: Any) -> Any:
         self.starts.append(kw.get("start_after"))

@@ -47,12 +47,12 @@ class MetaCache:
 
     def get(self, key: str, etag: str, last_modified: float) -> dict[str, str] | None:
         hit = self._mem.get(key)
-        if hit is None and self._db is not None:
-            pending = self._pending.get(key)
-            row = pending if key in self._pending else self._db.execute(
-                "SELECT etag, lm, md FROM objmeta WHERE key=?", (key,)).fetchone()
-            hit = ABSENT if row is None else (row[0], row[1], json.loads(row[2]))
-            self._mem[key] = hit
+        if hit is None and key in self._pending:
+            row = self._pending[key]
+            hit = self._mem[key] = ABSENT if row is None else (row[0], row[1], json.loads(row[2]))
+        elif hit is None:
+            self.load([key])
+            hit = self._mem.get(key)
         if hit is None or hit[0] != etag or not same_time(hit[1], last_modified):
             return None
         return dict(hit[2])

@@ -106,7 +106,7 @@ class Namespace:
             return cached
         prefix = self.keys.dir_prefix(path)
         since = self._seq
-        starts: list[str | None] = [None, *self._page_bounds(prefix, self.listings.get(path))]
+        starts: list[str | None] = [None, *self._page_bounds(path, self.listings.get(path))]
         ranges: list[list[ListPage]] = [[] for _ in starts]
 
         async def list_range(i: int) -> None:
@@ -117,11 +117,12 @@ class Namespace:
                      limit=LIST_PARALLELISM)
         return self._remember_listing(path, [p for pages in ranges for p in pages], since)
 
-    def _page_bounds(self, prefix: str, old: Listing | None) -> list[str]:
+    def _page_bounds(self, path: str, old: Listing | None) -> list[str]:
         """Every ``LIST_PAGE``-th name (as a key) of a previous listing: where ranges split."""
         if old is None or len(old.entries) <= self.LIST_PAGE:
             return []
-        keys = sorted(prefix + name + ("/" if e.is_dir else "") for name, e in old.entries.items())
+        keys = sorted(self.keys.dir_prefix(join(path, name)) if e.is_dir else
+                      self.keys.file_key(join(path, name)) for name, e in old.entries.items())
         return keys[self.LIST_PAGE - 1:len(keys) - 1:self.LIST_PAGE]
 
     async def _list_range(self, prefix: str, after: str | None, upto: str | None) -> list[ListPage]:
