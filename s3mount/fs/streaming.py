@@ -82,8 +82,11 @@ class StreamingUpload:
                 self._idle.set()
 
     def _upload_part(self, upload_id: str, number: int, offset: int, length: int) -> str:
-        return self._store.upload_part(self.key, upload_id, number,
-                                       self._staging.pread(length, offset))
+        data = self._staging.pread(length, offset)
+        self._staging.drop_cached(offset, length)  # starts writeback while the part is sent
+        etag = self._store.upload_part(self.key, upload_id, number, data)
+        self._staging.drop_cached(offset, length)  # written back by now: free the pages
+        return etag
 
     @property
     def started(self) -> bool:

@@ -229,7 +229,8 @@ class FaultProxy:
         log.info("fault proxy %s", "down" if down else "up")
 
     def stats(self) -> dict[str, int]:
-        """Counts: ``requests`` seen, ``forwarded``, ``refused_down``, and one per fault kind."""
+        """Counts: ``requests`` seen, ``forwarded``, ``refused_down``, one per fault kind, and
+        ``unsigned_payload`` (requests whose body the signature does not cover)."""
         with self._lock:
             return dict(self._stats)
 
@@ -304,6 +305,8 @@ class FaultProxy:
         """The fault for this request (None: forward it), counting what happens."""
         with self._lock:
             self._stats["requests"] += 1
+            if req.header("x-amz-content-sha256") == "UNSIGNED-PAYLOAD":
+                self._stats["unsigned_payload"] += 1
             if self._down:
                 self._stats["refused_down"] += 1
                 return _DOWN
