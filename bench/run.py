@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -475,6 +475,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: --runs 1 --size-scale 0.0625 unless given")
     ap.add_argument("--only", help="comma-separated contender names (default: all)")
+    ap.add_argument("--tests", help="comma-separated tests to run (default: all): "
+                    + ", ".join(sorted(ALL_TESTS)))
     ap.add_argument("--out", default=str(HERE / "results.md"), help="Markdown report file")
     ap.add_argument("--workdir", help="where sources, mount points and caches go (default: /tmp)")
     ap.add_argument("--keep-logs", metavar="DIR",
@@ -498,6 +500,13 @@ def main() -> int:
             print(f"run.py: unknown contender(s): {', '.join(sorted(unknown))}; known: "
                   f"{', '.join(c.name for c in CONTENDERS)}", file=sys.stderr)
             return 2
+    if args.tests:
+        wanted = frozenset(t.strip() for t in args.tests.split(","))
+        if unknown := wanted - ALL_TESTS:
+            print(f"run.py: unknown test(s): {', '.join(sorted(unknown))}; known: "
+                  f"{', '.join(sorted(ALL_TESTS))}", file=sys.stderr)
+            return 2
+        contenders = [replace(c, tests=c.tests & wanted) for c in contenders if c.tests & wanted]
     started = datetime.now(UTC)
     results = Results([c.name for c in contenders], {c.name: c.tests for c in contenders})
     for c in contenders:
