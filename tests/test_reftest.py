@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -181,11 +182,12 @@ def ancestors(path: str) -> list[str]:
 class Loop:
     """A trio run in a background thread for the life of one example."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: trio.abc.Clock | None = None) -> None:
         self._ready = threading.Event()
         self.nursery: trio.Nursery | None = None
         self.token: trio.lowlevel.TrioToken | None = None
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True,
+        self._thread = threading.Thread(target=trio.run, args=(self._main,),
+                                        kwargs={"clock": clock}, daemon=True,
                                         name="reftest-trio")
         self._thread.start()
         if not self._ready.wait(10):
@@ -410,18 +412,21 @@ Outcome = tuple[bool, Any]
 
 
 class Rig:
-    """A fresh filesystem core (all timeouts 0) over a fresh prefix, in its own trio run."""
+    """A fresh filesystem core (all timeouts ``timeout``: 0 unless given) over a fresh prefix,
+    in its own trio run (on ``clock`` if given)."""
 
     def __init__(self, *, async_upload: bool = False, prefix: str | None = None,
-                 metacache: MetaCache | None = None, posix_metadata: bool = True) -> None:
+                 metacache: MetaCache | None = None, posix_metadata: bool = True,
+                 timeout: float = 0, clock: trio.abc.Clock | None = None) -> None:
         sh = shared()
         self.bucket, self.s3 = sh.bucket, sh.s3
         self.prefix = prefix or f"ex-{uuid.uuid4().hex[:12]}/"
         self.tmp = tempfile.mkdtemp(prefix="reftest-")
-        self.loop = Loop()
+        self.loop = Loop(clock)
         self.staging = StagingArea(os.path.join(self.tmp, "staging"))
-        cfg = FsConfig(defaults=Defaults(UID, GID), attr_timeout=0, dir_timeout=0,
-                       neg_timeout=0, async_upload=async_upload, posix_metadata=posix_metadata)
+        cfg = FsConfig(defaults=Defaults(UID, GID), attr_timeout=timeout, dir_timeout=timeout,
+                       neg_timeout=timeout, async_upload=async_upload,
+                       posix_metadata=posix_metadata)
 
         def build() -> Filesystem:
             fs = Filesystem(sh.store, KeyMapper(self.prefix), cfg, self.staging,
@@ -1091,6 +1096,47 @@ class ListCounter(StoreWrapper):
     def list_page(self, prefix: str, **kw: Any) -> Any:
         self.starts.append(kw.get("start_after"))
         return self._store.list_page(prefix, **kw)
+
+
+class LookupCounter(CountingStore, ListCounter):
+    """Records both the HEADs and the LISTs."""
+
+
+def test_ascending_lookups_in_a_big_directory_look_ahead() -> None:
+    """Once a big directory's listing has expired, lookups going up through its names (as
+    ``rm -r`` makes them) are answered by LISTs that look ahead, not by a HEAD each; and the
+    answers are exactly the bucket's, changes behind our back included."""
+    clock = trio.testing.MockClock(rate=1)
+    rig = Rig(timeout=5, clock=clock)
+    try:
+        rig.fs.LIST_PAGE = 10
+        put = functools.partial(rig.s3.put_object, Bucket=rig.bucket, Body=b"x")
+        for i in range(0, 120, 2):
+            put(Key=rig.key(f"d/f{i:03d}"))
+        put(Key=rig.key("d/f051/inside"))  # a directory among the files
+        assert len(rig.ok(rig.k.list_dir, rig.ok(rig.k.walk, "d"))) == 61
+        assert "d" in rig.fs.large_dirs
+        for i in (31, 33, 81):  # new behind our back, beside names already listed
+            put(Key=rig.key(f"d/f{i:03d}"))
+        for i in (40, 42, 90):  # gone behind our back
+            rig.s3.delete_object(Bucket=rig.bucket, Key=rig.key(f"d/f{i:03d}"))
+        clock.jump(60)  # the listing and every attribute expire
+        store = LookupCounter(rig.fs.store)
+        rig.fs.store = store
+        truth = {k[len("d/"):].split("/")[0] for k in rig.bucket_keys() if k.startswith("d/")}
+        asked = sorted(truth | {f"f{i:03d}" for i in (40, 42, 90)} | {"f0305", "f999"})
+        for name in asked:
+            done, got = rig(rig.k.walk, f"d/{name}")
+            assert done == (name in truth), name
+            if done:
+                assert stat.S_ISDIR(got.attrs.mode) == (name == "f051"), name
+        names_headed = [k for k in store.heads if k.startswith(rig.key("d/f"))]
+        new = {rig.key(f"d/f{i:03d}") for i in (31, 33, 81)}  # need a HEAD for their metadata
+        assert len(set(names_headed) - new) <= 3, names_headed  # the scan's first two names
+        looked_ahead = [s for s in store.starts if s is not None]
+        assert 3 <= len(looked_ahead) <= 12, store.starts  # 32, 64, ... names per LIST
+    finally:
+        rig.close()
 
 
 def test_relisting_in_ranges_misses_nothing() -> None:

@@ -44,7 +44,7 @@ from .concurrency import gather
 from .files import FileData, Handle, OpenFile
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .metacache import MetaCache
-from .namespace import DirEntry, Listing, Namespace
+from .namespace import DirEntry, Listing, Namespace, Scan, Window
 from .paths import KeyMapper, decode_name, join, split
 from .staging import StagingArea
 from .writeback import Writeback
@@ -122,6 +122,8 @@ class Filesystem(Namespace, FileData):
         self._changes: dict[str, list[tuple[int, str, DirEntry | None]]] = {}
         self.large_dirs: set[str] = set()  # directories larger than one LIST page
         self.large_dir_lookups: dict[str, int] = {}  # names looked up singly since listed
+        self.windows: dict[str, Window] = {}  # big directory -> its latest look-ahead LIST
+        self.scans: dict[str, Scan] = {}  # big directory -> its latest lookup
         self.writeback = Writeback(self)
         self._space = trio.Event()
 

@@ -4,7 +4,8 @@ A lookup asks S3 as little as it can. A directory that fits in one LIST page is 
 that one listing answers every lookup in it, hit or miss, for ``dir_timeout`` seconds (our own
 changes update it in place). A larger directory is asked name by name (a HEAD of the key and a
 LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as
-a file) and listed again, in parallel ranges, only once many of its names have been asked. File
+a file) and listed again, in parallel ranges, only once many of its names have been asked; a scan
+up through its names is answered by LISTs that look ahead of it. File
 metadata comes from the metadata cache by (key, ETag) when it can, else from a HEAD. An object that is both a file and a prefix is shown as
 the directory, with one warning.
 
@@ -60,6 +61,34 @@ class DirEntry:
 class Listing:
     entries: dict[str, DirEntry]
     expires: float
+
+
+WINDOW_MIN = 32
+"""Names in the first look-ahead LIST of an ascending scan (see ``_window_for``)."""
+
+
+@dataclass
+class Window:
+    """A stretch of a big directory listed again by a look-ahead LIST: the keys in
+    (``after``, ``upto``] (``upto`` None: to the end) are fresh in the listing until ``expires``."""
+
+    after: str
+    upto: str | None
+    expires: float
+    size: int
+    served: int = 0
+    """Lookups answered from it: how many names the scan takes per ``dir_timeout``."""
+
+    def covers(self, file_key: str, dir_key: str) -> bool:
+        return file_key > self.after and (self.upto is None or dir_key <= self.upto)
+
+
+@dataclass
+class Scan:
+    """The last name looked up in a big directory, and how many lookups in a row went up."""
+
+    last_key: str
+    ascending: int = 0
 
 
 class Namespace:
@@ -140,20 +169,25 @@ class Namespace:
             token = page.next_token
         return pages
 
-    async def _listing_for_lookup(self, path: str) -> Listing | None:
-        """A listing of ``path`` to answer a lookup from, if one LIST page holds the directory.
+    async def _listing_for_lookup(self, path: str, name: str) -> Listing | None:
+        """A listing of ``path`` fresh enough to answer a lookup of ``name`` from, if one LIST
+        page holds the directory or the lookup is part of an ascending scan.
 
         One LIST answers a lookup (hit or miss) and refreshes every sibling at once. A directory
         larger than one page is looked up name by name (see ``_stat_name``) until a tenth of its
-        names have been (say an ``rm -r`` going through it): then it is listed whole again. Each
-        re-listing of a big directory costs a LIST per thousand names and parsing them all, so
-        doing it every ``dir_timeout`` would cost more than the lookups it saves.
+        names have been: then it is listed whole again. Each re-listing of a big directory costs
+        a LIST per thousand names and parsing them all, so doing it every ``dir_timeout`` would
+        cost more than the lookups it saves. Lookups that go up name after name (``rm -r``,
+        ``cp -r`` or ``rsync`` walking it after its listing expired) are answered by LISTs that
+        look ahead instead (``_window_for``): one request per stretch of names, not one each.
         """
         cached = self._cached_listing(path)
         if cached is not None:
             return cached
         if path in self.large_dirs:
             old = self.listings.get(path)
+            if old is not None and (window := await self._window_for(path, name, old)):
+                return window
             allowance = max(len(old.entries) // RELIST_RATIO if old else 0, RELIST_MIN)
             self.large_dir_lookups[path] = spent = self.large_dir_lookups.get(path, 0) + 1
             if spent <= allowance:
@@ -165,6 +199,54 @@ class Namespace:
             self.large_dirs.add(path)
             return None
         return self._remember_listing(path, [page], since)
+
+    async def _window_for(self, path: str, name: str, old: Listing) -> Listing | None:
+        """``old`` (the expired listing of big directory ``path``) if a look-ahead LIST has made
+        its entries around ``name`` fresh, else None (the caller asks for the name alone).
+
+        The third lookup in a row whose key is above the previous one's starts a look-ahead:
+        a LIST from just after the previous name. Its answer replaces that stretch of the
+        listing (names gone from the bucket go, new ones come), our own changes made while it
+        was under way are replayed, and it is trusted for ``dir_timeout`` like a listing. It
+        asks for 32 names; a scan that runs past the end gets twice as many next time, and one
+        that outlives it (``rm -r`` takes a few milliseconds a name) twice as many as it took
+        from the last, up to a full page: parsing names nobody asks for before they expire
+        costs CPU and holds the interpreter's lock that every other request waits on.
+        """
+        file_key = self.keys.file_key(join(path, name))
+        dir_key = self.keys.dir_prefix(join(path, name))
+        scan = self.scans.get(path)
+        ascending = scan.ascending + 1 if scan is not None and scan.last_key < file_key else 0
+        self.scans[path] = Scan(file_key, ascending)
+        window = self.windows.get(path)
+        live = window is not None and window.expires > trio.current_time()
+        if live and window is not None and window.covers(file_key, dir_key):
+            window.served += 1
+            return old
+        if scan is None or ascending < 2:
+            return None
+        size = WINDOW_MIN if window is None else window.size * 2 if live else 2 * window.served
+        size = min(max(size, WINDOW_MIN), self.LIST_PAGE)
+        since = self._seq
+        page = await self._run(self.store.list_page, self.keys.dir_prefix(path),
+                               start_after=scan.last_key, max_keys=size)
+        upto = max((*(o.key for o in page.objects), *page.prefixes), default=None) \
+            if page.next_token else None
+        window = Window(scan.last_key, upto, trio.current_time() + self.cfg.dir_timeout, size,
+                        served=1)
+        for n in [n for n, e in old.entries.items() if self._entry_in(path, window, e)]:
+            del old.entries[n]
+        for n, e in self._entries_from(path, [page]).items():
+            if e.is_dir or not (cur := old.entries.get(n)) or not cur.is_dir:  # a directory wins
+                old.entries[n] = e
+        self._replay(path, old.entries, since)
+        self.windows[path] = window
+        return old if window.covers(file_key, dir_key) else None
+
+    def _entry_in(self, path: str, window: Window, entry: DirEntry) -> bool:
+        key = (self.keys.dir_prefix if entry.is_dir else self.keys.file_key)(
+            join(path, entry.name))
+        return key > window.after and (window.upto is None or key <= window.upto)
 
     async def _stat_name(self, parent: str, name: str) -> Inode | None:
         """A lookup in a big directory whose listing has expired. A name that listing showed as
@@ -180,10 +262,20 @@ class Namespace:
         return await self._stat_path(path)
 
     def _remember_listing(self, path: str, pages: list[ListPage], since: int) -> Listing:
-        prefix = self.keys.dir_prefix(path)
         if len(pages) > 1:
             self.large_dirs.add(path)
             self.large_dir_lookups[path] = 0
+        self.windows.pop(path, None)
+        entries = self._entries_from(path, pages)
+        self._replay(path, entries, since)
+        lst = Listing(entries, trio.current_time() + self.cfg.dir_timeout)
+        self.listings[path] = lst
+        return lst
+
+    def _entries_from(self, path: str, pages: list[ListPage]) -> dict[str, DirEntry]:
+        """The names LIST ``pages`` of directory ``path`` show (a name that is both a file and
+        a directory is the directory)."""
+        prefix = self.keys.dir_prefix(path)
         entries: dict[str, DirEntry] = {}
         for page in pages:
             for p in page.prefixes:
@@ -202,8 +294,11 @@ class Namespace:
                     self._warn_conflict(join(path, name))
                     continue
                 entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
-        # Our own changes while the LIST was under way, then files created here but not
-        # uploaded yet (close-to-open: they will be).
+        return entries
+
+    def _replay(self, path: str, entries: dict[str, DirEntry], since: int) -> None:
+        """Apply to freshly listed ``entries`` our own changes made while the LIST was under way,
+        then the files created here but not uploaded yet (close-to-open: they will be)."""
         for seq, name, change in self._changes.get(path, ()):
             if seq > since:
                 if change is None:
@@ -212,9 +307,6 @@ class Namespace:
                     entries[name] = change
         for name, of in self._pending_children(path):
             entries.setdefault(name, DirEntry(name, False, of.node.attrs.size, None, time.time()))
-        lst = Listing(entries, trio.current_time() + self.cfg.dir_timeout)
-        self.listings[path] = lst
-        return lst
 
     def _pending_children(self, path: str) -> list[tuple[str, OpenFile]]:
         out = []
@@ -337,7 +429,7 @@ class Namespace:
             return node
         if path in self.negative:
             return None
-        lst = await self._listing_for_lookup(parent_path)
+        lst = await self._listing_for_lookup(parent_path, name)
         if lst is None:
             found = await self._stat_name(parent_path, name)
         elif (entry := lst.entries.get(name)) is None:
