@@ -230,8 +230,8 @@ class Namespace:
         since = self._seq
         page = await self._run(self.store.list_page, self.keys.dir_prefix(path),
                                start_after=scan.last_key, max_keys=size)
-        upto = max((*(o.key for o in page.objects), *page.prefixes), default=None) \
-            if page.next_token else None
+        upto = max((*(o.key for o in page.objects), *page.prefixes), default=scan.last_key) \
+            if page.next_token else None  # None: the listing is complete up to the end
         window = Window(scan.last_key, upto, trio.current_time() + self.cfg.dir_timeout, size,
                         served=1)
         for n in [n for n, e in old.entries.items() if self._entry_in(path, window, e)]:

@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError, EndpointConnectionError, SSLError
 from urllib3.util.retry import Retry
@@ -47,6 +48,9 @@ class LeanS3:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._bucket_path = f"{parts.path.rstrip('/')}/{quote(bucket, safe='')}"
         self._region = region
+        # Bodies go unsigned over TLS, signed over plain HTTP: the rule s3.py gives boto3, told
+        # to the signer the way a client's config tells it.
+        self._signing = Config(s3={"payload_signing_enabled": parts.scheme != "https"})
         retry = Retry(
             total=max_attempts - 1, backoff_factor=0.5, backoff_max=20, backoff_jitter=0.5,
             status_forcelist=RETRY_STATUSES, raise_on_status=False, redirect=False,
@@ -121,6 +125,7 @@ class LeanS3:
             target += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
         req = AWSRequest(method=method, url=self._origin + target, headers=dict(headers or {}),
                          data=body)
+        req.context["client_config"] = self._signing
         creds = ReadOnlyCredentials(keys.access_key, keys.secret_key, keys.session_token)
         S3SigV4Auth(creds, "s3", self._region).add_auth(req)
         try:

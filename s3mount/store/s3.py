@@ -189,9 +189,9 @@ class S3Store:
         cfg = Config(
             region_name=region or "us-east-1",
             signature_version="s3v4",
-            # Over TLS the body is already protected in transit, so parts go as UNSIGNED-PAYLOAD
-            # (as rclone and mountpoint-s3 send them): neither we nor the server hash every byte
-            # with SHA-256. Over plain HTTP the signature is the body's only protection: kept.
+            # Over TLS the body is already protected in transit, so requests go UNSIGNED-PAYLOAD
+            # (as rclone and mountpoint-s3 send uploads): neither we nor the server hash every
+            # byte with SHA-256. Over plain HTTP the signature is the body's only protection.
             s3={"addressing_style": "path",
                 "payload_signing_enabled": (endpoint_url or "https:").lower().startswith("http:")},
             retries={"mode": "standard", "total_max_attempts": c.max_attempts},
