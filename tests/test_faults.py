@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faultlib import through
@@ -281,3 +284,64 @@ def test_http_proxy_from_the_environment_carries_every_request(
     assert stats.get("forwarded", 0) >= 8, stats  # LIST, PUT, multipart (create, parts, ...), DELETE
     # Over plain HTTP every body is covered by the signature: nothing else protects it.
     assert stats.get("unsigned_payload", 0) == 0, stats
+
+
+def _status(m: Mount) -> dict[str, Any]:
+    r = subprocess.run([*S3MOUNT, "status", "--json", str(m.path)], env=m.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (entry,) = json.loads(r.stdout)
+    return dict(entry)
+
+
+def test_staged_file_refused_at_close_is_kept_and_arrives_later(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """A file written out of order is staged and stored at close, in parts above part_size
+    (the transfer manager's multipart upload). When the server refuses that, close fails with
+    EIO and the data is kept and stored once the server works again."""
+    data = random.Random(5).randbytes(12 * MiB)
+    m = pmounter(bucket, "part_size=5", "timeout=10", "dir_timeout=600")
+    assert os.listdir(m.path) == []
+    fd = os.open(m.path / "staged", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data[6 * MiB:], 6 * MiB)  # the second half first: no sequential stream
+        os.pwrite(fd, data[:6 * MiB], 0)
+        proxy.set_faults([Fault("internal", probability=1.0)])
+    finally:
+        with pytest.raises(OSError) as e:
+            os.close(fd)
+    assert e.value.errno == errno.EIO
+    # The release after close tries once more; the server heals only once the mount reports the
+    # upload failed and kept (before, a refusal wrapped by the transfer manager was not kept).
+    deadline = time.monotonic() + 60
+    while _status(m)["failed_uploads"] < 1:
+        assert time.monotonic() < deadline, f"the refused upload was not kept: {_status(m)}"
+        time.sleep(0.5)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    proxy.clear()
+    got = _await_object(s3, bucket, "staged")
+    assert got is not None and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_slow_server_side_work_is_waited_for(pmounter: Mounter, proxy: FaultProxy, bucket: str,
+                                              s3, tmp_path: Path) -> None:
+    """Completing a multipart upload and copying an object make the server work before it
+    answers, and some (moto, MinIO) send nothing meanwhile. Those requests wait up to a third of
+    ``timeout`` per attempt; simple ones a sixth (here 5 s, less than the 6 s the answers take)."""
+    data = random.Random(4).randbytes(12 * MiB)
+    src = tmp_path / "big"
+    src.write_bytes(data)
+    m = pmounter(bucket, "part_size=5", "timeout=30")
+    proxy.set_faults([Fault("delay", probability=1.0, delay=6, methods=("POST",),
+                            path="uploadId="),
+                      Fault("delay", probability=1.0, delay=6, methods=("PUT",),
+                            path=r"/moved$")])
+    run(["cp", str(src), str(m.path / "big")], timeout=300)
+    run(["mv", str(m.path / "big"), str(m.path / "moved")], timeout=300)
+    # One answer each, waited for: no attempt was given up and sent again.
+    assert proxy.stats()["delay"] == 2, proxy.stats()
+    proxy.clear()
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == ["moved"]
+    got = s3.get_object(Bucket=bucket, Key="moved")["Body"].read()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")

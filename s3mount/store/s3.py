@@ -25,6 +25,7 @@ import boto3.session
 import botocore.credentials
 import botocore.httpsession
 import botocore.session
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, SSLError
@@ -143,6 +144,10 @@ class _Conn:
     with (those the retry-after-renewal logic in ``_call`` reasons about)."""
 
     client: Any  # a boto3 S3 client (its type is generated at run time)
+    slow: Any
+    """The same client with fewer, longer attempts, for requests where the server does the work
+    before it answers (completing a multipart upload, server-side copies): those may take
+    seconds per hundred MiB on some servers (moto, MinIO) that send nothing meanwhile."""
     lean: LeanS3
     keys: KeySet
 
@@ -157,7 +162,7 @@ class S3Store:
         self._creds = _LiveCredentials(keys)
         self._conn_lock = threading.Lock()
         self._conn_key: tuple[str | None, str | None] | None = None
-        self._paths: tuple[Any, LeanS3] | None = None
+        self._paths: tuple[Any, Any, LeanS3] | None = None
         self._transfer_config = TransferConfig(
             multipart_threshold=config.part_size,
             multipart_chunksize=config.part_size,
@@ -178,7 +183,7 @@ class S3Store:
                 self._conn_key = where
             return _Conn(*self._paths, keys)
 
-    def _connect(self, endpoint_url: str | None, region: str | None) -> tuple[Any, LeanS3]:
+    def _connect(self, endpoint_url: str | None, region: str | None) -> tuple[Any, Any, LeanS3]:
         c = self.config
         session = botocore.session.Session()
         session.get_component("credential_provider").insert_before(
@@ -205,9 +210,17 @@ class S3Store:
         )
         # A boto3 client (not a bare botocore one) for the managed transfer methods
         # (upload_fileobj, download_fileobj, copy) that do parallel multipart.
-        client = boto3.session.Session(botocore_session=session).client(
-            "s3", endpoint_url=endpoint_url, verify=_verify(c.verify_ssl), config=cfg
-        )
+        boto = boto3.session.Session(botocore_session=session)
+        client = boto.client("s3", endpoint_url=endpoint_url, verify=_verify(c.verify_ssl),
+                             config=cfg)
+        # Both clients stay within ``timeout`` when the server says nothing at all: the slow one
+        # splits it into at most 3 attempts (boto3's default count) instead of max_attempts.
+        slow_attempts = min(c.max_attempts, 3)
+        slow = boto.client("s3", endpoint_url=endpoint_url, verify=_verify(c.verify_ssl),
+                           config=cfg.merge(Config(
+                               read_timeout=max(c.timeout / max(slow_attempts, 1), 1.0),
+                               retries={"mode": "standard",
+                                        "total_max_attempts": slow_attempts})))
         # The lean path goes where the client goes (botocore resolves a missing endpoint from
         # the region) and trusts the same CAs (AWS_CA_BUNDLE / ca_bundle, else certifi's).
         lean = LeanS3(
@@ -217,7 +230,7 @@ class S3Store:
             verify=c.verify_ssl, connect_timeout=connect_timeout, read_timeout=per_attempt,
             max_attempts=c.max_attempts, pool_size=c.max_pool_connections,
         )
-        return client, lean
+        return client, slow, lean
 
     # -- the one wrapper every call goes through ----------------------------------------------
 
@@ -337,8 +350,18 @@ class S3Store:
         # By file name, the transfer manager streams each part from disk as it sends it, so
         # memory stays at a few buffers however large the file (a file object is read into
         # memory part by part, up to ten parts at a time).
-        self._call("upload", key, lambda c: c.client.upload_file(
-            path, self.bucket, key, ExtraArgs=extra, Config=self._transfer_config))
+        def send(c: _Conn) -> None:
+            try:
+                c.slow.upload_file(path, self.bucket, key, ExtraArgs=extra,
+                                   Config=self._transfer_config)
+            except S3UploadFailedError as exc:
+                # The transfer manager wraps the request's error in its own; unwrapped, it is
+                # mapped (and rejected keys renewed) like any other.
+                if isinstance(exc.__context__, (ClientError, BotoCoreError)):
+                    raise exc.__context__ from None
+                raise
+
+        self._call("upload", key, send)
         # The transfer manager does not hand back the ETag; one HEAD gets it.
         return self.head(key).etag
 
@@ -355,7 +378,7 @@ class S3Store:
         return str(r["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
-        r = self._call("complete-multipart", key, lambda c: c.client.complete_multipart_upload(
+        r = self._call("complete-multipart", key, lambda c: c.slow.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}))
         return str(r["ETag"]).strip('"')
@@ -381,11 +404,11 @@ class S3Store:
             extra = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE",
                      "ContentType": _guess_type(dst)}
         if size is not None and size <= self.config.part_size * 4:
-            r = self._call("copy", src, lambda c: c.client.copy_object(
+            r = self._call("copy", src, lambda c: c.slow.copy_object(
                 Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src},
                 **extra))
             return r["CopyObjectResult"]["ETag"].strip('"')
-        self._call("copy", src, lambda c: c.client.copy(
+        self._call("copy", src, lambda c: c.slow.copy(
             {"Bucket": self.bucket, "Key": src}, self.bucket, dst, ExtraArgs=extra or None,
             Config=self._transfer_config))
         return self.head(dst).etag
