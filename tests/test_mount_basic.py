@@ -42,6 +42,27 @@ def test_roundtrip_sizes(mnt: Mount, s3, size: int, tmp_path: Path) -> None:
     assert os.stat(mnt.path / "f.bin").st_size == size
 
 
+def test_big_existing_files_are_changed_in_place(mounter: Mounter, bucket: str, s3) -> None:
+    """Appending to an object above part_size, or writing into one (both written by another
+    tool), first brings it down in parallel ranges; what is stored is the old bytes with the
+    change, and the other bytes are untouched."""
+    mib = 1024 * 1024
+    body = os.urandom(12 * mib)
+    s3.put_object(Bucket=bucket, Key="log.bin", Body=body)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=body)
+    m = mounter(bucket, "part_size=5")
+    with open(m.path / "log.bin", "ab") as f:
+        f.write(b"appended")
+    with open(m.path / "big.bin", "r+b") as f:
+        f.seek(7 * mib)
+        f.write(b"X" * 100)
+    want = {"log.bin": body + b"appended",
+            "big.bin": body[:7 * mib] + b"X" * 100 + body[7 * mib + 100:]}
+    for key, data in want.items():
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data, key
+        assert (m.path / key).read_bytes() == data, key
+
+
 def _peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -60,8 +60,9 @@ class ObjectStore(Protocol):
     def get_range(self, key: str, start: int, length: int, *, etag: str | None = None) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end); PreconditionFailed if the ETag moved."""
 
-    def download(self, key: str, out: BinaryIO, *, etag: str | None = None) -> ObjectInfo:
-        """The whole object into ``out`` (parallel ranged GETs for large objects)."""
+    def download(self, key: str, out: BinaryIO, *, size: int, etag: str | None = None) -> None:
+        """The whole object, of ``size`` bytes as last seen, into ``out`` (parallel ranged GETs
+        for large objects); PreconditionFailed if the ETag moved."""
 
     def put(self, key: str, data: bytes, *, metadata: Mapping[str, str],
             content_type: str | None = None) -> str:

@@ -26,9 +26,11 @@ import botocore.credentials
 import botocore.httpsession
 import botocore.session
 from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, SSLError
+from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
+from s3transfer.subscribers import BaseSubscriber
 from urllib3.exceptions import InsecureRequestWarning
 
 from ..credentials.base import KeySet
@@ -150,6 +152,21 @@ class _Conn:
     seconds per hundred MiB on some servers (moto, MinIO) that send nothing meanwhile."""
     lean: LeanS3
     keys: KeySet
+
+
+class _KnownObject(BaseSubscriber):  # type: ignore[misc]  # s3transfer has no type hints
+    """Tells the transfer manager the size and ETag of the object we mean: it then skips its own
+    HEAD and sends every ranged GET with If-Match, so a download of an object changed meanwhile
+    fails (412) instead of bringing another version (it refuses IfMatch in ExtraArgs)."""
+
+    def __init__(self, size: int, etag: str | None) -> None:
+        self.size = size
+        self.etag = etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+        if self.etag is not None:
+            future.meta.provide_object_etag(f'"{self.etag}"')
 
 
 class S3Store:
@@ -316,23 +333,29 @@ class S3Store:
 
         return self._call("get", key, get)
 
-    def download(self, key: str, out: BinaryIO, *, etag: str | None = None,
-                 size: int | None = None) -> None:
-        if size is not None and size <= self.config.part_size:
+    def download(self, key: str, out: BinaryIO, *, size: int, etag: str | None = None) -> None:
+        if size <= self.config.part_size:
             data = self._call("get", key, lambda c: c.lean.get(key, c.keys, etag=etag))
             out.seek(0)
             out.truncate()
             out.write(data)
             return
-        extra = {"IfMatch": f'"{etag}"'} if etag else {}
+        known = [_KnownObject(size, etag)]
 
         def big(c: _Conn) -> None:
-            # download_fileobj writes ranges into ``out`` in place (download_file would write a
-            # temporary file and rename it over the path, orphaning the caller's descriptor).
+            # The transfer manager writes ranges into ``out`` in place (download_file would
+            # write a temporary file and rename it over the path, orphaning the caller's
+            # descriptor).
             out.seek(0)
             out.truncate()
-            c.client.download_fileobj(self.bucket, key, out, ExtraArgs=extra,
-                                      Config=self._transfer_config)
+            try:
+                with create_transfer_manager(c.client, self._transfer_config) as manager:
+                    manager.download(self.bucket, key, out, subscribers=known).result()
+            except TransferRetriesExceeded as exc:
+                # s3transfer fetches a range whose body broke off again by itself, then gives
+                # up with its own error (not botocore's).
+                raise Unavailable(f"download {key!r}: "
+                                  f"{type(exc.last_exception).__name__} after retries") from None
         self._call("download", key, big)
 
     def put(self, key: str, data: bytes, *, metadata: Mapping[str, str],
