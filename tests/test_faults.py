@@ -365,3 +365,25 @@ def test_slow_server_side_work_is_waited_for(pmounter: Mounter, proxy: FaultProx
     got = s3.get_object(Bucket=bucket, Key="moved")["Body"].read()
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_completion_done_by_the_server_after_the_client_gave_up_counts(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3, tmp_path: Path) -> None:
+    """The server completes a multipart upload but its answer comes too late, and the retries
+    find the upload gone. AWS (and moto, when the retry comes after the first is done) answer
+    a retry with the same success; MinIO answers 404 and radosgw 500, as the proxy does here.
+    The stored object's ETag shows it is made of the parts sent, so the upload is done, not
+    sent a second time."""
+    data = random.Random(8).randbytes(12 * MiB)
+    src = tmp_path / "big"
+    src.write_bytes(data)
+    m = pmounter(bucket, "part_size=5", "timeout=12")  # a third: 4 s per completion attempt
+    proxy.set_faults([Fault("delay", count=1, delay=8, methods=("POST",), path="uploadId="),
+                      Fault("internal", probability=1.0, methods=("POST",), path="uploadId=")])
+    run(["cp", str(src), str(m.path / "big")], timeout=300)
+    assert proxy.stats()["delay"] == 1 and proxy.stats()["internal"] >= 1
+    assert "the object is ours" in m.log()
+    assert "uploading it whole" not in m.log()
+    got = s3.get_object(Bucket=bucket, Key="big")["Body"].read()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")

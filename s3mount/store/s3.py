@@ -10,6 +10,7 @@ exactly one thing on top: a request refused because the keys expired or were rev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mimetypes
 import os
@@ -401,10 +402,26 @@ class S3Store:
         return str(r["ETag"])
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
-        r = self._call("complete-multipart", key, lambda c: c.slow.complete_multipart_upload(
-            Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}))
-        return str(r["ETag"]).strip('"')
+        try:
+            r = self._call("complete-multipart", key, lambda c: c.slow.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]}))
+            return str(r["ETag"]).strip('"')
+        except (Unavailable, NotFound) as exc:
+            # An attempt that timed out may have been completed by the server all the same;
+            # AWS answers the retry with the same success, but moto, MinIO and radosgw no
+            # longer know the upload (404 or 500). The object tells: made of our parts, its
+            # ETag is the MD5 of their MD5s and their count.
+            try:
+                want = _multipart_etag([e for _, e in sorted(parts)])
+                done = self.head(key).etag == want
+            except (ValueError, S3MountError):  # a part ETag that is no MD5; no answer
+                done = False
+            if not done:
+                raise
+            log.info("complete-multipart %r: the retry failed (%s) but the object is ours",
+                     key, exc)
+            return want
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         """Abandon a multipart upload; False when the server could not be reached (try again
@@ -438,6 +455,12 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda c: c.lean.delete(key, c.keys))
+
+
+def _multipart_etag(part_etags: list[str]) -> str:
+    """The ETag S3 servers give an object completed from these parts (unencrypted)."""
+    digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"
 
 
 def _verify(verify_ssl: bool) -> bool | None:
