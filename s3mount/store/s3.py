@@ -2,10 +2,11 @@
 
 The simple requests (HEAD, DELETE, LIST pages, small GET and PUT) go through ``lean.LeanS3``; the
 managed transfers (multipart, parallel ranged downloads, copies) through a boto3 client on the same
-endpoint. Retrying lives in botocore and urllib3 (bounded attempts and timeouts); this module adds
-exactly one thing on top: a request refused because the keys expired or were revoked renews them
-(single flight, through the key source) and is retried once. S3 errors leave here as
-``s3mount.errors``.
+endpoint (and a second one with fewer, longer attempts for requests the server works on before
+it answers). Retrying lives in botocore and urllib3 (bounded attempts and timeouts); this module
+adds two things on top: a request refused because the keys expired or were revoked renews them
+(single flight, through the key source) and is retried once; a multipart completion whose answer
+was lost is recognised by the object's ETag. S3 errors leave here as ``s3mount.errors``.
 """
 
 from __future__ import annotations
@@ -226,8 +227,8 @@ class S3Store:
             tcp_keepalive=True,
             parameter_validation=False,  # our calls are well-formed; saves CPU per request
         )
-        # A boto3 client (not a bare botocore one) for the managed transfer methods
-        # (upload_fileobj, download_fileobj, copy) that do parallel multipart.
+        # A boto3 client (not a bare botocore one) for the managed transfers (upload_file,
+        # copy, the transfer manager's downloads) that do parallel multipart.
         boto = boto3.session.Session(botocore_session=session)
         client = boto.client("s3", endpoint_url=endpoint_url, verify=_verify(c.verify_ssl),
                              config=cfg)
