@@ -63,6 +63,7 @@ class KeyGate:
         self.sandbox = sandbox
         self.records: dict[str, KeyRecord] = {}
         self._lock = threading.Lock()
+        self._completing = threading.Lock()
 
     def register(self, access_key: str, expires_at: float | None) -> None:
         with self._lock:
@@ -88,6 +89,13 @@ class KeyGate:
             if rec.expires_at is not None and self.sandbox.clock.now() >= rec.expires_at:
                 return self._refuse(start_response, "400 Bad Request", "ExpiredToken",
                                     "The provided token has expired.", head)
+        if environ.get("REQUEST_METHOD") == "POST" and "uploadId=" in environ.get(
+                "QUERY_STRING", ""):
+            # moto completes multipart uploads racily: a retry that comes while the first
+            # completion still assembles the object breaks both (500). AWS answers such a retry
+            # with the same success, as moto does once the first is done: one at a time.
+            with self._completing:
+                return list(self.app(environ, start_response))
         return self.app(environ, start_response)
 
     @staticmethod
