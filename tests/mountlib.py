@@ -9,6 +9,7 @@ then ``fusermount3 -u``, then ``-uz``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,19 @@ def run(cmd: list[str] | str, *, timeout: float = 120, check: bool = True, **kw:
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def mount_status(mp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``s3mount status --json`` of ``mp`` (published by the mount process a moment after start)."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = subprocess.run([*S3MOUNT, "status", "--json", str(mp)], env=env,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            assert r.returncode == 0, r.stderr
+            (entry,) = json.loads(r.stdout)
+            return dict(entry)
+        time.sleep(0.2)
 
 
 @dataclass

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import random
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from faultlib import through
-from mountlib import S3MOUNT, Mount, Mounter, run
+from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 
 from s3mount.sandbox.client import SandboxProcess
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
@@ -306,14 +303,6 @@ def test_http_proxy_from_the_environment_carries_every_request(
     assert stats.get("unsigned_payload", 0) == 0, stats
 
 
-def _status(m: Mount) -> dict[str, Any]:
-    r = subprocess.run([*S3MOUNT, "status", "--json", str(m.path)], env=m.env,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    (entry,) = json.loads(r.stdout)
-    return dict(entry)
-
-
 def test_staged_file_refused_at_close_is_kept_and_arrives_later(
         pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
     """A file written out of order is staged and stored at close, in parts above part_size
@@ -334,8 +323,8 @@ def test_staged_file_refused_at_close_is_kept_and_arrives_later(
     # The release after close tries once more; the server heals only once the mount reports the
     # upload failed and kept (before, a refusal wrapped by the transfer manager was not kept).
     deadline = time.monotonic() + 60
-    while _status(m)["failed_uploads"] < 1:
-        assert time.monotonic() < deadline, f"the refused upload was not kept: {_status(m)}"
+    while (st := mount_status(m.path, m.env))["failed_uploads"] < 1:
+        assert time.monotonic() < deadline, f"the refused upload was not kept: {st}"
         time.sleep(0.5)
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     proxy.clear()

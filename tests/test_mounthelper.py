@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mountlib import mount_status
 
 from s3mount import mounthelper
 from s3mount.install import Targets, install
@@ -219,24 +219,12 @@ def _mountinfo(mp: Path) -> tuple[str, str, str]:
     raise AssertionError(f"{mp} is not in mountinfo")
 
 
-def _status(mp: Path) -> dict:
-    """The runtime entry of ``mp`` (published by the mount process a moment after start)."""
-    deadline = time.monotonic() + 30
-    while True:
-        r = subprocess.run([sys.executable, "-m", "s3mount", "status", "--json", str(mp)],
-                           capture_output=True, text=True, timeout=60)
-        if r.returncode == 0 or time.monotonic() > deadline:
-            assert r.returncode == 0, r.stderr
-            return json.loads(r.stdout)[0]
-        time.sleep(0.2)
-
-
 def _use_and_unmount(mp: Path, s3, bucket: str) -> None:
     """Write through the mount, see it in the bucket, unmount with umount(8), see the daemon go."""
     (mp / "hello.txt").write_text("hello from mount(8)\n")
     body = s3.get_object(Bucket=bucket, Key="hello.txt")["Body"].read()
     assert body == b"hello from mount(8)\n"
-    entry = _status(mp)
+    entry = mount_status(mp)
     assert entry["bucket"] == bucket and entry["mountpoint"] == str(mp)
     assert _mountinfo(mp)[:2] == ("fuse.s3mount", f"s3mount:{bucket}")
     r = subprocess.run(["umount", str(mp)], capture_output=True, text=True, timeout=120)
