@@ -70,7 +70,7 @@ def test_cp_a_keeps_mode_and_mtime(mnt: Mount, s3, tmp_path: Path) -> None:
 
 def test_git_in_the_mount(mnt: Mount, tmp_path: Path) -> None:
     repo = mnt.path / "repo"
-    make_tree(repo, 200, seed=7)
+    make_tree(repo, 60, seed=7)
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t", HOME=str(tmp_path))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "first"]):
@@ -122,7 +122,7 @@ def test_editor_save_pattern_never_shows_partial_file(mnt: Mount) -> None:
 
 def test_mv_directory_tree(mnt: Mount, s3, tmp_path: Path) -> None:
     src = tmp_path / "tree"
-    for i in range(500):
+    for i in range(200):
         p = src / f"d{i % 7}" / f"s{i % 3}" / f"f{i}"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(str(i))
@@ -133,7 +133,7 @@ def test_mv_directory_tree(mnt: Mount, s3, tmp_path: Path) -> None:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=mnt.bucket):
         keys += [o["Key"] for o in page.get("Contents", [])]
     assert not [k for k in keys if k.startswith("a/")], "objects left behind"
-    assert len([k for k in keys if k.startswith("b/") and not k.endswith("/")]) == 500
+    assert len([k for k in keys if k.startswith("b/") and not k.endswith("/")]) == 200
     run(["diff", "-r", str(src), str(mnt.path / "b")], timeout=300)
     assert not (mnt.path / "a").exists()
     assert os.stat(mnt.path / "b" / "d1" / "s1" / "f1").st_ino == ino

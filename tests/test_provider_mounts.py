@@ -91,7 +91,8 @@ def test_each_provider_end_to_end(psb: SandboxProcess, tmp_path: Path, provider:
 
 
 def test_renewals_under_continuous_io(psb: SandboxProcess, tmp_path: Path) -> None:
-    """20-second credentials, two minutes of reads and writes: no failed operation."""
+    """20-second credentials (renewed every ~13 s), a minute of reads and writes: no failed
+    operation."""
     env = profile_env(psb, "cleverbase", tmp_path)
     mounter = Mounter(psb, tmp_path)
     try:
@@ -99,7 +100,7 @@ def test_renewals_under_continuous_io(psb: SandboxProcess, tmp_path: Path) -> No
         first = status(m)
         errors: list[str] = []
         done = {"ops": 0}
-        stop = time.monotonic() + 120
+        stop = time.monotonic() + 60
 
         def worker(n: int) -> None:
             i = 0
@@ -124,7 +125,7 @@ def test_renewals_under_continuous_io(psb: SandboxProcess, tmp_path: Path) -> No
         last = status(m)
         assert not errors, errors[:5]
         assert done["ops"] > 100
-        assert last["renewals"] >= 4, last
+        assert last["renewals"] >= 3, last
         assert last["credentials_expire_at"] > first["credentials_expire_at"]
     finally:
         mounter.close()
