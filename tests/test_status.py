@@ -143,3 +143,13 @@ def test_status_command_line(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr == f"s3mount: {tmp_path} is not an s3mount mount\n"
+
+
+@pytest.mark.parametrize("argv", [["status", "--json"], ["umount", "/nowhere"]])
+def test_status_and_umount_start_without_the_mount_machinery(argv, tmp_path) -> None:
+    # Scripts and unit files call these often: they must not import boto3, trio or pyfuse3.
+    code = ("import sys\nfrom s3mount.cli import main\nmain(sys.argv[1:])\n"
+            "print([m for m in ('boto3', 'botocore', 'trio', 'pyfuse3') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)))
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr

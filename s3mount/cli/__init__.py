@@ -25,12 +25,18 @@ class CliError(Exception):
         self.status = status
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser for all subcommands, or for ``only`` that one.
+
+    Importing a subcommand's module imports what it runs on (``mount`` brings boto3, trio and
+    pyfuse3: over a second of start-up on a slow machine), so ``s3mount status``, ``umount`` and
+    ``--version``, which scripts and unit files call often, do not pay for the others.
+    """
     parser = argparse.ArgumentParser(
         prog="s3mount", description="Mount your own S3-compatible bucket as a directory.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in [only] if only else COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
@@ -40,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     # mount.fuse3 runs "s3mount SOURCE DIR -o OPTS": treat a first word that is no command as a mount.
     if argv and not argv[0].startswith("-") and argv[0].replace("-", "_") not in COMMANDS:
         argv.insert(0, "mount")
-    parser = build_parser()
+    named = argv[0].replace("-", "_") if argv and argv[0].replace("-", "_") in COMMANDS else None
+    parser = build_parser(named)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -21,7 +21,7 @@ from ..config import load_profile
 from ..credentials.build import FirstUseLogin, provider_from_profile
 from ..credentials.static import EnvironmentProvider
 from ..errors import S3MountError
-from ..mount import MountRunner, MountSpec, prepare
+from ..mount import MountRunner, MountSpec, check_mountpoint, prepare
 from ..notify import notify
 from ..options import parse_options
 from ..sources import parse_source
@@ -136,8 +136,10 @@ def _child_argv(args: argparse.Namespace, spec: MountSpec) -> list[str]:
 
 
 def _start_background(args: argparse.Namespace) -> int:
-    # Parse here too, so bad options and sources fail before anything starts.
+    # Parse and check here too, so bad options, sources and mountpoints fail at once, before a
+    # mount process is started (and imports all it runs on) only to report them.
     spec = build_spec(args)
+    check_mountpoint(spec.mountpoint)
     if isinstance(spec.provider, FirstUseLogin):
         # From a terminal: log in now if the profile has no login yet, while someone is there
         # to answer (the background process has no terminal).
