@@ -29,8 +29,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser for all subcommands, or for ``only`` that one.
 
     Importing a subcommand's module imports what it runs on (``mount`` brings boto3, trio and
-    pyfuse3: over a second of start-up on a slow machine), so ``s3mount status``, ``umount`` and
-    ``--version``, which scripts and unit files call often, do not pay for the others.
+    pyfuse3: over a second of start-up on a slow machine), so ``s3mount status`` and ``umount``,
+    which scripts and unit files call often, do not pay for the others.
     """
     parser = argparse.ArgumentParser(
         prog="s3mount", description="Mount your own S3-compatible bucket as a directory.")
