@@ -16,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from mountlib import mount_status
 
 from s3mount import runtime
 
@@ -99,10 +100,7 @@ def test_demo_mounts_the_providers_bucket_and_cleans_up(demo):
     assert body == b"written through the demo mount\n"
 
     # the mount runs on the provider's keys (Cleverbase's are short-lived), not on static ones
-    r = subprocess.run([sys.executable, "-m", "s3mount", "status", "--json", str(mp)], env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    (entry,) = json.loads(r.stdout)
+    entry = mount_status(mp, env)
     assert entry["provider"] == provider and entry["profile"] == "demo"
     assert entry["bucket"] == bucket
     if provider == "cleverbase":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountlib import S3MOUNT, Mount, Mounter, run
+from mountlib import S3MOUNT, Mounter, mount_status, run
 
 from s3mount.cli.demo import PROFILES
 from s3mount.sandbox.client import SandboxProcess
@@ -53,15 +53,6 @@ def profile_env(sb: SandboxProcess, provider: str, tmp: Path, **extra: Any) -> d
     return env
 
 
-def bucket_of(m: Mount) -> str:
-    entry = json.loads(run([*S3MOUNT, "status", str(m.path), "--json"], env=m.env).stdout)
-    return entry[0]["bucket"]
-
-
-def status(m: Mount) -> dict[str, Any]:
-    return json.loads(run([*S3MOUNT, "status", str(m.path), "--json"], env=m.env).stdout)[0]
-
-
 @pytest.mark.parametrize("provider", ["cleverbase", "clevercloud", "lyvecloud"])
 def test_each_provider_end_to_end(psb: SandboxProcess, tmp_path: Path, provider: str) -> None:
     env = profile_env(psb, provider, tmp_path)
@@ -79,7 +70,7 @@ def test_each_provider_end_to_end(psb: SandboxProcess, tmp_path: Path, provider:
         os.rename(m.path / "big.bin", m.path / "dir" / "moved.bin")
         os.chmod(m.path / "dir" / "moved.bin", 0o600)
         assert (m.path / "dir" / "moved.bin").read_bytes() == big
-        st = status(m)
+        st = mount_status(m.path, m.env)
         assert st["provider"] == provider
         s3 = psb.s3()
         body = s3.get_object(Bucket=st["bucket"], Key="dir/hello.txt")["Body"].read()
@@ -97,7 +88,7 @@ def test_renewals_under_continuous_io(psb: SandboxProcess, tmp_path: Path) -> No
     mounter = Mounter(psb, tmp_path)
     try:
         m = mounter("", env=env, profile="p")
-        first = status(m)
+        first = mount_status(m.path, m.env)
         errors: list[str] = []
         done = {"ops": 0}
         stop = time.monotonic() + 60
@@ -122,7 +113,7 @@ def test_renewals_under_continuous_io(psb: SandboxProcess, tmp_path: Path) -> No
             t.start()
         for t in threads:
             t.join(300)
-        last = status(m)
+        last = mount_status(m.path, m.env)
         assert not errors, errors[:5]
         assert done["ops"] > 100
         assert last["renewals"] >= 3, last
@@ -136,12 +127,13 @@ def test_revoked_keys_are_renewed_on_next_operation(psb: SandboxProcess, tmp_pat
     mounter = Mounter(psb, tmp_path)
     try:
         m = mounter("", env=env, profile="p")
+        bucket = mount_status(m.path, m.env)["bucket"]
         (m.path / "before").write_text("1")
-        assert psb.revoke_bucket(bucket_of(m)) >= 1
+        assert psb.revoke_bucket(bucket) >= 1
         (m.path / "after").write_text("2")  # the refused request renews the keys, then succeeds
         assert (m.path / "after").read_text() == "2"
         assert "renewing and retrying once" in m.log()
-        assert psb.s3().get_object(Bucket=bucket_of(m), Key="after")["Body"].read() == b"2"
+        assert psb.s3().get_object(Bucket=bucket, Key="after")["Body"].read() == b"2"
     finally:
         mounter.close()
 
@@ -155,7 +147,7 @@ def test_provider_down_then_back(psb: SandboxProcess, tmp_path: Path) -> None:
     try:
         m = mounter("", env=env, profile="p")
         (m.path / "a").write_text("a")
-        expires = status(m)["credentials_expire_at"]
+        expires = mount_status(m.path, m.env)["credentials_expire_at"]
         admin_call(state["admin_url"], state["admin_token"], "down")
         try:
             (m.path / "b").write_text("still valid keys")
@@ -169,8 +161,8 @@ def test_provider_down_then_back(psb: SandboxProcess, tmp_path: Path) -> None:
             admin_call(state["admin_url"], state["admin_token"], "up")
         (m.path / "d").write_text("recovered")
         assert (m.path / "d").read_text() == "recovered"
-        assert psb.s3().get_object(Bucket=bucket_of(m), Key="b")["Body"].read() == \
-            b"still valid keys"
+        bucket = mount_status(m.path, m.env)["bucket"]
+        assert psb.s3().get_object(Bucket=bucket, Key="b")["Body"].read() == b"still valid keys"
     finally:
         mounter.close()
 

@@ -43,11 +43,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    first = argv[0].replace("-", "_") if argv else None
     # mount.fuse3 runs "s3mount SOURCE DIR -o OPTS": treat a first word that is no command as a mount.
-    if argv and not argv[0].startswith("-") and argv[0].replace("-", "_") not in COMMANDS:
-        argv.insert(0, "mount")
-    named = argv[0].replace("-", "_") if argv and argv[0].replace("-", "_") in COMMANDS else None
-    parser = build_parser(named)
+    if first is not None and not argv[0].startswith("-") and first not in COMMANDS:
+        argv.insert(0, first := "mount")
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
