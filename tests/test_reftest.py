@@ -54,7 +54,7 @@ from provider_support import shared_sandbox
 
 from s3mount.credentials.refresher import Refresher
 from s3mount.credentials.static import StaticProvider
-from s3mount.errors import S3MountError
+from s3mount.errors import NotFound, S3MountError
 from s3mount.fs.attrs import Defaults
 from s3mount.fs.core import RENAME_NOREPLACE, AttrChanges, Filesystem, FsConfig
 from s3mount.fs.inodes import ROOT_INODE, Inode
@@ -1036,6 +1036,101 @@ class CountingStore(StoreWrapper):
     def head_many(self, keys: list[str]) -> Any:
         self.heads.extend(keys)
         return self._store.head_many(keys)
+
+    def peek(self, key: str, length: int) -> Any:
+        self.heads.append(key)  # the same question, asked with a GET
+        return self._store.peek(key, length)
+
+
+class ReadCounter(StoreWrapper):
+    """Records each kind of request that describes or reads one object, in order."""
+
+    def __init__(self, store: S3Store) -> None:
+        super().__init__(store)
+        self.calls: list[tuple[str, str]] = []
+
+    def head(self, key: str) -> Any:
+        self.calls.append(("head", key))
+        return self._store.head(key)
+
+    def peek(self, key: str, length: int) -> Any:
+        self.calls.append(("peek", key))
+        return self._store.peek(key, length)
+
+    def get_range(self, key: str, start: int, length: int, **kw: Any) -> Any:
+        self.calls.append(("get", key))
+        return self._store.get_range(key, start, length, **kw)
+
+    def on_files(self) -> list[tuple[str, str]]:
+        """The calls, without those on directory markers (the walk to the file makes them)."""
+        return [c for c in self.calls if not c[1].endswith("/")]
+
+
+def test_store_peek_tells_the_whole_size() -> None:
+    """peek gives HEAD's answer and the first bytes: the size is the object's, not the range's;
+    an empty object has no first byte (the server refuses the range) and still answers."""
+    sh = shared()
+    prefix = f"ex-{uuid.uuid4().hex[:12]}/"
+    big = os.urandom(100_000)
+    sh.s3.put_object(Bucket=sh.bucket, Key=prefix + "big", Body=big, Metadata={"mode": "33152"})
+    sh.s3.put_object(Bucket=sh.bucket, Key=prefix + "empty", Body=b"")
+    info, head = sh.store.peek(prefix + "big", 65536)
+    assert (info.size, head, info.metadata) == (100_000, big[:65536], {"mode": "33152"})
+    assert info.etag == sh.store.head(prefix + "big").etag
+    info, head = sh.store.peek(prefix + "empty", 65536)
+    assert (info.size, head) == (0, b"")
+    with pytest.raises(NotFound):
+        sh.store.peek(prefix + "missing", 65536)
+
+
+def test_small_file_read_by_name_costs_one_get() -> None:
+    """A small file looked up by name and read (cat, cp) costs one GET, which also brings its
+    metadata; a large or empty one a HEAD, then GETs for the data. Opened again after its
+    attributes expired, a small file replaced behind our back reads as the new version."""
+    clock = trio.testing.MockClock(rate=1)
+    rig = Rig(timeout=5, clock=clock)
+    try:
+        small, big = os.urandom(4096), os.urandom(100_000)
+        rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/small"), Body=small,
+                          Metadata={"mode": str(0o100600)})
+        rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/big"), Body=big)
+        rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/empty"), Body=b"")
+        store = ReadCounter(rig.fs.store)
+        rig.fs.store = store
+        assert rig.ok(rig.k.read, "d/small", 0, 1 << 20) == small
+        assert store.on_files() == [("peek", rig.key("d/small"))]
+        assert stat.S_IMODE(rig.ok(rig.k.walk, "d/small").attrs.mode) == 0o600
+        store.calls.clear()
+        assert rig.ok(rig.k.read, "d/big", 0, 1 << 20) == big
+        assert store.on_files()[0] == ("head", rig.key("d/big"))
+        assert {c for c, _ in store.on_files()[1:]} == {"get"}
+        store.calls.clear()
+        assert rig.ok(rig.k.read, "d/empty", 0, 1 << 20) == b""
+        assert store.on_files() == [("head", rig.key("d/empty"))]
+        assert rig.loop.run_sync(len, rig.fs.peeked) == 0  # each body was taken by its reader
+
+        newer = os.urandom(3000)
+        rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/small"), Body=newer)
+        clock.jump(6)  # the listing and the attributes expire
+        store.calls.clear()
+        assert rig.ok(rig.k.read, "d/small", 0, 1 << 20) == newer
+        assert store.on_files() == [("peek", rig.key("d/small"))]
+        assert rig.bucket_keys()["d/small"] == rig.ok(rig.k.walk, "d/small").etag
+    finally:
+        rig.close()
+
+
+def test_lookup_peek_unused_without_attribute_caching() -> None:
+    """With attr_timeout=0 nothing fetched at lookup could be served later: lookups HEAD."""
+    rig = Rig()
+    try:
+        rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/small"), Body=b"abc")
+        store = ReadCounter(rig.fs.store)
+        rig.fs.store = store
+        assert rig.ok(rig.k.read, "d/small", 0, 100) == b"abc"
+        assert [c for c, _ in store.on_files()] == ["head", "get"], store.calls
+    finally:
+        rig.close()
 
 
 def test_listing_heads_only_what_no_cache_knows(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ T = TypeVar("T")
 OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime"})
 HEAD_PARALLELISM = 32
 SYMLINK_MAX = 4096
+PEEKED_BYTES = 8 * 1024 * 1024
+"""Bound of ``Filesystem.peeked``: a body dropped costs its reader the GET it would have made."""
 
 
 @dataclass
@@ -112,6 +114,10 @@ class Filesystem(Namespace, FileData):
         self.listings: dict[str, Listing] = {}
         self.negative: TTLCache[str, bool] = TTLCache(maxsize=65536, ttl=config.neg_timeout,
                                                        timer=trio.current_time)
+        # Small files fetched whole by a lookup, until their reader takes them (by key and ETag),
+        # for as long as the attributes that lookup gave are trusted.
+        self.peeked: TTLCache[tuple[str, str], bytes] = TTLCache(
+            maxsize=PEEKED_BYTES, ttl=config.attr_timeout, timer=trio.current_time, getsizeof=len)
         self.open_files: dict[int, OpenFile] = {}
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, DirHandle] = {}

@@ -6,7 +6,8 @@ changes update it in place). A larger directory is asked name by name (a HEAD of
 LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as
 a file) and listed again, in parallel ranges, only once many of its names have been asked; a scan
 up through its names is answered by LISTs that look ahead of it. File
-metadata comes from the metadata cache by (key, ETag) when it can, else from a HEAD. An object that is both a file and a prefix is shown as
+metadata comes from the metadata cache by (key, ETag) when it can, else from a HEAD (a GET, for a
+small file looked up by name: see ``_describe_listed``). An object that is both a file and a prefix is shown as
 the directory, with one warning.
 
 This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).
@@ -40,6 +41,10 @@ RELIST_MIN = 20
 
 LIST_PARALLELISM = 16
 """Ranges of one directory listed at once (see ``_list_dir``)."""
+
+PEEK_MAX = 64 * 1024
+"""A listed file up to this size is looked up with a GET of its first ``PEEK_MAX`` bytes instead
+of a HEAD (see ``_describe_listed``)."""
 
 JOURNAL_MAX = 10_000
 """Changes remembered per directory; a listing that takes longer than this many of our own
@@ -256,7 +261,7 @@ class Namespace:
         old = self.listings.get(parent)
         entry = old.entries.get(name) if old is not None else None
         if entry is not None and not entry.is_dir:
-            info = await self._head_or_none(self.keys.file_key(path))
+            info = await self._describe_listed(self.keys.file_key(path), entry.size)
             if info is not None:
                 return self._install_info(path, info)
         return await self._stat_path(path)
@@ -386,10 +391,30 @@ class Namespace:
         node = self._install_known(path, entry)
         if node is not None:
             return node
-        info = await self._head_or_none(self.keys.file_key(path))
+        info = await self._describe_listed(self.keys.file_key(path), entry.size)
         if info is None:
             return None
         return self._install_info(path, info)
+
+    async def _describe_listed(self, key: str, listed_size: int) -> ObjectInfo | None:
+        """The info of a file a listing showed (None if it is gone since).
+
+        A small one is fetched instead of HEADed: a GET of its first ``PEEK_MAX`` bytes gives
+        the same headers, and a file looked up by name is usually opened next (``cat``, ``cp``,
+        a compiler), whose read then needs no request of its own (``peeked``, taken by the
+        reader of that version, within ``attr_timeout``: as long as the lookup's attributes
+        are trusted, so is its data). One request instead of two per small file read; a lookup
+        not followed by a read costs up to 64 KiB of transfer instead of none. The size hint is
+        the listing's; the answer's Content-Range is what counts."""
+        if not 0 < listed_size <= PEEK_MAX or self.cfg.attr_timeout <= 0:
+            return await self._head_or_none(key)
+        try:
+            info, head = await self._run(self.store.peek, key, PEEK_MAX)
+        except NotFound:
+            return None
+        if len(head) == info.size:
+            self.peeked[(key, info.etag)] = head
+        return info
 
     def _install_known(self, path: str, entry: DirEntry) -> Inode | None:
         """Install a listed file if that needs no request: its metadata is cached for this

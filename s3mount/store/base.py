@@ -48,6 +48,9 @@ class ObjectStore(Protocol):
     def head(self, key: str) -> ObjectInfo:
         """Metadata of ``key``; NotFound when absent."""
 
+    def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        """``head``, and the first ``length`` bytes (all of a small object), in one request."""
+
     def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
         """``head`` of each key, in parallel: the info, or the error (NotFound when absent)."""
 

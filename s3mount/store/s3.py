@@ -293,6 +293,17 @@ class S3Store:
     def head(self, key: str) -> ObjectInfo:
         return self._call("head", key, lambda c: c.lean.head(key, c.keys))
 
+    def peek(self, key: str, length: int) -> tuple[ObjectInfo, bytes]:
+        def get(c: _Conn) -> tuple[ObjectInfo, bytes]:
+            try:
+                return c.lean.peek(key, c.keys, length)
+            except ClientError as exc:
+                if _code(exc) != "InvalidRange":
+                    raise
+                return c.lean.head(key, c.keys), b""  # an empty object has no byte 0
+
+        return self._call("get", key, get)
+
     def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
         """One hand-off for a directory's worth of HEADs (``ls -l`` of a fresh directory): the
         caller's event loop would otherwise spend as much CPU per HEAD on handing each one to a
