@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultlib import through
 from mountlib import Mount, Mounter
 
 from s3mount.sandbox.client import SandboxProcess
+from s3mount.sandbox.faultproxy import FaultProxy
 
 _counter = itertools.count()
 
@@ -50,3 +52,18 @@ def mounter(sandbox: SandboxProcess, tmp_path: Path) -> Iterator[Mounter]:
 def mnt(mounter: Mounter, bucket: str) -> Mount:
     """A mount of a fresh, empty bucket with default options."""
     return mounter(bucket)
+
+
+@pytest.fixture
+def proxy(sandbox: SandboxProcess) -> Iterator[FaultProxy]:
+    """The fault proxy in front of the sandbox S3 server (no faults until a test sets some)."""
+    with FaultProxy(sandbox.url, seed=6) as p:
+        yield p
+
+
+@pytest.fixture
+def pmounter(proxy: FaultProxy, mounter: Mounter, sandbox: SandboxProcess) -> Iterator[Mounter]:
+    """The ``mounter`` fixture (same teardown), with mounts going through ``proxy``; the proxy is
+    set back up before the mounts are unmounted, so unmounting never waits on a dead server."""
+    yield through(mounter, sandbox, proxy.url)
+    proxy.clear()

@@ -13,7 +13,6 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,6 @@ from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
 UPLOAD_DEADLINE = 60.0
 """Seconds a failed upload has to reach the bucket once the server is back (background retry)."""
-
-
-@pytest.fixture
-def proxy(sandbox: SandboxProcess) -> Iterator[FaultProxy]:
-    with FaultProxy(sandbox.url, seed=6) as p:
-        yield p
-
-
-@pytest.fixture
-def pmounter(proxy: FaultProxy, mounter: Mounter, sandbox: SandboxProcess) -> Iterator[Mounter]:
-    """The ``mounter`` fixture (same teardown), with mounts going through ``proxy``; the proxy is
-    set back up before the mounts are unmounted, so unmounting never waits on a dead server."""
-    yield through(mounter, sandbox, proxy.url)
-    proxy.clear()
 
 
 def _make_tree(root: Path, files: int) -> dict[str, bytes]:

@@ -231,11 +231,17 @@ class FileData:
             raise
         h = Handle(self._new_fh(), node, of)
         if not writing and not of.loaded and node.etag is not None and node.path is not None:
-            try:
-                h.reader = await self._pinned_reader(node)
-            except BaseException:
-                await self._close_file(of)
-                raise
+            if keep_cache:
+                # The kernel holds this version's pages and reads them itself: fetching the file
+                # again would cost a GET per open of an unchanged file. A page it lacks is
+                # fetched pinned to the version (ESTALE if it was replaced since, never a mix).
+                h.reader = self._reader(node)
+            else:
+                try:
+                    h.reader = await self._pinned_reader(node)
+                except BaseException:
+                    await self._close_file(of)
+                    raise
         self.handles[h.fh] = h
         node.kernel_cache_etag = node.etag
         return h.fh, keep_cache

@@ -229,8 +229,10 @@ class FaultProxy:
         log.info("fault proxy %s", "down" if down else "up")
 
     def stats(self) -> dict[str, int]:
-        """Counts: ``requests`` seen, ``forwarded``, ``refused_down``, one per fault kind, and
-        ``unsigned_payload`` (requests whose body the signature does not cover)."""
+        """Counts: ``requests`` seen, ``forwarded``, ``refused_down``, one per fault kind,
+        ``unsigned_payload`` (requests whose body the signature does not cover), and one per
+        kind of request seen (``req HEAD``, ``req GET``, ``req LIST`` for a ListObjects GET,
+        ``req PUT``...)."""
         with self._lock:
             return dict(self._stats)
 
@@ -305,6 +307,8 @@ class FaultProxy:
         """The fault for this request (None: forward it), counting what happens."""
         with self._lock:
             self._stats["requests"] += 1
+            listing = req.method == "GET" and "list-type=" in req.target.partition("?")[2]
+            self._stats[f"req {'LIST' if listing else req.method}"] += 1
             if req.header("x-amz-content-sha256") == "UNSIGNED-PAYLOAD":
                 self._stats["unsigned_payload"] += 1
             if self._down:
