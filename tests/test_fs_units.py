@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import stat
 
 import pytest
@@ -12,6 +13,7 @@ from s3mount.errors import FsError
 from s3mount.fs.attrs import Defaults, attrs_from_object, format_time_ns, metadata_for, parse_mode
 from s3mount.fs.paths import KeyMapper, decode_name
 from s3mount.fs.reader import MiB, Reader
+from s3mount.fs.staging import Record, StagingArea
 
 
 def test_key_mapping_with_prefix() -> None:
@@ -111,3 +113,26 @@ def test_random_reads_fetch_only_what_is_asked() -> None:
 def test_small_object_is_one_get() -> None:
     obj = _run_reads(300_000, [(0, 4096), (4096, 4096), (200_000, 100_000)])
     assert obj.calls == [(0, 300_000)]
+
+
+def test_a_dropped_record_leaves_nothing_to_recover(tmp_path) -> None:
+    """A staging file whose record was dropped (its data is stored) is deleted by the next run,
+    not uploaded; one with a dirty record is handed back to be uploaded."""
+    area = StagingArea(str(tmp_path))
+    owed, stored = area.new(), area.new()
+    for f, key in ((owed, "owed"), (stored, "stored")):
+        f.pwrite(key.encode(), 0)
+        f.save_record(Record(key, {}, None))
+        f.close()
+    stored.drop_record()
+    area.close()
+    again = StagingArea(str(tmp_path))
+    try:
+        left = list(again.leftovers())
+        assert [(r.key, f.pread(10, 0)) for f, r in left] == [("owed", b"owed")]
+        names = sorted(n for n in os.listdir(again.dir) if n != ".lock")
+        assert names == [owed.name + ".data", owed.name + ".json"]
+    finally:
+        for f, _ in left:
+            f.close()
+        again.close()

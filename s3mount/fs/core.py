@@ -302,7 +302,7 @@ class Filesystem(Namespace, FileData):
                     # POSIX: open descriptors keep the data; keep a local copy of it.
                     await self._load(of)
                 of.dirty = False  # nothing of it may reach the bucket any more
-                self._save_record(of, dirty=False)
+                self._drop_record(of)
         if node.etag is not None:
             await self._run(self.store.delete, self.keys.file_key(node.path))
         self._listing_remove(parent_path, name)

@@ -136,10 +136,10 @@ class FileData:
 
     def _mark_dirty(self, of: OpenFile) -> None:
         if not of.dirty:
-            self._save_record(of, dirty=True)
+            self._save_record(of)
         of.dirty = True
 
-    def _save_record(self, of: OpenFile, *, dirty: bool, durable: bool = False) -> None:
+    def _save_record(self, of: OpenFile, *, durable: bool = False) -> None:
         """Record what the staging file belongs to, so a crash cannot orphan its data.
 
         The record is replaced atomically, which a killed process cannot tear; ``durable`` also
@@ -150,14 +150,19 @@ class FileData:
             of.staging.sync()
         of.staging.save_record(Record(self.keys.file_key(of.node.path),
                                       {**of.node.extra, **metadata_for(of.node.attrs)},
-                                      of.base_etag, dirty=dirty), durable=durable)
+                                      of.base_etag), durable=durable)
+
+    def _drop_record(self, of: OpenFile) -> None:
+        """Nothing of the staging file is owed to the bucket any more (stored, or unwanted)."""
+        if of.staging is not None:
+            of.staging.drop_record()
 
     async def _persist(self, of: OpenFile) -> None:
         """Make a file that will wait in the cache (closed with async_upload, or whose upload
         failed) survive a reboot: fsync data and record, in a worker thread so other calls go
         on. Files uploaded before close() returns need none of it."""
         await trio.to_thread.run_sync(
-            functools.partial(self._save_record, of, dirty=True, durable=True))
+            functools.partial(self._save_record, of, durable=True))
 
     def _staged_bytes(self) -> int:
         return sum(of.node.attrs.size for of in self.open_files.values()
@@ -382,7 +387,7 @@ class FileData:
                 self._fresh_staging(of)
             assert of.staging is not None
             key = self.keys.file_key(node.path)
-            self._save_record(of, dirty=True)
+            self._save_record(of)
             etag, md = await self._finish_stream(of, key)
             if etag is None:
                 md = {**node.extra, **metadata_for(node.attrs)}
@@ -394,7 +399,7 @@ class FileData:
             node.kernel_cache_etag = etag
             node.s3_mtime = None  # a PUT does not say; the next listing does
             self.meta.put(key, etag, None, md)
-            self._save_record(of, dirty=False)
+            self._drop_record(of)
             parent, name = split(node.path)
             self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
 

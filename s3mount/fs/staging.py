@@ -33,6 +33,7 @@ class Record:
     """ETag of the object the data was based on (None for a new file): if the object has another
     ETag when we recover, someone else changed it meanwhile and we must not overwrite it."""
     dirty: bool = True
+    """Always true now (a stored file's record is deleted); earlier versions wrote false."""
 
 
 class StagingFile:
@@ -81,6 +82,13 @@ class StagingFile:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, self.record_path)
+
+    def drop_record(self) -> None:
+        """The data is stored (or no longer wanted): without a record, a later run deletes the
+        data file instead of uploading it, as it would for a record marked clean, and one
+        unlink costs less than writing and renaming such a record."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record_path)
 
     def close(self) -> None:
         """Close the data file but keep it (and its record) for a later run."""
