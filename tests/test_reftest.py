@@ -1120,6 +1120,27 @@ def test_small_file_read_by_name_costs_one_get() -> None:
         rig.close()
 
 
+def test_symlink_found_by_lookup_needs_no_request_to_read() -> None:
+    """Following a symlink (lookup, then readlink) costs the lookup's one GET: it brought the
+    target along."""
+    rig = Rig(timeout=5, clock=trio.testing.MockClock(rate=1))
+    try:
+        rig.ok(rig.k.symlink, "link", b"some/where/else")
+        fresh = Rig(timeout=5, clock=trio.testing.MockClock(rate=1), prefix=rig.prefix)
+        try:
+            store = ReadCounter(fresh.fs.store)
+            fresh.fs.store = store
+
+            async def follow() -> bytes:
+                return await fresh.fs.readlink((await fresh.k.walk("link")).ino)
+            assert fresh.ok(follow) == b"some/where/else"
+            assert store.on_files() == [("peek", rig.key("link"))]
+        finally:
+            fresh.close()
+    finally:
+        rig.close()
+
+
 def test_lookup_peek_unused_without_attribute_caching() -> None:
     """With attr_timeout=0 nothing fetched at lookup could be served later: lookups HEAD."""
     rig = Rig()

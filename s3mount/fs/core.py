@@ -228,8 +228,11 @@ class Filesystem(Namespace, FileData):
             raise FsError("not a symlink", errno=errno.EINVAL)
         if node.symlink_target is None:
             assert node.path is not None
-            data = await self._run(self.store.get_range, self.keys.file_key(node.path), 0,
-                                   SYMLINK_MAX)
+            key = self.keys.file_key(node.path)
+            # The lookup that found the link has usually fetched its target already.
+            data = self.peeked.pop((key, node.etag), None) if node.etag else None
+            if data is None:
+                data = await self._run(self.store.get_range, key, 0, SYMLINK_MAX)
             node.symlink_target = data.decode("utf-8", "surrogateescape")
         return node.symlink_target.encode("utf-8", "surrogateescape")
 
