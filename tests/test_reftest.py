@@ -1068,7 +1068,7 @@ class ReadCounter(StoreWrapper):
 
 def test_store_peek_tells_the_whole_size() -> None:
     """peek gives HEAD's answer and the first bytes: the size is the object's, not the range's;
-    an empty object has no first byte (the server refuses the range) and still answers."""
+    an empty object (no first byte) and an archived one (no GET) still get HEAD's answer."""
     sh = shared()
     prefix = f"ex-{uuid.uuid4().hex[:12]}/"
     big = os.urandom(100_000)
@@ -1079,6 +1079,10 @@ def test_store_peek_tells_the_whole_size() -> None:
     assert info.etag == sh.store.head(prefix + "big").etag
     info, head = sh.store.peek(prefix + "empty", 65536)
     assert (info.size, head) == (0, b"")
+    sh.s3.put_object(Bucket=sh.bucket, Key=prefix + "cold", Body=b"z" * 10,
+                     StorageClass="GLACIER")  # GET refused until restored; HEAD answers
+    info, head = sh.store.peek(prefix + "cold", 65536)
+    assert (info.size, head) == (10, b"")
     with pytest.raises(NotFound):
         sh.store.peek(prefix + "missing", 65536)
 
