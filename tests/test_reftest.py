@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import http.server
 import logging
 import os
 import shutil
@@ -52,6 +53,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from provider_support import shared_sandbox
 
+from s3mount.credentials.base import KeySet
 from s3mount.credentials.refresher import Refresher
 from s3mount.credentials.static import StaticProvider
 from s3mount.errors import NotFound, S3MountError
@@ -61,6 +63,7 @@ from s3mount.fs.inodes import ROOT_INODE, Inode
 from s3mount.fs.metacache import MetaCache
 from s3mount.fs.paths import KeyMapper
 from s3mount.fs.staging import StagingArea
+from s3mount.store.lean import LeanS3
 from s3mount.store.s3 import S3Store, StoreConfig
 
 T = TypeVar("T")
@@ -1085,6 +1088,38 @@ def test_store_peek_tells_the_whole_size() -> None:
     assert (info.size, head) == (10, b"")
     with pytest.raises(NotFound):
         sh.store.peek(prefix + "missing", 65536)
+
+
+@pytest.mark.parametrize("status, content_range", [(200, None), (206, None), (206, "bytes 0-2/*")])
+def test_peek_of_a_server_that_answers_range_its_own_way(status: int, content_range: str | None
+                                                         ) -> None:
+    """A server that ignores Range (200, the whole body), or leaves the total out of its
+    Content-Range, still gets the size from the body it sent."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(status)
+            self.send_header("ETag", '"e1"')
+            self.send_header("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")
+            self.send_header("x-amz-meta-mode", "33188")
+            if content_range:
+                self.send_header("Content-Range", content_range)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"abc")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        lean = LeanS3(f"http://127.0.0.1:{server.server_port}", "us-east-1", "b", ca_certs=None,
+                      verify=True, connect_timeout=5, read_timeout=5, max_attempts=1, pool_size=1)
+        info, head = lean.peek("k", KeySet("AKIDEXAMPLE", "secret"), 65536)
+        assert (info.size, info.etag, info.metadata, head) == (3, "e1", {"mode": "33188"}, b"abc")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_small_file_read_by_name_costs_one_get() -> None:

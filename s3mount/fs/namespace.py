@@ -5,10 +5,10 @@ that one listing answers every lookup in it, hit or miss, for ``dir_timeout`` se
 changes update it in place). A larger directory is asked name by name (a HEAD of the key and a
 LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as
 a file) and listed again, in parallel ranges, only once many of its names have been asked; a scan
-up through its names is answered by LISTs that look ahead of it. File
-metadata comes from the metadata cache by (key, ETag) when it can, else from a HEAD (a GET, for a
-small file looked up by name: see ``_describe_listed``). An object that is both a file and a prefix is shown as
-the directory, with one warning.
+up through its names is answered by LISTs that look ahead of it. File metadata comes from the
+metadata cache by (key, ETag) when it can, else from a HEAD (a GET, for a small file looked up by
+name: see ``_describe_listed``). An object that is both a file and a prefix is shown as the
+directory, with one warning.
 
 This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).
 """

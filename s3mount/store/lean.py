@@ -82,10 +82,8 @@ class LeanS3:
         """What ``head`` tells, and the object's first ``length`` bytes: one ranged GET. The
         size is the total of Content-Range (a server that ignores Range sends it all, 200)."""
         r = self._send("GET", key, keys, "GetObject", headers={"Range": f"bytes=0-{length - 1}"})
-        size = len(r.data)
-        if r.status == 206:
-            size = int(r.headers.get("content-range", "").rpartition("/")[2])
-        return _info(key, r.headers, size), r.data
+        total = r.headers.get("content-range", "").rpartition("/")[2] if r.status == 206 else ""
+        return _info(key, r.headers, int(total) if total.isdigit() else len(r.data)), r.data
 
     def get(self, key: str, keys: KeySet, *, byte_range: tuple[int, int] | None = None,
             etag: str | None = None) -> bytes:
