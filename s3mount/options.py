@@ -42,7 +42,8 @@ OPTIONS: dict[str, Option] = {
                              "(default ${XDG_CACHE_HOME:-~/.cache}/s3mount)"),
     "cache_size": Option(int, "size limit of the staging area in MiB; writers wait when full "
                               "(default 4096)"),
-    "attr_timeout": Option(float, "seconds attributes are trusted before asking S3 again "
+    "attr_timeout": Option(float, "seconds attributes (and the content of a small file its "
+                                  "lookup fetched) are trusted before asking S3 again "
                                   "(default 1)"),
     "dir_timeout": Option(float, "seconds a directory listing is trusted (default 1)"),
     "neg_timeout": Option(float, "seconds a missing name is remembered as missing (default 1)"),
