@@ -1026,35 +1026,25 @@ def test_readdir_during_upload() -> None:
 
 
 class CountingStore(StoreWrapper):
-    """An ObjectStore wrapper that records the keys HEADed, singly or in batches."""
-
-    def __init__(self, store: S3Store) -> None:
-        super().__init__(store)
-        self.heads: list[str] = []
-
-    def head(self, key: str) -> Any:
-        self.heads.append(key)
-        return self._store.head(key)
-
-    def head_many(self, keys: list[str]) -> Any:
-        self.heads.extend(keys)
-        return self._store.head_many(keys)
-
-    def peek(self, key: str, length: int) -> Any:
-        self.heads.append(key)  # the same question, asked with a GET
-        return self._store.peek(key, length)
-
-
-class ReadCounter(StoreWrapper):
-    """Records each kind of request that describes or reads one object, in order."""
+    """An ObjectStore wrapper that records, in order, each request that describes or reads one
+    object: ("head", key) for HEADs, singly or in batches, ("peek", key), ("get", key)."""
 
     def __init__(self, store: S3Store) -> None:
         super().__init__(store)
         self.calls: list[tuple[str, str]] = []
 
+    @property
+    def heads(self) -> list[str]:
+        """The keys asked about, by HEAD or by a peek (the same question, asked with a GET)."""
+        return [k for kind, k in self.calls if kind in ("head", "peek")]
+
     def head(self, key: str) -> Any:
         self.calls.append(("head", key))
         return self._store.head(key)
+
+    def head_many(self, keys: list[str]) -> Any:
+        self.calls.extend(("head", k) for k in keys)
+        return self._store.head_many(keys)
 
     def peek(self, key: str, length: int) -> Any:
         self.calls.append(("peek", key))
@@ -1134,7 +1124,7 @@ def test_small_file_read_by_name_costs_one_get() -> None:
                           Metadata={"mode": str(0o100600)})
         rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/big"), Body=big)
         rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/empty"), Body=b"")
-        store = ReadCounter(rig.fs.store)
+        store = CountingStore(rig.fs.store)
         rig.fs.store = store
         assert rig.ok(rig.k.read, "d/small", 0, 1 << 20) == small
         assert store.on_files() == [("peek", rig.key("d/small"))]
@@ -1167,7 +1157,7 @@ def test_symlink_found_by_lookup_needs_no_request_to_read() -> None:
         rig.ok(rig.k.symlink, "link", b"some/where/else")
         fresh = Rig(timeout=5, clock=trio.testing.MockClock(rate=1), prefix=rig.prefix)
         try:
-            store = ReadCounter(fresh.fs.store)
+            store = CountingStore(fresh.fs.store)
             fresh.fs.store = store
 
             async def follow() -> bytes:
@@ -1185,7 +1175,7 @@ def test_lookup_peek_unused_without_attribute_caching() -> None:
     rig = Rig()
     try:
         rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("d/small"), Body=b"abc")
-        store = ReadCounter(rig.fs.store)
+        store = CountingStore(rig.fs.store)
         rig.fs.store = store
         assert rig.ok(rig.k.read, "d/small", 0, 100) == b"abc"
         assert [c for c, _ in store.on_files()] == ["head", "get"], store.calls
@@ -1210,7 +1200,7 @@ def test_listing_heads_only_what_no_cache_knows(tmp_path: Path) -> None:
         try:
             async def ls() -> list[tuple[str, Inode]]:
                 d = await rig.k.walk("d")
-                store.heads.clear()  # the lookup of d itself is not what is measured
+                store.calls.clear()  # the lookup of d itself is not what is measured
                 return await rig.k.list_dir(d)
             entries = rig.ok(ls)
             return store.heads, {n: (stat.S_IMODE(c.attrs.mode), c.attrs.uid, c.attrs.size,

@@ -230,7 +230,7 @@ class Filesystem(Namespace, FileData):
             assert node.path is not None
             key = self.keys.file_key(node.path)
             # The lookup that found the link has usually fetched its target already.
-            data = self.peeked.pop((key, node.etag), None) if node.etag else None
+            data = self._take_peeked(key, node.etag)
             if data is None:
                 data = await self._run(self.store.get_range, key, 0, SYMLINK_MAX)
             node.symlink_target = data.decode("utf-8", "surrogateescape")

@@ -299,9 +299,9 @@ class FileData:
         key, etag = self.keys.file_key(node.path), node.etag
 
         async def fetch(start: int, length: int) -> bytes:
-            if start == 0 and (head := self.peeked.pop((key, etag), None)) is not None \
+            if start == 0 and (head := self._take_peeked(key, etag)) is not None \
                     and len(head) == length:
-                return head  # fetched whole by the lookup just before (_describe_listed)
+                return head  # fetched whole by the lookup just before
             return await self._run(self.store.get_range, key, start, length, etag=etag)
 
         return Reader(fetch, node.attrs.size, self.nursery, part_size=self.cfg.part_size)

@@ -416,6 +416,11 @@ class Namespace:
             self.peeked[(key, info.etag)] = head
         return info
 
+    def _take_peeked(self, key: str, etag: str | None) -> bytes | None:
+        """The whole content of this version of ``key`` if a lookup fetched it lately (see
+        ``_describe_listed``); it is handed out once."""
+        return self.peeked.pop((key, etag), None) if etag else None
+
     def _install_known(self, path: str, entry: DirEntry) -> Inode | None:
         """Install a listed file if that needs no request: its metadata is cached for this
         version, or no metadata is wanted (``no_posix_metadata``). Else None."""
