@@ -8,11 +8,13 @@ import stat
 
 import pytest
 import trio
+import trio.testing
 
 from s3mount.errors import FsError
 from s3mount.fs.attrs import Defaults, attrs_from_object, format_time_ns, metadata_for, parse_mode
+from s3mount.fs.budget import Budget
 from s3mount.fs.paths import KeyMapper, decode_name
-from s3mount.fs.reader import MiB, Reader
+from s3mount.fs.reader import MIN_PART, MiB, Reader
 from s3mount.fs.staging import Record, StagingArea
 
 
@@ -72,7 +74,7 @@ class FakeObject:
     """A fetch function over bytes that records every range asked for."""
 
     def __init__(self, size: int) -> None:
-        self.data = bytes(i % 251 for i in range(size))
+        self.data = (bytes(range(251)) * (size // 251 + 1))[:size]
         self.calls: list[tuple[int, int]] = []
 
     async def fetch(self, start: int, length: int) -> bytes:
@@ -81,17 +83,20 @@ class FakeObject:
         return self.data[start:start + length]
 
 
-def _run_reads(size: int, reads: list[tuple[int, int]]) -> FakeObject:
+def _run_reads(size: int, reads: list[tuple[int, int]],
+               budget: Budget | None = None) -> FakeObject:
     obj = FakeObject(size)
+    budget = budget or Budget(64 * MiB)
 
     async def main() -> None:
         async with trio.open_nursery() as n:
-            r = Reader(obj.fetch, size, n, part_size=2 * MiB, max_window=8 * MiB)
+            r = Reader(obj.fetch, size, n, budget, part_size=2 * MiB, max_window=8 * MiB)
             for off, ln in reads:
                 assert await r.read(off, ln) == obj.data[off:off + ln]
             r.close()
 
     trio.run(main)
+    assert budget.used == 0  # everything taken was given back at close
     return obj
 
 
@@ -108,6 +113,93 @@ def test_random_reads_fetch_only_what_is_asked() -> None:
     reads = [(37 * MiB, 4096), (3 * MiB, 4096), (20 * MiB, 8192), (11 * MiB, 100)]
     obj = _run_reads(size, reads)
     assert sorted(obj.calls) == sorted(reads)
+
+
+def test_readers_share_one_read_budget() -> None:
+    """Three files read side by side, with room for one part between them: every byte arrives,
+    the budget is never overdrawn beyond the ranges being read, and all of it comes back."""
+    size, kernel_read = 12 * MiB, 128 * 1024
+    budget = Budget(2 * MiB)
+    objs = [FakeObject(size) for _ in range(3)]
+    peak = 0
+
+    async def read_all(n: trio.Nursery, obj: FakeObject) -> None:
+        nonlocal peak
+        r = Reader(obj.fetch, size, n, budget, part_size=2 * MiB, max_window=8 * MiB)
+        for off in range(0, size, kernel_read):
+            assert await r.read(off, kernel_read) == obj.data[off:off + kernel_read]
+            peak = max(peak, budget.used)
+        r.close()
+
+    async def main() -> None:
+        async with trio.open_nursery() as n, trio.open_nursery() as readers:
+            for obj in objs:
+                readers.start_soon(read_all, n, obj)
+
+    trio.run(main)
+    assert budget.used == 0
+    # Beyond the budget, at most what each reader is reading right now (one part each).
+    assert peak <= budget.limit + 3 * MIN_PART
+    for obj in objs:
+        assert sum(ln for _, ln in obj.calls) == size  # nothing fetched twice, either
+
+
+def test_a_spent_read_budget_means_no_prefetch() -> None:
+    """With nothing free, a sequential reader fetches just the ranges asked for (at least
+    MIN_PART at a time), and gives them back."""
+    reads = [(o, 128 * 1024) for o in range(0, 4 * MiB, 128 * 1024)]
+    obj = _run_reads(40 * MiB, reads, budget=Budget(0))  # all of it held elsewhere
+    assert max(ln for _, ln in obj.calls) == MIN_PART
+    assert sum(ln for _, ln in obj.calls) == 4 * MiB
+
+
+def test_read_budget_is_shared_evenly_among_its_holders() -> None:
+    budget = Budget(8)
+    assert budget.take_up_to("a", 2, least=1) == 2
+    assert budget.take_up_to("b", 8, least=1) == 4  # half each while both hold some
+    assert budget.take_up_to("a", 8, least=1) == 2  # a's half, less what it holds
+    assert budget.take_up_to("c", 8, least=2) == 0  # nothing free
+    budget.give(2, "a")
+    assert budget.take_up_to("c", 8, least=1) == 2  # a third each, now: 8 // 3, all free
+    budget.give(2, "a")  # a holds nothing now: halves again
+    assert budget.take_up_to("c", 8, least=1) == 2
+    budget.give(4, "b")
+    budget.give(4, "c")
+    assert budget.used == 0 and budget.take_up_to("c", 8, least=1) == 8
+
+
+def test_upload_budget_waits_and_lets_a_big_request_through() -> None:
+    budget = Budget(10)
+    order: list[str] = []
+
+    async def main() -> None:
+        await budget.take(6)
+        async with trio.open_nursery() as n:
+            async def second() -> None:
+                await budget.take(6)  # must wait for the first to be given back
+                order.append("second")
+
+            async def huge() -> None:
+                await budget.take(50)  # larger than the budget: waits until nothing is held
+                order.append("huge")
+                budget.give(50)
+
+            n.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == [] and budget.used == 6
+            order.append("first")
+            budget.give(6)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["first", "second"]
+            n.start_soon(huge)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["first", "second"]
+            budget.give(6)
+        assert order == ["first", "second", "huge"] and budget.used == 0
+        assert budget.take_up_to("r1", 20, least=4) == 10
+        assert budget.take_up_to("r2", 1, least=1) == 0
+
+    trio.run(main)
 
 
 def test_small_object_is_one_get() -> None:

@@ -88,6 +88,38 @@ def test_300mib_file_streams_through_disk_not_memory(mnt: Mount, s3, tmp_path: P
     assert peak < size / 2, f"mount peaked at {peak >> 20} MiB for a {size >> 20} MiB file"
 
 
+def test_many_files_at_once_share_a_small_buffer(mounter: Mounter, bucket: str, s3,
+                                                 tmp_path: Path) -> None:
+    """``buffer_size`` bounds transfer memory across all open files. With room for less than one
+    part, four streaming writers take turns; on a fresh mount four readers and a ``cp`` inside
+    the mount (its reads holding buffer while its writes wait for some) still move every byte."""
+    opts = ("buffer_size=8", "part_size=5")  # 4 MiB for read-ahead, 4 MiB for 5 MiB parts
+    size = 11 * 1024 * 1024  # two full parts and a tail
+    srcs = []
+    for i in range(4):
+        srcs.append(tmp_path / f"src{i}")
+        srcs[-1].write_bytes(os.urandom(size))
+    w = mounter(bucket, *opts)
+    writers = [subprocess.Popen(["cp", str(src), str(w.path / f"f{i}")])
+               for i, src in enumerate(srcs)]
+    for p in writers:
+        assert p.wait(timeout=600) == 0
+    for i, src in enumerate(srcs):
+        assert sha256_object(s3, bucket, f"f{i}") == sha256_file(src)
+        assert s3.head_object(Bucket=bucket, Key=f"f{i}")["ETag"].endswith('-3"')  # streamed
+    r = mounter(bucket, *opts, cache_dir=tmp_path / "cache2")
+    outs = [tmp_path / f"out{i}" for i in range(4)]
+    jobs = [subprocess.Popen(["cp", str(r.path / f"f{i}"), str(out)])
+            for i, out in enumerate(outs)]
+    jobs.append(subprocess.Popen(["cp", str(r.path / "f0"), str(r.path / "copy")]))
+    for p in jobs:
+        assert p.wait(timeout=600) == 0
+    for src, out in zip(srcs, outs, strict=True):
+        assert sha256_file(out) == sha256_file(src)
+    assert sha256_object(s3, bucket, "copy") == sha256_file(srcs[0])
+    assert s3.head_object(Bucket=bucket, Key="copy")["ETag"].endswith('-3"')
+
+
 MANY = 1200
 
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,13 +172,13 @@ FSTAB_LOCK = "/run/lock/s3mount-tests-fstab.lock"
 
 
 @pytest.fixture(scope="module")
-def helpers_installed() -> None:
+def helpers_installed(tmp_path_factory: pytest.TempPathFactory) -> None:
     """/sbin/mount.s3mount and /usr/local/bin/s3mount, as the README set-up leaves them.
 
     Installed when missing and deliberately left in place: parallel test workers share them, and
     the result is exactly what ``s3mount install-helpers`` produces anyway.
     """
-    install(Targets(unit_dir=tempfile.mkdtemp(prefix="s3mount-unit-")))
+    install(Targets(unit_dir=str(tmp_path_factory.mktemp("units"))))
 
 
 @pytest.fixture

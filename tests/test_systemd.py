@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,10 +48,10 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def helpers_installed() -> None:
+def helpers_installed(tmp_path_factory: pytest.TempPathFactory) -> None:
     """``s3mount`` in /usr/local/bin, where systemd resolves ``ExecStart=s3mount`` (see
     test_mounthelper: installed when missing, left in place like the README set-up leaves it)."""
-    install(Targets(unit_dir=tempfile.mkdtemp(prefix="s3mount-unit-")))
+    install(Targets(unit_dir=str(tmp_path_factory.mktemp("units"))))
 
 
 def test_unit_settings():

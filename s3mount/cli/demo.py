@@ -155,7 +155,7 @@ def _mountpoint(given: str | None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _sandbox(provider: str, lifetime: float) -> Iterator[Any]:
-    """The sandbox process; stopped, and its directory (state with admin keys, log) removed."""
+    """The sandbox process, always stopped (which removes its state, admin keys included)."""
     # Imported here: the sandbox (moto, flask) is heavy and only this command needs it.
     from ..sandbox.client import SandboxProcess
 
@@ -164,7 +164,6 @@ def _sandbox(provider: str, lifetime: float) -> Iterator[Any]:
         yield sandbox
     finally:
         sandbox.stop()
-        shutil.rmtree(os.path.dirname(sandbox.state_file), ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from cachetools import TTLCache
 from ..errors import FsError, NotFound, S3MountError
 from ..store.base import ObjectInfo, ObjectStore
 from .attrs import Attrs, Defaults, attrs_from_object, metadata_for
+from .budget import Budget
 from .concurrency import gather
 from .files import FileData, Handle, OpenFile
 from .inodes import ROOT_INODE, Inode, InodeTable
@@ -76,6 +77,9 @@ class FsConfig:
     async_upload: bool = False
     cache_limit: int = 4096 * 1024 * 1024
     """Bytes of staged data above which writers wait for background uploads to free space."""
+    buffer_limit: int = 256 * 1024 * 1024
+    """Bytes of file data in memory for transfers: half for read prefetch, half for upload parts
+    in flight (see ``budget``)."""
     shutdown_timeout: float = 3600.0
 
 
@@ -118,6 +122,8 @@ class Filesystem(Namespace, FileData):
         # for as long as the attributes that lookup gave are trusted.
         self.peeked: TTLCache[tuple[str, str], bytes] = TTLCache(
             maxsize=PEEKED_BYTES, ttl=config.attr_timeout, timer=trio.current_time, getsizeof=len)
+        self.read_budget = Budget(config.buffer_limit // 2)
+        self.upload_budget = Budget(config.buffer_limit - config.buffer_limit // 2)
         self.open_files: dict[int, OpenFile] = {}
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, DirHandle] = {}

@@ -188,7 +188,7 @@ class FileData:
         if of.stream is None:
             assert of.staging is not None and self.nursery is not None
             of.stream = StreamingUpload(
-                self.store, self._run, self.nursery, of.staging,
+                self.store, self._run, self.nursery, of.staging, self.upload_budget,
                 self.keys.file_key(of.node.path), self._stream_metadata(of),
                 part_size=self.cfg.part_size, parallel=STREAM_PARALLEL,
                 on_orphan=self.writeback.abandon)
@@ -304,7 +304,8 @@ class FileData:
                 return head  # fetched whole by the lookup just before
             return await self._run(self.store.get_range, key, start, length, etag=etag)
 
-        return Reader(fetch, node.attrs.size, self.nursery, part_size=self.cfg.part_size)
+        return Reader(fetch, node.attrs.size, self.nursery, self.read_budget,
+                      part_size=self.cfg.part_size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._handle(fh)
@@ -391,7 +392,7 @@ class FileData:
             etag, md = await self._finish_stream(of, key)
             if etag is None:
                 md = {**node.extra, **metadata_for(node.attrs)}
-                etag = await self._run(self.store.upload, key, of.staging.path, metadata=md)
+                etag = await self._upload_staged(key, of.staging, md)
             of.dirty = False
             of.base_etag = etag
             node.etag = etag
@@ -402,6 +403,19 @@ class FileData:
             self._drop_record(of)
             parent, name = split(node.path)
             self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
+
+    async def _upload_staged(self, key: str, staging: StagingFile,
+                             md: dict[str, str]) -> str:
+        """Upload a staging file whole. One of up to ``part_size`` goes in one PUT from memory,
+        so it draws on the upload budget like a streamed part (larger ones are sent from disk
+        part by part by the store)."""
+        size = staging.size()
+        held = size if size <= self.cfg.part_size else 0
+        await self.upload_budget.take(held)
+        try:
+            return await self._run(self.store.upload, key, staging.path, metadata=md)
+        finally:
+            self.upload_budget.give(held)
 
     async def _finish_stream(self, of: OpenFile, key: str
                              ) -> tuple[str | None, dict[str, str]]:

@@ -4,8 +4,10 @@ A file created (or truncated to zero) and then written strictly front to back is
 multipart upload whose parts leave as soon as each ``part_size`` slice is complete in the staging
 file, a few at a time, so ``close()`` only waits for the tail instead of for the whole file. The
 staging file still holds everything (it stays the truth until the object is confirmed), so memory
-holds only the parts in flight. A write anywhere but at the end, a truncation or a rename cancels
-the stream: the upload is abandoned and ``close()`` uploads the staging file the ordinary way.
+holds only the parts in flight: at most ``parallel`` per file, and across all files no more than
+the mount's upload ``Budget`` (a writer whose next part finds it spent waits for parts in flight
+to be stored). A write anywhere but at the end, a truncation or a rename cancels the stream: the
+upload is abandoned and ``close()`` uploads the staging file the ordinary way.
 
 Metadata is fixed when a multipart upload starts, so the stream records mode, owner and any
 explicitly set mtime then; if they differ at completion, one server-side copy rewrites them. An
@@ -22,6 +24,7 @@ import trio
 
 from ..errors import S3MountError
 from ..store.base import ObjectStore
+from .budget import Budget
 from .staging import StagingFile
 
 log = logging.getLogger(__name__)
@@ -31,13 +34,14 @@ class StreamingUpload:
     """The multipart upload of one sequentially written file."""
 
     def __init__(self, store: ObjectStore, run: Callable[..., Awaitable[Any]],
-                 nursery: trio.Nursery, staging: StagingFile, key: str,
+                 nursery: trio.Nursery, staging: StagingFile, budget: Budget, key: str,
                  metadata: Mapping[str, str], *, part_size: int, parallel: int,
                  on_orphan: Callable[[str, str], None]) -> None:
         self._store = store
         self._run = run
         self._nursery = nursery
         self._staging = staging
+        self._budget = budget
         self.key = key
         self.metadata = dict(metadata)
         self._part_size = part_size
@@ -59,6 +63,11 @@ class StreamingUpload:
                 self._upload_id = await self._run(self._store.create_multipart, self.key,
                                                   metadata=self.metadata)
             await self._slots.acquire()  # back-pressure: at most `parallel` parts in memory
+            try:
+                await self._budget.take(self._part_size)  # and the mount's bound across files
+            except BaseException:
+                self._slots.release()
+                raise
             number = self._next_offset // self._part_size + 1
             offset = self._next_offset
             self._next_offset += self._part_size
@@ -76,6 +85,7 @@ class StreamingUpload:
         except Exception as exc:  # noqa: BLE001 - reported by finish()
             self._error = exc
         finally:
+            self._budget.give(length)
             self._slots.release()
             self._inflight -= 1
             if self._inflight == 0:
@@ -99,13 +109,16 @@ class StreamingUpload:
         await self._idle.wait()
         if self._error is None and size > self._next_offset:
             number = self._next_offset // self._part_size + 1
+            tail = size - self._next_offset
+            await self._budget.take(tail)
             try:
                 self._parts[number] = await self._run(
-                    self._upload_part, self._upload_id, number, self._next_offset,
-                    size - self._next_offset)
+                    self._upload_part, self._upload_id, number, self._next_offset, tail)
                 self._next_offset = size
             except S3MountError as exc:
                 self._error = exc
+            finally:
+                self._budget.give(tail)
         if self._error is not None:
             error, self._error = self._error, None
             await self.cancel()

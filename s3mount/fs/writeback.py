@@ -179,7 +179,7 @@ class Writeback:
             key = f"{fs.keys.prefix}{LOST_AND_FOUND}/{rec.key[len(fs.keys.prefix):]}.{stamp}"
             log.warning("%r changed in the bucket since this mount wrote it before a crash; the "
                         "local version is kept as %r", rec.key, key)
-        await fs._run(fs.store.upload, key, staging.path, metadata=rec.metadata)
+        await fs._upload_staged(key, staging, rec.metadata)
         log.info("uploaded %r left by an earlier run", key)
         staging.discard()
         fs.invalidate_key(key)

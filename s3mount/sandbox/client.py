@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,8 +50,11 @@ class SandboxProcess:
         self.stop()
 
     def stop(self) -> None:
+        """Stop the process and remove its directory: the state file holds admin keys, and the
+        log (unless ``log_file`` put it elsewhere) is only for diagnosing a start that failed."""
         procs.stop(self.proc)
         self._log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- admin API -----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ import random
 import re
 import secrets
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -501,6 +502,7 @@ class FaultProxyProcess(FaultProxyClient):
 
     def stop(self) -> None:
         procs.stop(self.proc)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> FaultProxyProcess:
         return self
