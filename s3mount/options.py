@@ -60,9 +60,9 @@ OPTIONS: dict[str, Option] = {
     "part_size": Option(int, "multipart part size in MiB (default 8)"),
     "max_uploads": Option(int, "parallel part transfers per file (default 8)"),
     "buffer_size": Option(int, "MiB of file data held in memory for transfers, shared by all "
-                               "open files: half for read-ahead, half for parts being uploaded; "
-                               "more files at once then each read ahead less, and writers wait "
-                               "(default 256)"),
+                               "open files: a third for read-ahead, the rest for parts being "
+                               "uploaded; more files at once then each read ahead less, and "
+                               "writers wait (default 384)"),
     "debug": Option(bool, "log at debug level (secrets are never logged)"),
     "log_file": Option(str, "log file when running in the background "
                             "(default ${XDG_STATE_HOME:-~/.local/state}/s3mount/<mount>.log)"),
@@ -108,7 +108,7 @@ class MountOptions:
     timeout: float = 60.0
     part_size: int = 8
     max_uploads: int = 8
-    buffer_size: int = 256
+    buffer_size: int = 384
     debug: bool = False
     log_file: str | None = None
     ignored: list[str] = field(default_factory=list)
@@ -179,6 +179,6 @@ def parse_options(values: list[str] | None) -> MountOptions:
         raise OptionError("option 'part_size' must be between 5 and 5120 MiB")
     if opts.max_uploads < 1 or opts.max_uploads > 64:
         raise OptionError("option 'max_uploads' must be between 1 and 64")
-    if opts.buffer_size < 2:
-        raise OptionError("option 'buffer_size' must be at least 2 (MiB)")
+    if opts.buffer_size < 3:
+        raise OptionError("option 'buffer_size' must be at least 3 (MiB)")
     return opts

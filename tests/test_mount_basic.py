@@ -90,10 +90,10 @@ def test_300mib_file_streams_through_disk_not_memory(mnt: Mount, s3, tmp_path: P
 
 def test_many_files_at_once_share_a_small_buffer(mounter: Mounter, bucket: str, s3,
                                                  tmp_path: Path) -> None:
-    """``buffer_size`` bounds transfer memory across all open files. With room for less than one
-    part, four streaming writers take turns; on a fresh mount four readers and a ``cp`` inside
+    """``buffer_size`` bounds transfer memory across all open files. With room for one part at a
+    time, four streaming writers take turns; on a fresh mount four readers and a ``cp`` inside
     the mount (its reads holding buffer while its writes wait for some) still move every byte."""
-    opts = ("buffer_size=8", "part_size=5")  # 4 MiB for read-ahead, 4 MiB for 5 MiB parts
+    opts = ("buffer_size=8", "part_size=5")  # 2 MiB for read-ahead, 6 MiB: one 5 MiB part
     size = 11 * 1024 * 1024  # two full parts and a tail
     srcs = []
     for i in range(4):

@@ -77,9 +77,11 @@ class FsConfig:
     async_upload: bool = False
     cache_limit: int = 4096 * 1024 * 1024
     """Bytes of staged data above which writers wait for background uploads to free space."""
-    buffer_limit: int = 256 * 1024 * 1024
-    """Bytes of file data in memory for transfers: half for read prefetch, half for upload parts
-    in flight (see ``budget``)."""
+    buffer_limit: int = 384 * 1024 * 1024
+    """Bytes of file data in memory for transfers: a third for read prefetch, the rest for upload
+    parts in flight (see ``budget``). At the default, uploads get what the connection pool lets
+    be in flight anyway (32 parts of 8 MiB), so they are bounded without being slowed: a
+    half-size upload budget made eight files written at once 30% slower."""
     shutdown_timeout: float = 3600.0
 
 
@@ -122,8 +124,8 @@ class Filesystem(Namespace, FileData):
         # for as long as the attributes that lookup gave are trusted.
         self.peeked: TTLCache[tuple[str, str], bytes] = TTLCache(
             maxsize=PEEKED_BYTES, ttl=config.attr_timeout, timer=trio.current_time, getsizeof=len)
-        self.read_budget = Budget(config.buffer_limit // 2)
-        self.upload_budget = Budget(config.buffer_limit - config.buffer_limit // 2)
+        self.read_budget = Budget(config.buffer_limit // 3)
+        self.upload_budget = Budget(config.buffer_limit - config.buffer_limit // 3)
         self.open_files: dict[int, OpenFile] = {}
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, DirHandle] = {}
