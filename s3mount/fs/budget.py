@@ -34,7 +34,8 @@ class Budget:
     def take_up_to(self, holder: object, wanted: int, *, least: int) -> int:
         """Take ``wanted`` bytes for ``holder``, or as many as are free and within its share if
         that is at least ``least``; returns how many were taken (0 if fewer). Never waits."""
-        granted = min(wanted, self.limit - self.used, self.share(holder) - self._held.get(holder, 0))
+        room = self.share(holder) - self._held.get(holder, 0)
+        granted = min(wanted, self.limit - self.used, room)
         if granted < least:
             return 0
         self.take_anyway(holder, granted)
