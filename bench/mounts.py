@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,8 @@ class Mount:
     """One live mount of ``tool`` on ``mountpoint``; ``pid`` is the process serving it."""
 
     def __init__(self, tool: str, server: Server, bucket: str, mountpoint: Path, *,
-                 options: tuple[str, ...] = (), cache_dir: Path, log_dir: Path) -> None:
+                 options: tuple[str, ...] = (), cache_dir: Path, log_dir: Path,
+                 env: Mapping[str, str] | None = None) -> None:
         self.tool = tool
         self.server = server
         self.bucket = bucket
@@ -118,6 +120,8 @@ class Mount:
         self.options = options
         self.cache_dir = cache_dir
         self.log_dir = log_dir
+        self.extra_env = dict(env or {})
+        """Set in the mount process's environment (e.g. MALLOC_ARENA_MAX for a variant)."""
         self.pid: int | None = None
         self._proc: subprocess.Popen | None = None
 
@@ -141,6 +145,7 @@ class Mount:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_", "RCLONE_"))}
+        env.update(self.extra_env)
         return env
 
     def _mount_s3mount(self) -> None:
