@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -77,9 +78,9 @@ def install(targets: Targets = Targets()) -> list[str]:
     for dest, src, how in plan(targets):
         _check_replaceable(dest, src, how)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.s3mount-tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        # A name of its own: two installs at once (parallel test workers, two admins) must not
+        # remove or rename each other's temporary file; the last rename wins, both succeed.
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.s3mount-tmp")
         try:
             if how == "link":
                 tmp.symlink_to(src)
@@ -90,6 +91,9 @@ def install(targets: Targets = Targets()) -> list[str]:
         except PermissionError:
             raise InstallError(f"cannot write {dest}: permission denied (run as root: "
                                f"sudo {sys.argv[0]} install-helpers)") from None
+        finally:  # gone after the rename; after a failure, cleaning up must not hide why
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         done.append(f"{dest} -> {src}" if how == "link" else f"{dest} (copied from {src})")
     return done
 

@@ -43,6 +43,36 @@ def test_install_is_idempotent_and_replaces_an_older_link(targets, tmp_path):
     assert sorted(os.listdir(tmp_path / "bin")) == ["s3mount"]  # no temporary files left
 
 
+def test_two_installs_at_once_both_succeed(targets, tmp_path, monkeypatch):
+    """A second install running between the first one's temporary file and its rename (as two
+    test workers or two admins can): both finish, the links are right, no temporary file is left."""
+    real_replace = os.replace
+    nested: list[list[str]] = []
+
+    def replace_after_another_install(src, dst):
+        if not nested:
+            nested.append([])
+            nested[0] = install(targets)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_another_install)
+    assert len(install(targets)) == 3 and len(nested[0]) == 3
+    assert (tmp_path / "sbin" / "mount.s3mount").resolve() == \
+        (scripts_dir() / "mount.s3mount").resolve()
+    assert sorted(os.listdir(tmp_path / "sbin")) == ["mount.s3mount"]
+    assert sorted(os.listdir(tmp_path / "bin")) == ["s3mount"]
+
+
+def test_a_failed_install_leaves_no_temporary_file(targets, tmp_path, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(InstallError, match="permission denied"):
+        install(targets)
+    assert os.listdir(tmp_path / "sbin") == []
+
+
 def test_foreign_files_are_not_replaced(targets, tmp_path):
     (tmp_path / "sbin").mkdir()
     foreign = tmp_path / "sbin" / "mount.s3mount"
