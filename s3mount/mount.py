@@ -114,7 +114,7 @@ def prepare(spec: MountSpec) -> Prepared:
     store = S3Store(StoreConfig(
         bucket=bucket, endpoint_url=endpoint, region=o.region or keys.region,
         verify_ssl=not o.no_verify_ssl, timeout=o.timeout, part_size=o.part_size * MiB,
-        max_concurrency=o.max_uploads,
+        max_concurrency=o.max_uploads, addressing_style=o.addressing_style,
     ), refresher)
     try:
         store.check()

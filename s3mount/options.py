@@ -55,8 +55,12 @@ OPTIONS: dict[str, Option] = {
     "region": Option(str, "S3 signing region (default us-east-1)"),
     "profile": Option(str, "s3mount profile to take credentials and bucket from"),
     "no_verify_ssl": Option(bool, "do not verify the server's TLS certificate (insecure; warns)"),
-    "timeout": Option(float, "seconds before a store call that gets no answer fails with EIO, "
-                             "retries included (default 60)"),
+    "timeout": Option(float, "seconds from an operation's start until a request that gets no "
+                             "answer fails with EIO, retries included (default 60)"),
+    "addressing_style": Option(str, "how requests name the bucket: path (host/bucket/key), "
+                                    "virtual (bucket.host/key) or auto: virtual where the bucket "
+                                    "name is a DNS label and the endpoint no IP address "
+                                    "(default auto, as in botocore)"),
     "part_size": Option(int, "multipart part size in MiB (default 8)"),
     "max_uploads": Option(int, "parallel part transfers per file (default 8)"),
     "buffer_size": Option(int, "MiB of file data held in memory for transfers, shared by all "
@@ -106,6 +110,7 @@ class MountOptions:
     profile: str | None = None
     no_verify_ssl: bool = False
     timeout: float = 60.0
+    addressing_style: str = "auto"
     part_size: int = 8
     max_uploads: int = 8
     buffer_size: int = 384
@@ -179,6 +184,10 @@ def parse_options(values: list[str] | None) -> MountOptions:
         raise OptionError("option 'part_size' must be between 5 and 5120 MiB")
     if opts.max_uploads < 1 or opts.max_uploads > 64:
         raise OptionError("option 'max_uploads' must be between 1 and 64")
+    if not 0 < opts.timeout < 1e6:  # inf, and 0 (which would fail every request at once)
+        raise OptionError("option 'timeout' must be a number of seconds above 0")
+    if opts.addressing_style not in ("auto", "path", "virtual"):
+        raise OptionError("option 'addressing_style' must be path, virtual or auto")
     if opts.buffer_size < 3:
         raise OptionError("option 'buffer_size' must be at least 3 (MiB)")
     return opts

@@ -63,7 +63,7 @@ from s3mount.fs.inodes import ROOT_INODE, Inode
 from s3mount.fs.metacache import MetaCache
 from s3mount.fs.paths import KeyMapper
 from s3mount.fs.staging import StagingArea
-from s3mount.store.lean import LeanS3
+from s3mount.store.lean import Attempt, LeanS3
 from s3mount.store.s3 import S3Store, StoreConfig
 
 T = TypeVar("T")
@@ -1104,8 +1104,8 @@ def test_peek_of_a_server_that_answers_range_its_own_way(status: int, content_ra
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         lean = LeanS3(f"http://127.0.0.1:{server.server_port}", "us-east-1", "b", ca_certs=None,
-                      verify=True, connect_timeout=5, read_timeout=5, max_attempts=1, pool_size=1)
-        info, head = lean.peek("k", KeySet("AKIDEXAMPLE", "secret"), 65536)
+                      verify=True, pool_size=1)
+        info, head = lean.peek("k", KeySet("AKIDEXAMPLE", "secret"), Attempt(1, 1, 5, 5), 65536)
         assert (info.size, info.etag, info.metadata, head) == (3, "e1", {"mode": "33188"}, b"abc")
     finally:
         server.shutdown()

@@ -38,7 +38,7 @@ import trio
 from cachetools import TTLCache
 
 from ..errors import FsError, NotFound, S3MountError
-from ..store.base import ObjectInfo, ObjectStore
+from ..store.base import ObjectInfo, ObjectStore, operation_started
 from .attrs import Attrs, Defaults, attrs_from_object, metadata_for
 from .budget import Budget
 from .concurrency import gather
@@ -144,7 +144,10 @@ class Filesystem(Namespace, FileData):
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store call in a worker thread, bounded by the limiter."""
+        """Run a blocking store call in a worker thread, bounded by the limiter. The call's
+        ``timeout`` counts from now (the thread copies this context), not from when a thread
+        is free: an operation queued behind others on a silent server still ends in time."""
+        operation_started.set(time.monotonic())
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
                                              limiter=self.limiter)
 

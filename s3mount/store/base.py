@@ -8,10 +8,16 @@ inodes or the mount's prefix.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ..errors import S3MountError
+
+operation_started: ContextVar[float | None] = ContextVar("operation_started", default=None)
+"""When (``time.monotonic()``) the filesystem operation that makes the store call started. The
+caller sets it before handing the call to a worker thread (which copies the context), so the
+call's ``timeout`` counts from there: time spent queued behind other calls counts too."""
 
 
 @dataclass(frozen=True)

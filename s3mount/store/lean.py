@@ -1,151 +1,295 @@
-"""The simple S3 requests, signed by botocore's signer and sent on a urllib3 pool.
+"""One S3 request, one attempt: signed by botocore's SigV4 signer, sent on a urllib3 pool.
 
-Through a botocore client a HEAD costs about 1 ms of this process's CPU (parameter handling, event
-hooks, response parsing), and HEAD, DELETE and LIST pages are the unit cost of ``ls -l``, ``rm -r``
-and small-file reads: on radosgw over loopback the mount, not the server, was the bottleneck
-(bench/README.md). Here the same requests are signed by botocore's own SigV4 signer and sent on a
-urllib3 connection pool with urllib3's retry policy, for about a third of the CPU. Only requests
-with small, in-memory bodies come here: HEAD, DELETE, GET of a bounded range, PUT of bytes, and
-ListObjectsV2 pages; multipart uploads, managed transfers and copies stay on boto3.
+Every request the mount makes goes through ``LeanS3``, from a HEAD to a part of a multipart upload
+or a server-side copy: one path, so one place decides how a request is addressed, signed, timed
+and what its failure means. It makes exactly one attempt within the timeouts it is given and
+raises what went wrong (``HttpError`` for an S3 error answer, ``TransportError`` when no answer
+came, ``TlsError`` when the server could not be trusted); whether and when to try again is the
+request policy's business (``policy.py``), which alone knows the operation's deadline.
 
-Failures are raised as the botocore exceptions a client would raise (``ClientError`` with the
-S3 error code and HTTP status, ``EndpointConnectionError``, ``SSLError``), so one translation in
-``s3.py`` serves both paths, including renewing rejected keys.
+Why not a botocore client: through one, a HEAD costs about three times the CPU (parameter
+handling, event hooks, response parsing), and HEAD, DELETE and LIST pages are the unit cost of
+``ls -l``, ``rm -r`` and small-file reads (bench/README.md). botocore still signs every request,
+so what SigV4 means (and which servers accept it) is botocore's, and botocore resolves the CA
+bundle. What a client did besides, done here:
+
+* addressing: ``path`` (``host/bucket/key``), ``virtual`` (``bucket.host/key``) or ``auto`` with
+  botocore's rule (virtual for a bucket that is a plain DNS label, path for other names and for
+  endpoints that are IP addresses);
+* proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), with the user and password of
+  the proxy URL sent as ``Proxy-Authorization``;
+* a bucket in another region answers 301 with ``x-amz-bucket-region``: ``HttpError`` carries it,
+  and the policy reports it as one line naming the region to use;
+* bodies unsigned over TLS (``UNSIGNED-PAYLOAD``: TLS protects them, and neither side hashes every
+  byte uploaded), signed over plain HTTP, where nothing else protects them.
 """
 
 from __future__ import annotations
 
+import base64
+import ipaddress
+import re
 import urllib.request
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, unquote_plus, urlencode, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlencode, urlsplit
 
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
-from botocore.exceptions import ClientError, EndpointConnectionError, SSLError
-from urllib3.util.retry import Retry
 
 from ..credentials.base import KeySet
 from .base import ListPage, ObjectInfo
 
-# What botocore's standard retry mode retries on besides connection errors.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 META = "x-amz-meta-"
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+_DNS_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+class HttpError(Exception):
+    """The server answered with an error status; ``code`` is S3's error code (or the status for
+    answers without a body, as HEAD's are)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str]) -> None:
+        super().__init__(f"{status} {code}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+class TransportError(Exception):
+    """No (whole) answer: refused, reset, timed out, or a body that broke off."""
+
+
+class TlsError(Exception):
+    """The TLS handshake with ``origin`` failed (an untrusted certificate, most often)."""
+
+    def __init__(self, origin: str, detail: str) -> None:
+        super().__init__(detail)
+        self.origin = origin
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which try of a request this is (sent as ``amz-sdk-request``, as the AWS SDKs do, so a
+    server or proxy can tell a retry), and its bounds: seconds to connect, and to wait for each
+    read of the answer."""
+
+    number: int
+    of: int
+    connect: float
+    read: float
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    data: bytes = field(repr=False)
 
 
 class LeanS3:
-    """Path-style requests to one bucket at one endpoint."""
+    """Requests to one bucket at one endpoint."""
 
     def __init__(self, endpoint_url: str, region: str, bucket: str, *, ca_certs: str | None,
-                 verify: bool, connect_timeout: float, read_timeout: float, max_attempts: int,
-                 pool_size: int) -> None:
+                 verify: bool, pool_size: int, addressing_style: str = "auto") -> None:
         parts = urlsplit(endpoint_url)
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._bucket_path = f"{parts.path.rstrip('/')}/{quote(bucket, safe='')}"
+        host = parts.hostname or ""
+        if _virtual(addressing_style, bucket, host, parts.scheme):
+            netloc = f"{bucket}.{parts.netloc}"
+            self._bucket_path = parts.path.rstrip("/")
+        else:
+            netloc = parts.netloc
+            self._bucket_path = f"{parts.path.rstrip('/')}/{quote(bucket, safe='')}"
+        self._origin = f"{parts.scheme}://{netloc}"
         self._region = region
-        # Bodies go unsigned over TLS, signed over plain HTTP: the rule s3.py gives boto3, told
-        # to the signer the way a client's config tells it.
         self._signing = Config(s3={"payload_signing_enabled": parts.scheme != "https"})
-        retry = Retry(
-            total=max_attempts - 1, backoff_factor=0.5, backoff_max=20, backoff_jitter=0.5,
-            status_forcelist=RETRY_STATUSES, raise_on_status=False, redirect=False,
-            # Ignored: urllib3 would sleep a Retry-After in full, however long, past the
-            # mount's timeout; the backoff above is what bounds a call.
-            respect_retry_after_header=False,
-        )
-        kw: dict[str, object] = {
-            "maxsize": pool_size, "retries": retry,
-            "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        }
+        self._bucket = bucket
+        kw: dict[str, object] = {"maxsize": pool_size, "retries": False}
         if parts.scheme == "https":
             kw.update(cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE", ca_certs=ca_certs)
-        proxy = _proxy_for(parts.scheme, parts.hostname or "")
-        manager = (urllib3.ProxyManager(proxy, num_pools=1, **kw) if proxy
-                   else urllib3.PoolManager(num_pools=1, **kw))  # type: ignore[arg-type]
+            if not verify:  # the mount warned once; urllib3 would warn at every request
+                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        proxy = _proxy_for(parts.scheme, host)
+        if proxy:
+            proxy, auth = _split_proxy_auth(proxy)
+            if auth:
+                kw["proxy_headers"] = {"Proxy-Authorization": auth}
+            manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, num_pools=1, **kw)
+        else:
+            manager = urllib3.PoolManager(num_pools=1, **kw)  # type: ignore[arg-type]
         self._pool = manager.connection_from_url(self._origin)
         # A plain-HTTP proxy wants the absolute URL in the request line (HTTPS goes through a
         # CONNECT tunnel and takes the path), as urllib3's ProxyManager itself does.
         self._absolute_target = bool(proxy) and parts.scheme == "http"
 
-    # -- requests ----------------------------------------------------------------------------
+    @property
+    def origin(self) -> str:
+        return self._origin
 
-    def head(self, key: str, keys: KeySet) -> ObjectInfo:
-        r = self._send("HEAD", key, keys, "HeadObject")
+    # -- objects -----------------------------------------------------------------------------
+
+    def head(self, key: str, keys: KeySet, t: Attempt) -> ObjectInfo:
+        r = self.send("HEAD", key, keys, t)
         return _info(key, r.headers, int(r.headers.get("content-length", 0)))
 
-    def peek(self, key: str, keys: KeySet, length: int) -> tuple[ObjectInfo, bytes]:
+    def peek(self, key: str, keys: KeySet, t: Attempt, length: int) -> tuple[ObjectInfo, bytes]:
         """What ``head`` tells, and the object's first ``length`` bytes: one ranged GET. The
         size is the total of Content-Range (a server that ignores Range sends it all, 200)."""
-        r = self._send("GET", key, keys, "GetObject", headers={"Range": f"bytes=0-{length - 1}"})
+        r = self.send("GET", key, keys, t, headers={"Range": f"bytes=0-{length - 1}"})
         total = r.headers.get("content-range", "").rpartition("/")[2] if r.status == 206 else ""
         return _info(key, r.headers, int(total) if total.isdigit() else len(r.data)), r.data
 
-    def get(self, key: str, keys: KeySet, *, byte_range: tuple[int, int] | None = None,
-            etag: str | None = None) -> bytes:
+    def get(self, key: str, keys: KeySet, t: Attempt, *,
+            byte_range: tuple[int, int] | None = None, etag: str | None = None) -> bytes:
         """The object's bytes, or the inclusive ``byte_range`` of them."""
         headers = {}
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         if etag:
             headers["If-Match"] = f'"{etag}"'
-        return self._send("GET", key, keys, "GetObject", headers=headers).data
+        return self.send("GET", key, keys, t, headers=headers).data
 
-    def put(self, key: str, keys: KeySet, data: bytes, *, metadata: Mapping[str, str],
-            content_type: str) -> str:
-        headers = {"Content-Type": content_type, "Content-Length": str(len(data))}
-        headers.update({META + k: v for k, v in metadata.items()})
-        r = self._send("PUT", key, keys, "PutObject", headers=headers, body=data)
-        return r.headers.get("etag", "").strip('"')
+    def put(self, key: str, keys: KeySet, t: Attempt, data: bytes, *,
+            metadata: Mapping[str, str], content_type: str) -> str:
+        headers = {"Content-Type": content_type, **_meta_headers(metadata)}
+        return _etag(self.send("PUT", key, keys, t, headers=headers, body=data).headers)
 
-    def delete(self, key: str, keys: KeySet) -> None:
-        self._send("DELETE", key, keys, "DeleteObject")
+    def delete(self, key: str, keys: KeySet, t: Attempt) -> None:
+        self.send("DELETE", key, keys, t)
 
-    def list_page(self, keys: KeySet, params: Mapping[str, str]) -> ListPage:
+    def copy(self, src: str, dst: str, keys: KeySet, t: Attempt, *,
+             metadata: Mapping[str, str] | None, content_type: str | None) -> str:
+        """CopyObject: ``metadata`` replaces the source's when given, else it is kept."""
+        headers = {"x-amz-copy-source": self._copy_source(src)}
+        if metadata is not None:
+            headers.update({"x-amz-metadata-directive": "REPLACE",
+                            "Content-Type": content_type or "application/octet-stream",
+                            **_meta_headers(metadata)})
+        r = self.send("PUT", dst, keys, t, headers=headers)
+        # A copy can fail after its 200 has gone out: the error is then in the body.
+        root = _xml(r.data)
+        if root is not None and _local(root.tag) == "Error":
+            raise HttpError(500, root.findtext("Code") or "InternalError",
+                            root.findtext("Message") or "", r.headers)
+        return _etag_in(root) or ""
+
+    # -- multipart ---------------------------------------------------------------------------
+
+    def create_multipart(self, key: str, keys: KeySet, t: Attempt, *,
+                         metadata: Mapping[str, str], content_type: str) -> str:
+        headers = {"Content-Type": content_type, **_meta_headers(metadata)}
+        r = self.send("POST", key, keys, t, headers=headers, query={"uploads": ""})
+        root = _xml(r.data)
+        upload_id = _find(root, "UploadId") if root is not None else None
+        if not upload_id:
+            raise TransportError("CreateMultipartUpload answered without an UploadId")
+        return upload_id
+
+    def upload_part(self, key: str, keys: KeySet, t: Attempt, upload_id: str, number: int,
+                    data: bytes) -> str:
+        r = self.send("PUT", key, keys, t, body=data,
+                      query={"partNumber": str(number), "uploadId": upload_id})
+        return _etag(r.headers)
+
+    def upload_part_copy(self, src: str, dst: str, keys: KeySet, t: Attempt, upload_id: str,
+                         number: int, first: int, last: int) -> str:
+        headers = {"x-amz-copy-source": self._copy_source(src),
+                   "x-amz-copy-source-range": f"bytes={first}-{last}"}
+        r = self.send("PUT", dst, keys, t, headers=headers,
+                      query={"partNumber": str(number), "uploadId": upload_id})
+        return _etag_in(_xml(r.data)) or ""
+
+    def complete_multipart(self, key: str, keys: KeySet, t: Attempt, upload_id: str,
+                           parts: list[tuple[int, str]]) -> str:
+        body = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>\"{e.strip(chr(34))}\"</ETag>"
+                       "</Part>" for n, e in sorted(parts))
+        data = f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode()
+        r = self.send("POST", key, keys, t, body=data, query={"uploadId": upload_id},
+                      headers={"Content-Type": "application/xml"})
+        # The server answers 200 at once and may still fail while it assembles the object: the
+        # error then comes in the body (as for copies).
+        root = _xml(r.data)
+        if root is not None and _local(root.tag) == "Error":
+            raise HttpError(500, root.findtext("Code") or "InternalError",
+                            root.findtext("Message") or "", r.headers)
+        return _etag_in(root) or ""
+
+    def abort_multipart(self, key: str, keys: KeySet, t: Attempt, upload_id: str) -> None:
+        self.send("DELETE", key, keys, t, query={"uploadId": upload_id})
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def list_page(self, keys: KeySet, t: Attempt, params: Mapping[str, str]) -> ListPage:
         """One ListObjectsV2 page; ``params`` are its query parameters (prefix, delimiter, ...).
 
         Keys are asked URL-encoded (as botocore does), so names with characters XML 1.0 cannot
         carry still arrive intact."""
         query = {"list-type": "2", "encoding-type": "url", **params}
-        r = self._send("GET", None, keys, "ListObjectsV2", query=query)
-        return _parse_listing(r.data)
+        return _parse_listing(self.send("GET", None, keys, t, query=query).data)
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _send(self, method: str, key: str | None, keys: KeySet, op: str, *,
-              headers: Mapping[str, str] | None = None, body: bytes = b"",
-              query: Mapping[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+    def send(self, method: str, key: str | None, keys: KeySet, t: Attempt, *,
+             headers: Mapping[str, str] | None = None, body: bytes = b"",
+             query: Mapping[str, str] | None = None) -> Answer:
+        """One attempt; an answer of 300 or more is an ``HttpError``."""
         target = self._bucket_path + ("/" + quote(key, safe="/~") if key is not None else "")
+        if not target:
+            target = "/"
         if query:
             # Encoded as the canonical request wants it: the signer takes the query verbatim.
             target += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
-        req = AWSRequest(method=method, url=self._origin + target, headers=dict(headers or {}),
-                         data=body)
+        req = AWSRequest(method=method, url=self._origin + target, headers={
+            **(headers or {}), "amz-sdk-request": f"attempt={t.number}; max={t.of}"}, data=body)
         req.context["client_config"] = self._signing
         creds = ReadOnlyCredentials(keys.access_key, keys.secret_key, keys.session_token)
         S3SigV4Auth(creds, "s3", self._region).add_auth(req)
         try:
             # A connection pool takes the target verbatim (a PoolManager would normalise
-            # "a/../b" in keys); the body is read whole here, so a body that breaks off is
-            # retried like any other read error.
+            # "a/../b" in keys); the body is read whole here, so a body that breaks off is a
+            # failed attempt like any other.
             r = self._pool.urlopen(method, self._origin + target if self._absolute_target
                                    else target, body=body or None,
                                    headers=dict(req.headers.items()), redirect=False,
                                    assert_same_host=False, preload_content=True,
-                                   decode_content=False)
-        except urllib3.exceptions.MaxRetryError as exc:
-            if isinstance(exc.reason, urllib3.exceptions.SSLError):
-                raise SSLError(endpoint_url=self._origin + target, error=exc.reason) from None
-            raise EndpointConnectionError(endpoint_url=self._origin) from None
-        except urllib3.exceptions.HTTPError:
-            raise EndpointConnectionError(endpoint_url=self._origin) from None
+                                   decode_content=False, retries=False,
+                                   timeout=urllib3.Timeout(connect=t.connect, read=t.read))
+        except urllib3.exceptions.SSLError as exc:
+            raise TlsError(self._origin, str(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = getattr(exc, "reason", None)
+            if isinstance(reason, urllib3.exceptions.SSLError):
+                raise TlsError(self._origin, str(reason)) from None
+            raise TransportError(type(exc).__name__) from None
         if r.status >= 300:
-            raise _client_error(r, op)
-        return r
+            raise _http_error(r)
+        return Answer(r.status, r.headers, r.data)
+
+    def _copy_source(self, src: str) -> str:
+        return f"/{quote(self._bucket, safe='')}/{quote(src, safe='/~')}"
+
+
+def _virtual(style: str, bucket: str, host: str, scheme: str) -> bool:
+    """Whether requests name the bucket in the host (botocore's meaning of the three styles)."""
+    if style == "path":
+        return False
+    if style == "virtual":
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return False
+    except ValueError:
+        pass
+    return bool(_DNS_LABEL.match(bucket)) and host != "localhost"
 
 
 def _proxy_for(scheme: str, host: str) -> str | None:
@@ -157,25 +301,68 @@ def _proxy_for(scheme: str, host: str) -> str | None:
     return None
 
 
-def _client_error(r: urllib3.BaseHTTPResponse, op: str) -> ClientError:
-    """The ClientError botocore would raise: the XML error's code, or the status for bodiless
-    answers (HEAD)."""
+def _split_proxy_auth(proxy: str) -> tuple[str, str | None]:
+    """The proxy URL without its ``user:password@``, and the Proxy-Authorization they make."""
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return proxy, None
+    user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return (f"{parts.scheme}://{netloc}",
+            "Basic " + base64.b64encode(user_pass.encode()).decode())
+
+
+def _http_error(r: urllib3.BaseHTTPResponse) -> HttpError:
+    """S3's error code from the XML body, or the status for bodiless answers (HEAD)."""
     code, message = str(r.status), ""
-    if r.data:
-        try:
-            root = ET.fromstring(r.data)
-            code = root.findtext("Code") or code
-            message = root.findtext("Message") or ""
-        except ET.ParseError:
-            pass
-    return ClientError({"Error": {"Code": code, "Message": message},
-                        "ResponseMetadata": {"HTTPStatusCode": r.status,
-                                             "HTTPHeaders": dict(r.headers)}}, op)
+    root = _xml(r.data)
+    if root is not None:
+        code = root.findtext("Code") or code
+        message = root.findtext("Message") or ""
+    return HttpError(r.status, code, message, r.headers)
+
+
+def _xml(data: bytes) -> ET.Element | None:
+    if not data:
+        return None
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError:
+        return None
+
+
+def _ns(root: ET.Element) -> str:
+    return root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _find(root: ET.Element, name: str) -> str | None:
+    return root.findtext(_ns(root) + name)
+
+
+def _etag_in(root: ET.Element | None) -> str | None:
+    if root is None:
+        return None
+    found = root.find(".//" + _ns(root) + "ETag")
+    return (found.text or "").strip('"') if found is not None else None
+
+
+def _etag(headers: Mapping[str, str]) -> str:
+    return headers.get("etag", "").strip('"')
+
+
+def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {META + k: v for k, v in metadata.items()}
 
 
 def _info(key: str, h: Mapping[str, str], size: int) -> ObjectInfo:
     return ObjectInfo(
-        key=key, size=size, etag=h.get("etag", "").strip('"'),
+        key=key, size=size, etag=_etag(h),
         last_modified=parsedate_to_datetime(h["last-modified"]).timestamp(),
         metadata={k[len(META):].lower(): v for k, v in h.items() if k.lower().startswith(META)},
         content_type=h.get("content-type"),
@@ -184,7 +371,7 @@ def _info(key: str, h: Mapping[str, str], size: int) -> ObjectInfo:
 
 def _parse_listing(data: bytes) -> ListPage:
     root = ET.fromstring(data)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ns = _ns(root)
     page = ListPage()
     for c in root.iterfind(ns + "Contents"):
         page.objects.append(ObjectInfo(

@@ -1,0 +1,117 @@
+"""Issue #16 item 8: ``-o timeout=`` is a bound on every operation, measured from its own start,
+however many operations are waiting on a server that says nothing.
+
+The fault proxy holds every answer back (a server that accepts requests and then is silent); the
+tests start several different operations at once and time each one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mountlib import S3MOUNT, Mount, Mounter, run
+
+from s3mount.sandbox.client import SandboxProcess
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
+
+TIMEOUT = 4.0
+MARGIN = 1.5
+"""What an operation may take past ``timeout``: the kernel's and our own hand-offs."""
+SILENT = [Fault("delay", probability=1.0, delay=120)]
+
+
+def _timed(ops: dict[str, Callable[[], object]]) -> dict[str, tuple[float, BaseException | None]]:
+    """Run every op at once in its own thread: {name: (seconds from its own start, error)}."""
+    out: dict[str, tuple[float, BaseException | None]] = {}
+    barrier = threading.Barrier(len(ops))
+
+    def one(name: str, op: Callable[[], object]) -> None:
+        barrier.wait()
+        started = time.monotonic()
+        err: BaseException | None = None
+        try:
+            op()
+        except BaseException as exc:  # noqa: BLE001 - the error is the result
+            err = exc
+        out[name] = (time.monotonic() - started, err)
+
+    threads = [threading.Thread(target=one, args=item, daemon=True) for item in ops.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(out) == len(ops), f"operations still blocked after 120 s: {set(ops) - set(out)}"
+    return out
+
+
+def _write(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(b"x" * 1000)
+
+
+def test_operations_at_once_each_end_within_the_timeout(pmounter: Mounter, proxy: FaultProxy,
+                                                        bucket: str, s3) -> None:
+    big = os.urandom(200_000)  # above the size a lookup fetches whole, so reads need a GET
+    # More readers than the mount has worker threads for store calls (32): those queued behind
+    # the others must end in time all the same.
+    files = [f"f{i:02d}" for i in range(40)]
+    for name in files:
+        s3.put_object(Bucket=bucket, Key=name, Body=big)
+    s3.put_object(Bucket=bucket, Key="sub/inner", Body=b"x")
+    # Long attribute and listing timeouts: the names are known, so what needs the server is
+    # exactly the data (GET), the new file (PUT at close) and the names not seen yet.
+    m = pmounter(bucket, f"timeout={TIMEOUT:g}", "attr_timeout=600", "dir_timeout=600",
+                 "neg_timeout=0")
+    assert sorted(os.listdir(m.path)) == [*files, "sub"]
+    for name in files:
+        os.stat(m.path / name)
+    proxy.set_faults(SILENT)
+    ops: dict[str, Callable[[], object]] = {
+        **{f"read {n}": (lambda n=n: (m.path / n).read_bytes()) for n in files},
+        "ls sub": lambda: os.listdir(m.path / "sub"),
+        "stat sub/missing": lambda: os.stat(m.path / "sub" / "missing"),
+        "write new": lambda: _write(m.path / "new"),
+    }
+    results = _timed(ops)
+    proxy.clear()
+    late = {name: round(t, 1) for name, (t, _) in results.items() if t > TIMEOUT + MARGIN}
+    assert not late, f"past timeout={TIMEOUT:g} s + {MARGIN} s: {late}"
+    for name, (_, err) in results.items():
+        assert isinstance(err, OSError) and err.errno == errno.EIO, (name, err)
+    # The server back, the same mount works and the refused write arrives later.
+    assert (m.path / "f00").read_bytes() == big
+
+
+def test_mount_check_obeys_the_timeout(mounter: Mounter, proxy: FaultProxy,
+                                       sandbox: SandboxProcess, bucket: str,
+                                       tmp_path: Path) -> None:
+    proxy.set_faults(SILENT)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    mounter.mounts.append(Mount(mp, bucket, env, [], tmp_path / "cache", tmp_path / "m.log"))
+    started = time.monotonic()
+    r = run([*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url", proxy.url,
+             "-o", f"timeout=2,cache_dir={tmp_path / 'cache'},log_file={tmp_path / 'm.log'}"],
+            check=False, timeout=120, env=env)
+    elapsed = time.monotonic() - started
+    assert r.returncode != 0 and "cannot reach" in r.stderr, r.stderr
+    # Two Python start-ups (the CLI and the mount process) and the check's 2 s.
+    assert elapsed < 2 + 6, f"{elapsed:.1f}s with timeout=2"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_timeout_must_be_a_positive_number(mounter: Mounter, bucket: str, tmp_path: Path,
+                                           value: str) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    r = run([*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "-o", f"timeout={value}"],
+            check=False, timeout=60)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "timeout" in r.stderr, r.stderr
+    assert not os.path.ismount(mp)
