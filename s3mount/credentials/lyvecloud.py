@@ -25,12 +25,10 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-import botocore.exceptions
 import requests
-from botocore.config import Config
 
 from ..config import ConfigError, TokenStore
+from .aws import assume_role
 from .base import KeySet, ProviderError
 from .wire import TIMEOUT, call
 
@@ -344,29 +342,19 @@ class LyveSTSProvider:
         if not (ak and sk):
             raise ProviderError(f"no Lyve Cloud access key for profile {self.profile}: run "
                                 f"`s3mount login {self.profile}`", login_required=True)
-        sts = boto3.client("sts", endpoint_url=self.sts_url, region_name=self.region,
-                           aws_access_key_id=ak, aws_secret_access_key=sk,
-                           config=Config(retries={"mode": "standard", "max_attempts": 3},
-                                         connect_timeout=TIMEOUT, read_timeout=TIMEOUT))
         try:
-            creds = sts.assume_role(RoleArn=self.role_arn, RoleSessionName=f"s3mount-{self.profile}",
-                                    DurationSeconds=self.duration)["Credentials"]
-        except botocore.exceptions.ClientError as exc:
-            err = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            raise ProviderError(f"Lyve Cloud STS refused AssumeRole: {err.get('Code')} "
-                                f"({err.get('Message', '')[:120]})",
-                                retryable=status >= 500) from None
-        except botocore.exceptions.ParamValidationError as exc:
-            detail = " ".join(str(exc).split())
-            raise ProviderError(f"profile {self.profile}: bad AssumeRole parameter ({detail})") \
-                from None
-        except (botocore.exceptions.EndpointConnectionError,
-                botocore.exceptions.ConnectTimeoutError,
-                botocore.exceptions.ReadTimeoutError) as exc:
-            raise ProviderError(f"cannot reach the Lyve Cloud STS at {self.sts_url} "
-                                f"({type(exc).__name__})", retryable=True) from None
-        return KeySet(access_key=creds["AccessKeyId"], secret_key=creds["SecretAccessKey"],
-                      session_token=creds["SessionToken"],
-                      expires_at=creds["Expiration"].timestamp(), endpoint_url=self.endpoint_url,
+            creds = assume_role(label="Lyve Cloud STS", sts_url=self.sts_url, region=self.region,
+                                access_key=ak, secret_key=sk, role_arn=self.role_arn,
+                                session_name=f"s3mount-{self.profile}", duration=self.duration,
+                                timeout=TIMEOUT)
+        except ProviderError as exc:
+            if str(exc).startswith("bad AssumeRole"):
+                raise ProviderError(f"profile {self.profile}: {exc}") from None
+            raise
+        expiration = creds["Expiration"]
+        assert isinstance(expiration, datetime)
+        return KeySet(access_key=str(creds["AccessKeyId"]),
+                      secret_key=str(creds["SecretAccessKey"]),
+                      session_token=str(creds["SessionToken"]),
+                      expires_at=expiration.timestamp(), endpoint_url=self.endpoint_url,
                       region=self.region, bucket=self.bucket)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import botocore.session
-
-from .base import KeySet, ProviderError
+from .aws import keys_from_chain
+from .base import KeySet
 
 
 class StaticProvider:
@@ -36,23 +35,12 @@ class EnvironmentProvider:
         self._region = region
 
     def fetch(self) -> KeySet:
-        session = botocore.session.Session(profile=self._profile)
-        try:
-            creds = session.get_credentials()
-        except botocore.exceptions.BotoCoreError as exc:
-            raise ProviderError(f"AWS credentials could not be read: {exc}") from None
-        if creds is None:
-            raise ProviderError(
-                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "or use a profile"
-            )
-        frozen = creds.get_frozen_credentials()
-        expiry = getattr(creds, "_expiry_time", None)
+        found = keys_from_chain(self._profile)
         return KeySet(
-            access_key=frozen.access_key,
-            secret_key=frozen.secret_key,
-            session_token=frozen.token,
-            expires_at=expiry.timestamp() if expiry is not None else None,
+            access_key=found.access_key,
+            secret_key=found.secret_key,
+            session_token=found.session_token,
+            expires_at=found.expires_at,
             endpoint_url=self._endpoint_url,
-            region=self._region or session.get_config_variable("region"),
+            region=self._region or found.region,
         )
