@@ -25,6 +25,7 @@ strings. Unknown keys are refused, so a typo fails loudly.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import logging
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import S3MountError
+from .options import OptionError, check_endpoint_url
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ PROFILE_KEYS: dict[str, str] = {
                 "API v2 service account), lc2 (Lyve Cloud 2 STS AssumeRole), static (keys in this "
                 "file) or env (the standard AWS chain: AWS_* variables, ~/.aws files)",
     "bucket": "bucket to mount; Cleverbase assigns one per user and this must then match it or "
-              "be left out; required for the other providers",
+              "be left out; required for the other providers (Clever Cloud: one of the "
+              "Cellar add-on's buckets)",
     "prefix": "mount only keys under this prefix of the bucket (a directory inside the bucket)",
     "endpoint_url": "S3 endpoint URL; Cleverbase and Clever Cloud tell it themselves (this "
                     "overrides them), Lyve Cloud needs it (e.g. "
@@ -142,8 +145,13 @@ def check_private(path: Path, what: str, *, directory: bool = False) -> os.stat_
     return st
 
 
-def load_profiles(path: Path | None = None) -> dict[str, dict[str, Any]]:
-    """All profiles of ``config.toml``, validated; each dict carries its ``name``."""
+def load_profiles(path: Path | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The valid profiles of ``config.toml`` (each dict carries its ``name``), and the one-line
+    problem of each invalid one by name.
+
+    A mistake in one profile (a typo'd key) must not stop the others from mounting: each is
+    validated on its own, and only a file that cannot be read or parsed fails as a whole.
+    """
     path = path or config_path()
     try:
         check_private(path, "config file")
@@ -163,16 +171,36 @@ def load_profiles(path: Path | None = None) -> dict[str, dict[str, Any]]:
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
         raise ConfigError(f"{path}: profiles must be tables ([profiles.NAME])")
-    return {name: _validate(name, body, path) for name, body in profiles.items()}
+    valid: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for name, body in profiles.items():
+        try:
+            valid[name] = _validate(name, body, path)
+        except ConfigError as exc:
+            problems[name] = str(exc)
+    return valid, problems
 
 
 def load_profile(name: str, path: Path | None = None) -> dict[str, Any]:
-    """One profile by name (a ``ConfigError`` naming the known ones if it does not exist)."""
-    profiles = load_profiles(path)
+    """One profile by name (a ``ConfigError`` saying what is wrong with it, or naming the known
+    ones if it does not exist)."""
+    profiles, problems = load_profiles(path)
+    if name in problems:
+        raise ConfigError(problems[name])
     if name not in profiles:
-        known = ", ".join(sorted(profiles)) or "none"
+        known = ", ".join(sorted([*profiles, *problems])) or "none"
         raise ConfigError(f"no profile {name!r} in {path or config_path()} (profiles: {known})")
     return profiles[name]
+
+
+def profile_problems(but: str | None = None, path: Path | None = None) -> list[str]:
+    """What is wrong with the profiles other than ``but``: a warning for whoever uses that one."""
+    try:
+        problems = load_profiles(path)[1]
+    except ConfigError:
+        return []  # the file as a whole: load_profile has said so already
+    return [f"{problem} (profile {name!r} cannot be used until this is fixed)"
+            for name, problem in problems.items() if name != but]
 
 
 def _validate(name: str, body: Any, path: Path) -> dict[str, Any]:
@@ -183,7 +211,9 @@ def _validate(name: str, body: Any, path: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}: must be a table")
     unknown = sorted(set(body) - set(PROFILE_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            k, PROFILE_KEYS, n=1)) else k for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}")
     for key, value in body.items():
         want = KEY_TYPES.get(key, str)
         if not isinstance(value, want) or isinstance(value, bool):
@@ -191,6 +221,11 @@ def _validate(name: str, body: Any, path: Path) -> dict[str, Any]:
     if "bucket" in body and not _BUCKET_NAME.match(body["bucket"]):
         raise ConfigError(f"{where}: bucket {body['bucket']!r} is not a bucket name (letters, "
                           "digits, '.', '_', '-')")
+    if "endpoint_url" in body:
+        try:
+            check_endpoint_url(body["endpoint_url"])
+        except OptionError as exc:
+            raise ConfigError(f"{where}: endpoint_url: {exc}") from None
     provider = body.get("provider")
     if provider not in PROVIDER_KINDS:
         raise ConfigError(f"{where}: provider must be one of {', '.join(PROVIDER_KINDS)}")

@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from . import runtime
+from .config import config_path
 from .credentials.base import KeySet, Provider, ProviderError
 from .credentials.refresher import Refresher, RefreshPolicy
 from .errors import AccessDenied, NotFound, S3MountError, Unavailable
@@ -75,8 +76,12 @@ def default_cache_dir() -> str:
     return os.path.join(base, "s3mount")
 
 
-def check_mountpoint(path: str) -> str:
-    """The absolute mountpoint, or a MountError saying what is wrong with it."""
+def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
+    """The absolute mountpoint, or a MountError saying what is wrong with it.
+
+    A directory with files in it is refused unless ``nonempty`` (as s3fs does): the mount would
+    hide them, and a user who mounted on the wrong directory would think them lost.
+    """
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
@@ -88,12 +93,21 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(real):
         raise MountError(f"{path} is already a mount point")
+    if not nonempty:
+        try:
+            entries = os.listdir(real)
+        except OSError:
+            entries = []  # not readable by us: the kernel decides, as without this check
+        if entries:
+            raise MountError(f"mountpoint {path} is not empty: the mount would hide its "
+                             f"{len(entries)} entries; use an empty directory, or -o nonempty to "
+                             "mount over them")
     return real
 
 
 def prepare(spec: MountSpec) -> Prepared:
     """Get keys, check the bucket and the mountpoint. Raises MountError with one clear line."""
-    spec.mountpoint = check_mountpoint(spec.mountpoint)
+    spec.mountpoint = check_mountpoint(spec.mountpoint, nonempty=spec.options.nonempty)
     o = spec.options
     refresher = Refresher(spec.provider, policy=RefreshPolicy())
     try:
@@ -102,7 +116,7 @@ def prepare(spec: MountSpec) -> Prepared:
         raise MountError(f"cannot get credentials from {spec.provider.name}: {exc}") from None
     bucket = spec.bucket or keys.bucket
     if not bucket:
-        raise MountError("no bucket given and the provider did not name one")
+        raise MountError(_no_bucket(spec))
     try:
         parse_source(f"s3://{bucket}")  # it goes into the fsname= mount option
     except SourceError:
@@ -122,16 +136,45 @@ def prepare(spec: MountSpec) -> Prepared:
         raise MountError(f"bucket {bucket!r} does not exist at {endpoint or 'the AWS default'}") \
             from None
     except AccessDenied as exc:
-        raise MountError(f"the keys were refused for bucket {bucket!r} (wrong keys, or a bucket "
-                         f"they may not use): {exc}") from None
+        raise MountError(_refused(spec, keys, bucket, endpoint, exc)) from None
     except Unavailable:
         raise MountError(f"cannot reach the S3 endpoint {endpoint or '(AWS default)'}") from None
     return Prepared(spec, refresher, store, keys, bucket)
 
 
+def _refused(spec: MountSpec, keys: KeySet, bucket: str, endpoint: str | None,
+             exc: AccessDenied) -> str:
+    """Which keys (where from, the key id's last 4 characters: enough to tell which, too little
+    to use), which bucket, and what to check."""
+    if spec.profile is not None:
+        source = f"profile {spec.profile!r} ({spec.provider.name})"
+    else:
+        source = getattr(spec.provider, "source", spec.provider.name)
+    ak = keys.access_key
+    key_id = f"access key id ending {ak[-4:]!r}" if len(ak) > 8 else "a short access key id"
+    reason = str(exc).rpartition(": ")[2]
+    generic = ("access denied", "credentials rejected and not renewable")
+    return (f"the keys from {source} ({key_id}) were refused for bucket {bucket!r} at "
+            f"{endpoint or 'the AWS default endpoint'}: check that this key id and its secret are "
+            "right and may list this bucket" + ("" if reason in generic else f" ({reason})"))
+
+
+def _no_bucket(spec: MountSpec) -> str:
+    """What to do when nothing named a bucket: only Cleverbase assigns one by itself."""
+    if spec.profile is None:
+        return "no bucket given: mount s3://BUCKET[/PREFIX]"
+    return (f"no bucket given and {spec.provider.name} does not assign one: add "
+            f"bucket = \"NAME\" to [profiles.{spec.profile}] in {config_path()}, or mount "
+            f"s3://NAME -o profile={spec.profile}")
+
+
 def _fuse_options(p: Prepared) -> set[str]:
+    """The source goes in as the user gave it (``work``, ``s3://bucket/prefix``): that is what
+    fstab says, and libmount compares it with the mounted source, so a second ``mount -a`` sees
+    the entry mounted and skips it. ``sources.parse_source`` has checked its alphabet."""
     o = p.spec.options
-    opts = {"default_permissions", f"fsname=s3mount:{p.bucket}", "subtype=s3mount", "noatime"}
+    fsname = p.spec.source or f"s3://{p.bucket}"
+    opts = {"default_permissions", f"fsname={fsname}", "subtype=s3mount", "noatime"}
     if o.allow_other:
         opts.add("allow_other")
     if o.ro:

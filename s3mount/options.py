@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
 
 from .errors import S3MountError
 
@@ -26,7 +27,7 @@ class Option:
 
 
 OPTIONS: dict[str, Option] = {
-    "ro": Option(bool, "mount read-only: writes fail with EROFS"),
+    "ro": Option(bool, "mount read-only: writes fail with EROFS (also: --read-only)"),
     "rw": Option(bool, "mount read-write (the default)"),
     "uid": Option(int, "owner of files without x-amz-meta-uid (default: the mounting user)"),
     "gid": Option(int, "group of files without x-amz-meta-gid (default: the mounting user's group)"),
@@ -38,6 +39,8 @@ OPTIONS: dict[str, Option] = {
     "allow_other": Option(bool, "let other users access the mount (needs user_allow_other in "
                                 "/etc/fuse.conf for non-root)"),
     "default_permissions": Option(bool, "let the kernel check permissions (always on)"),
+    "nonempty": Option(bool, "mount over a directory that is not empty (its files are hidden "
+                             "until the unmount); refused without it"),
     "cache_dir": Option(str, "directory for staging files and the attribute cache "
                              "(default ${XDG_CACHE_HOME:-~/.cache}/s3mount)"),
     "cache_size": Option(int, "size limit of the staging area in MiB; writers wait when full "
@@ -53,7 +56,10 @@ OPTIONS: dict[str, Option] = {
                                       "chmod/chown/utimens still write metadata"),
     "endpoint_url": Option(str, "S3 endpoint URL (default: from the profile or AWS config)"),
     "region": Option(str, "S3 signing region (default us-east-1)"),
-    "profile": Option(str, "s3mount profile to take credentials and bucket from"),
+    "profile": Option(str, "s3mount profile (config.toml) to take credentials and bucket from; "
+                           "not s3fs's profile=, which is aws_profile= here"),
+    "aws_profile": Option(str, "AWS profile of ~/.aws/config and ~/.aws/credentials for the "
+                               "keys (as AWS_PROFILE; s3fs calls this profile=)"),
     "no_verify_ssl": Option(bool, "do not verify the server's TLS certificate (insecure; warns)"),
     "timeout": Option(float, "seconds from an operation's start until a request that gets no "
                              "answer fails with EIO, retries included (default 60)"),
@@ -70,6 +76,8 @@ OPTIONS: dict[str, Option] = {
     "debug": Option(bool, "log at debug level (secrets are never logged)"),
     "log_file": Option(str, "log file when running in the background "
                             "(default ${XDG_STATE_HOME:-~/.local/state}/s3mount/<mount>.log)"),
+    "log_size": Option(float, "MiB the log file may grow to before it is rotated; 3 older files "
+                              "are kept (default 10; 0: never rotate)"),
 }
 
 # Accepted for mount(8)/fstab/systemd compatibility and ignored.
@@ -98,6 +106,7 @@ class MountOptions:
     umask: int | None = None
     allow_other: bool = False
     default_permissions: bool = True
+    nonempty: bool = False
     cache_dir: str | None = None
     cache_size: int = 4096
     attr_timeout: float = 1.0
@@ -108,6 +117,7 @@ class MountOptions:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    aws_profile: str | None = None
     no_verify_ssl: bool = False
     timeout: float = 60.0
     addressing_style: str = "auto"
@@ -116,6 +126,7 @@ class MountOptions:
     buffer_size: int = 384
     debug: bool = False
     log_file: str | None = None
+    log_size: float = 10.0
     ignored: list[str] = field(default_factory=list)
 
 
@@ -190,4 +201,38 @@ def parse_options(values: list[str] | None) -> MountOptions:
         raise OptionError("option 'addressing_style' must be path, virtual or auto")
     if opts.buffer_size < 3:
         raise OptionError("option 'buffer_size' must be at least 3 (MiB)")
+    if opts.endpoint_url is not None:
+        check_endpoint_url(opts.endpoint_url)
     return opts
+
+
+def check_endpoint_url(url: str) -> str:
+    """``url`` if botocore can use it as an endpoint, else an OptionError saying what is wrong.
+
+    botocore only fails on a bad endpoint when the first request is made, in the mount process,
+    with a traceback; checked here, every front end (CLI, mount(8), profiles) refuses it before
+    any process starts, in one line.
+    """
+    example = "a valid one looks like https://s3.example.com or http://127.0.0.1:9000"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        what = "the port is not a number from 1 to 65535" if "Port" in str(exc) else str(exc)
+        raise OptionError(f"bad endpoint URL {url!r}: {what}; {example}") from None
+    if parts.scheme not in ("http", "https"):
+        what = (f"scheme {parts.scheme!r} is not http or https" if parts.scheme and parts.netloc
+                else "it has no http:// or https:// in front")
+        raise OptionError(f"bad endpoint URL {url!r}: {what}; {example}")
+    if _CONTROL_RE.search(url) or " " in url:
+        raise OptionError(f"bad endpoint URL {url!r}: it contains a space or control character; "
+                          f"{example}")
+    if not parts.hostname:
+        raise OptionError(f"bad endpoint URL {url!r}: it names no host; {example}")
+    if port == 0:
+        raise OptionError(f"bad endpoint URL {url!r}: the port is not a number from 1 to 65535; "
+                          f"{example}")
+    if parts.query or parts.fragment:
+        raise OptionError(f"bad endpoint URL {url!r}: it must not have a query or fragment; "
+                          f"{example}")
+    return url

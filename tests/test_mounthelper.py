@@ -225,7 +225,7 @@ def _use_and_unmount(mp: Path, s3, bucket: str) -> None:
     assert body == b"hello from mount(8)\n"
     entry = mount_status(mp)
     assert entry["bucket"] == bucket and entry["mountpoint"] == str(mp)
-    assert _mountinfo(mp)[:2] == ("fuse.s3mount", f"s3mount:{bucket}")
+    assert _mountinfo(mp)[:2] == ("fuse.s3mount", f"s3://{bucket}")
     r = subprocess.run(["umount", str(mp)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert not os.path.ismount(mp)

@@ -7,6 +7,7 @@ any of our own errors); a traceback is a bug.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -44,12 +45,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = argv[0].replace("-", "_") if argv else None
-    # mount.fuse3 runs "s3mount SOURCE DIR -o OPTS": treat a first word that is no command as a mount.
-    if first is not None and not argv[0].startswith("-") and first not in COMMANDS:
-        argv.insert(0, first := "mount")
-    parser = build_parser(first if first in COMMANDS else None)
-    args = parser.parse_args(argv)
     try:
+        # mount.fuse3 runs "s3mount SOURCE DIR -o OPTS": a first word that is no command is a
+        # mount, unless it reads as a misspelt command and names no profile.
+        if first is not None and not argv[0].startswith("-") and first not in COMMANDS:
+            _refuse_misspelt_command(argv[0])
+            argv.insert(0, first := "mount")
+        parser = build_parser(first if first in COMMANDS else None)
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except CliError as exc:
         print(f"s3mount: {exc}", file=sys.stderr)
@@ -59,6 +62,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# Words users type for a command, as other tools spell it.
+ALIASES = {"unmount": "umount", "stat": "status", "info": "status", "list": "status",
+           "ls": "status", "df": "status", "install": "install-helpers", "logout": "login",
+           "creds": "credentials"}
+
+
+def _refuse_misspelt_command(word: str) -> None:
+    """``s3mount unmount DIR`` would otherwise try to mount a profile named "unmount"."""
+    names = [c.replace("_", "-") for c in COMMANDS]
+    meant = ALIASES.get(word) or next(iter(difflib.get_close_matches(word, names, n=1)), None)
+    if meant is None or _is_profile(word):
+        return
+    raise CliError(f"unknown command {word!r}; did you mean `s3mount {meant}`? (to mount a "
+                   f"profile named {word!r}: s3mount mount {word})", status=2)
+
+
+def _is_profile(word: str) -> bool:
+    from ..config import ConfigError, load_profiles
+
+    try:
+        valid, broken = load_profiles()
+    except ConfigError:
+        return False
+    return word in valid or word in broken
 
 
 def _version() -> str:

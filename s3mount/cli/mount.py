@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 
-from ..config import load_profile
+from ..config import load_profile, profile_problems
 from ..credentials.build import FirstUseLogin, provider_from_profile
 from ..credentials.static import EnvironmentProvider
 from ..errors import S3MountError
 from ..mount import MountRunner, MountSpec, check_mountpoint, prepare
 from ..notify import notify
-from ..options import parse_options
+from ..options import OPTIONS, check_endpoint_url, parse_options
 from ..sources import parse_source
 from . import CliError
 
@@ -43,10 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint-url", help="S3 endpoint URL (e.g. http://127.0.0.1:9000)")
     p.add_argument("--region", help="S3 signing region")
     p.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
-                   help="mount options (see s3mount(1)); may be repeated")
+                   help="mount options (listed below); may be repeated")
+    p.add_argument("--read-only", action="store_true",
+                   help="mount read-only, as -o ro (the spelling of mountpoint-s3 and rclone)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground and log to stderr")
     p.set_defaults(func=run)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = options_help()
+
+
+def options_help() -> str:
+    """Every ``-o`` option with its meaning, one line each, for ``mount --help``: the table the
+    man pages print in full, so a user without them installed still sees every option."""
+    labels = {name: name if opt.kind is bool else
+              f"{name}={'OCTAL' if opt.octal else {int: 'N', float: 'N', str: 'TEXT'}[opt.kind]}"
+              for name, opt in OPTIONS.items()}
+    width = max(map(len, labels.values())) + 2
+    lines = ["mount options (-o NAME or -o NAME=VALUE, comma-separated; see s3mount(1)):"]
+    lines += [f"  {labels[name]:<{width}}{opt.help}" for name, opt in OPTIONS.items()]
+    return "\n".join(lines)
 
 
 def default_mountpoint(profile: str) -> str:
@@ -61,11 +77,25 @@ def build_spec(args: argparse.Namespace) -> MountSpec:
         profile_name = parse_options(args.options).profile
     if profile_name is not None:
         prof = load_profile(profile_name)
+        for problem in profile_problems(but=profile_name):
+            print(f"s3mount: warning: {problem}", file=sys.stderr)
     # The profile's options first, so the command line's can override them.
     opts = parse_options([prof["options"], *(args.options or [])] if prof.get("options")
                          else args.options)
     opts.endpoint_url = args.endpoint_url or opts.endpoint_url or prof.get("endpoint_url")
+    if opts.endpoint_url is not None:
+        check_endpoint_url(opts.endpoint_url)
     opts.region = args.region or opts.region or prof.get("region")
+    if opts.aws_profile and profile_name is not None:
+        if prof["provider"] != "env":
+            raise CliError(f"-o aws_profile= names an AWS profile, for keys from the AWS "
+                           f"environment; profile {profile_name!r} takes its keys from "
+                           f"{prof['provider']}")
+        prof = {**prof, "aws_profile": opts.aws_profile}
+    if args.read_only:
+        if opts.rw:
+            raise CliError("--read-only and -o rw contradict each other")
+        opts.ro = True
     mountpoint = args.mountpoint
     if mountpoint is None:
         if profile_name is None:
@@ -73,7 +103,8 @@ def build_spec(args: argparse.Namespace) -> MountSpec:
         mountpoint = os.path.expanduser(prof.get("mountpoint") or default_mountpoint(profile_name))
         os.makedirs(mountpoint, exist_ok=True)
     if profile_name is None:
-        provider = EnvironmentProvider(endpoint_url=opts.endpoint_url, region=opts.region)
+        provider = EnvironmentProvider(opts.aws_profile, endpoint_url=opts.endpoint_url,
+                                       region=opts.region)
     else:
         # From a terminal, a mount may run the provider's login on first use; from fstab or
         # systemd nobody could answer, so a missing login is an error there.
@@ -89,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from ..logsetup import setup_logging
 
     spec = build_spec(args)
-    setup_logging(debug=spec.options.debug, log_file=None)
+    setup_logging(debug=spec.options.debug, log_file=None, log_size=spec.options.log_size)
     return _serve(spec)
 
 
@@ -130,6 +161,8 @@ def _child_argv(args: argparse.Namespace, spec: MountSpec) -> list[str]:
         argv += ["--endpoint-url", args.endpoint_url]
     if args.region:
         argv += ["--region", args.region]
+    if args.read_only:
+        argv.append("--read-only")
     for o in args.options or []:
         argv += ["-o", o]
     return argv
@@ -139,18 +172,18 @@ def _start_background(args: argparse.Namespace) -> int:
     # Parse and check here too, so bad options, sources and mountpoints fail at once, before a
     # mount process is started (and imports all it runs on) only to report them.
     spec = build_spec(args)
-    check_mountpoint(spec.mountpoint)
+    check_mountpoint(spec.mountpoint, nonempty=spec.options.nonempty)
     if isinstance(spec.provider, FirstUseLogin):
         # From a terminal: log in now if the profile has no login yet, while someone is there
         # to answer (the background process has no terminal).
         spec.provider.fetch()
-    from ..logsetup import log_path_for
+    from ..logsetup import log_path_for, open_private
 
     log_file = spec.options.log_file or log_path_for(spec.mountpoint)
     os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
     r, w = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(w), "S3MOUNT_LOG_FILE": log_file})
-    with open(log_file, "ab") as logf:
+    with os.fdopen(open_private(log_file), "ab") as logf:
         proc = subprocess.Popen(_child_argv(args, spec), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, pass_fds=(w,), env=env, start_new_session=True)
     os.close(w)

@@ -4,6 +4,7 @@ AssumeRole. Failures leave as ``ProviderError`` with one line that carries no se
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import boto3
@@ -21,6 +22,8 @@ class ChainKeys:
     session_token: str | None
     expires_at: float | None
     region: str | None
+    source: str
+    """Where the chain found them (``~/.aws/credentials (profile work)``), for messages."""
 
 
 def keys_from_chain(profile: str | None) -> ChainKeys:
@@ -40,7 +43,20 @@ def keys_from_chain(profile: str | None) -> ChainKeys:
     expiry = getattr(creds, "_expiry_time", None)
     return ChainKeys(frozen.access_key, frozen.secret_key, frozen.token,
                      expiry.timestamp() if expiry is not None else None,
-                     session.get_config_variable("region"))
+                     session.get_config_variable("region"), _describe(creds.method, profile))
+
+
+def _describe(method: str, profile: str | None) -> str:
+    """``~/.aws/credentials (profile work)`` for botocore's ``Credentials.method``."""
+    if method == "env":
+        return "the environment (AWS_ACCESS_KEY_ID)"
+    config = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
+    where = {"shared-credentials-file":
+             os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+             "config-file": config,
+             "custom-process": f"the credential_process of {config}"}.get(
+                 method, f"the AWS credential chain ({method})")
+    return f"{where} (profile {profile or os.environ.get('AWS_PROFILE') or 'default'})"
 
 
 def assume_role(*, label: str, sts_url: str, region: str, access_key: str, secret_key: str,

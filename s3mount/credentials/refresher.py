@@ -194,14 +194,14 @@ class Refresher:
         self._next_at = refresh_at(new, now, self.policy, self._rand())
         if old is not None:
             self._renewals += 1
-            changed = "new key " if new.access_key != old.access_key else "same key "
-            log.info("credentials renewed (%s%s, expire in %s)", changed, _key_hint(new),
-                     _fmt_remaining(new, now))
+            changed = "new" if new.access_key != old.access_key else "same"
+            log.info("credentials renewed (%s %s, %s)", changed, _key_hint(new),
+                     _expiry(new, now))
             if self._on_change is not None:
                 self._on_change(new)
         else:
-            log.info("credentials obtained from %s (%s, expire in %s)", self.provider.name,
-                     _key_hint(new), _fmt_remaining(new, now))
+            log.info("credentials obtained from %s (%s, %s)", self.provider.name,
+                     _key_hint(new), _expiry(new, now))
 
     def _note_failure(self, exc: Exception) -> None:
         self._failures += 1
@@ -216,8 +216,8 @@ class Refresher:
                       self._last_error)
             delay = max(delay, self.policy.backoff_max)
         elif keys is not None and not keys.expired(now):
-            log.warning("credential renewal failed (%s); retrying in %.0fs, current keys valid "
-                        "for %s", self._last_error, delay, _fmt_remaining(keys, now))
+            log.warning("credential renewal failed (%s); retrying in %.0fs, current keys still "
+                        "valid (%s)", self._last_error, delay, _expiry(keys, now))
         else:
             log.error("credential renewal failed (%s) and no valid keys remain; retrying in %.0fs",
                       self._last_error, delay)
@@ -242,6 +242,7 @@ def _key_hint(keys: KeySet) -> str:
     return f"key …{ak[-4:]}" if len(ak) > 8 else "key ****"
 
 
-def _fmt_remaining(keys: KeySet, now: float) -> str:
+def _expiry(keys: KeySet, now: float) -> str:
+    """``expiring in 3600s``, or ``not expiring`` for keys without a lifetime."""
     rem = keys.remaining(now)
-    return "never" if rem == float("inf") else f"{rem:.0f}s"
+    return "not expiring" if rem == float("inf") else f"expiring in {rem:.0f}s"

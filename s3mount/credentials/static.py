@@ -33,9 +33,12 @@ class EnvironmentProvider:
         self._profile = profile
         self._endpoint_url = endpoint_url
         self._region = region
+        self.source = "the AWS credential chain"
+        """Where the last keys were found, for messages about them (never the keys)."""
 
     def fetch(self) -> KeySet:
         found = keys_from_chain(self._profile)
+        self.source = found.source
         return KeySet(
             access_key=found.access_key,
             secret_key=found.secret_key,
@@ -44,3 +47,4 @@ class EnvironmentProvider:
             endpoint_url=self._endpoint_url,
             region=self._region or found.region,
         )
+
