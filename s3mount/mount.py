@@ -16,7 +16,9 @@ import logging
 import os
 import signal
 import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +226,27 @@ def _check_private_dir(path: str) -> None:
                          "cache_dir")
 
 
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """The lines written to file descriptor 2 meanwhile (by libfuse and the fusermount3 it runs),
+    collected into the yielded list and then written to the real stderr (the log) as well."""
+    said: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read()
+            with contextlib.suppress(OSError):
+                os.write(2, text)
+            said += [line.strip() for line in text.decode(errors="replace").splitlines()
+                     if line.strip()]
+
+
 class MountRunner:
     """One mounted filesystem from ``pyfuse3.init`` to unmount."""
 
@@ -252,10 +275,17 @@ class MountRunner:
 
     def mount(self) -> None:
         """Mount (raises MountError when the kernel refuses); the loop runs in ``serve``."""
-        try:
-            pyfuse3.init(self.ops, self.p.spec.mountpoint, _fuse_options(self.p))
-        except RuntimeError as exc:
-            raise MountError(f"cannot mount on {self.p.spec.mountpoint}: {exc}") from None
+        failure = None
+        with _stderr_captured() as said:
+            try:
+                pyfuse3.init(self.ops, self.p.spec.mountpoint, _fuse_options(self.p))
+            except RuntimeError as exc:
+                failure = str(exc)
+        if failure is not None:
+            # libfuse's own line ("fuse: failed to open /dev/fuse: Permission denied") says why;
+            # pyfuse3's ("fuse_session_mount failed") only that it failed.
+            raise MountError(f"cannot mount on {self.p.spec.mountpoint}: "
+                             f"{said[-1] if said else failure}")
 
     def serve(self, on_ready: Any = None) -> int:
         """Run until unmounted or signalled; returns the number of uploads that failed at exit."""
