@@ -1,0 +1,276 @@
+"""What a user meets (issue 20): errors that say what to do, mount(8) conventions, logs.
+
+Every test runs the real ``s3mount`` command (a subprocess, as a user would) and mounts for real
+where a mount is what the item is about.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mountlib import S3MOUNT, Mount, Mounter, run
+
+from s3mount.sandbox.client import SandboxProcess
+
+
+def cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*S3MOUNT, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, stdin=subprocess.DEVNULL)
+
+
+def one_line(r: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """``r`` failed with exactly one stderr line holding every fragment; that line."""
+    assert r.returncode != 0, r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("s3mount: "), r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def write_profiles(home: Path, text: str) -> dict[str, str]:
+    """A private XDG_CONFIG_HOME holding ``text`` as config.toml; the environment for it."""
+    (home / "s3mount").mkdir(parents=True, mode=0o700)
+    os.chmod(home, 0o700)
+    cfg = home / "s3mount" / "config.toml"
+    cfg.write_text(text)
+    cfg.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(XDG_CONFIG_HOME=str(home), XDG_STATE_HOME=str(home / "state"),
+               AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    return env
+
+
+def adopt(mounter: Mounter, path: Path, bucket: str, env: dict[str, str], log: Path) -> Mount:
+    """Hand a mount made by hand to ``mounter``, so teardown unmounts it."""
+    m = Mount(path, bucket, env, [], mounter.cache_dir, log)
+    mounter.mounts.append(m)
+    return m
+
+
+# -- 1: a mountpoint with files in it ----------------------------------------------------------
+
+def test_nonempty_mountpoint_is_refused_unless_nonempty(mounter: Mounter, bucket: str, s3,
+                                                        sandbox: SandboxProcess,
+                                                        tmp_path: Path) -> None:
+    mp = tmp_path / "full"
+    mp.mkdir()
+    (mp / "mine.txt").write_text("keep me")
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    r = cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url], env=env)
+    one_line(r, f"mountpoint {mp} is not empty", "-o nonempty")
+    assert not os.path.ismount(mp) and (mp / "mine.txt").read_text() == "keep me"
+    assert not mounter.state_dir.exists()  # refused before a mount process (and its log) started
+
+    m = mounter(bucket, "nonempty", path=mp)
+    assert os.listdir(mp) == []  # the bucket's (empty) root hides the directory's file
+    (mp / "new.txt").write_text("in the bucket")
+    m.unmount()
+    assert s3.get_object(Bucket=bucket, Key="new.txt")["Body"].read() == b"in the bucket"
+    assert os.listdir(mp) == ["mine.txt"]
+
+
+# -- 2: bad endpoint URLs, refused before any process starts ---------------------------------
+
+@pytest.mark.parametrize("url, what", [
+    ("127.0.0.1:19300", "no http:// or https://"),
+    ("ftp://s3.example.com", "scheme 'ftp' is not http or https"),
+    ("http://host:notaport", "port is not a number"),
+    ("http://:9000", "names no host"),
+])
+@pytest.mark.parametrize("how", ["flag", "option", "profile", "mount.s3mount"])
+def test_bad_endpoint_url_is_one_line_before_anything_starts(url: str, what: str, how: str,
+                                                             tmp_path: Path) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = write_profiles(tmp_path / "config", f'[profiles.p]\nprovider = "static"\n'
+                         f'bucket = "b-1"\nendpoint_url = "{url}"\naccess_key = "AK"\n'
+                         f'secret_key = "SK"\n')
+    argv = {"flag": ["mount", "s3://b-1", str(mp), "--endpoint-url", url],
+            "option": ["mount", "s3://b-1", str(mp), "-o", f"endpoint_url={url}"],
+            "profile": ["mount", "p", str(mp)]}.get(how)
+    if argv is None:
+        helper = Path(sys.executable).parent / "mount.s3mount"
+        r = subprocess.run([str(helper), "s3://b-1", str(mp), "-o", f"endpoint_url={url}"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("mount.s3mount: bad endpoint URL")
+        line = r.stderr
+    else:
+        line = one_line(cli(argv, env=env))
+    assert f"bad endpoint URL {url!r}: " in line and what in line
+    assert "https://s3.example.com or http://127.0.0.1:9000" in line
+    assert not (tmp_path / "config" / "state").exists()  # no mount process, no log
+
+
+# -- 3: keys the server refuses ----------------------------------------------------------------
+
+def test_wrong_keys_say_which_keys_which_bucket_what_to_check(bucket: str,
+                                                              sandbox: SandboxProcess,
+                                                              tmp_path: Path) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    ak, sk = "AKIAWRONGWRONG7Q2Z", "wrong-secret-0123456789abcdefghijklmnop"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=ak, AWS_SECRET_ACCESS_KEY=sk, AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null", XDG_STATE_HOME=str(tmp_path / "state"))
+    r = cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url], env=env)
+    line = one_line(r, "the environment (AWS_ACCESS_KEY_ID)", "ending '7Q2Z'", repr(bucket),
+                    sandbox.url, "check that this key id and its secret are right")
+    assert ak[:-4] not in line and sk not in line and "''" not in line
+
+    # The same keys from a shared credentials file, chosen with -o aws_profile= (s3fs's profile=)
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[other]\naws_access_key_id = {ak}\naws_secret_access_key = {sk}\n")
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(creds)
+    r = cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url, "-o",
+             "aws_profile=other"], env=env)
+    one_line(r, f"{creds} (profile other)", "ending '7Q2Z'")
+    assert not os.path.ismount(mp)
+
+
+def test_aws_profile_picks_the_keys(mounter: Mounter, bucket: str, sandbox: SandboxProcess,
+                                    s3, tmp_path: Path) -> None:
+    keys = sandbox.issue_keys([bucket])
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = AKIAWRONGWRONGWRONG\n"
+                     f"aws_secret_access_key = nope\n[work]\n"
+                     f"aws_access_key_id = {keys.access_key}\n"
+                     f"aws_secret_access_key = {keys.secret_key}\n"
+                     + (f"aws_session_token = {keys.session_token}\n" if keys.session_token
+                        else ""))
+    env = {k: v for k, v in mounter.env_for(keys).items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE=str(creds))
+    m = mounter(bucket, "aws_profile=work", env=env)
+    (m.path / "a.txt").write_text("via aws_profile")
+    assert s3.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"via aws_profile"
+
+
+# -- 5 and 6: profiles ---------------------------------------------------------------------------
+
+def test_one_bad_profile_does_not_break_the_others(mounter: Mounter, bucket: str, s3,
+                                                   sandbox: SandboxProcess,
+                                                   tmp_path: Path) -> None:
+    keys = sandbox.issue_keys([bucket])
+    env = write_profiles(tmp_path / "config", (
+        f'[profiles.typo]\nprovider = "static"\nbuckett = "{bucket}"\n\n'
+        f'[profiles.good]\nprovider = "static"\nbucket = "{bucket}"\n'
+        f'endpoint_url = "{sandbox.url}"\naccess_key = "{keys.access_key}"\n'
+        f'secret_key = "{keys.secret_key}"\n'
+        + (f'session_token = "{keys.session_token}"\n' if keys.session_token else "")))
+    env["XDG_STATE_HOME"] = str(mounter.state_dir)
+    mp = tmp_path / "good"
+    mp.mkdir()
+    log = tmp_path / "good.log"
+    r = cli(["mount", "good", str(mp), "-o", f"cache_dir={mounter.cache_dir},log_file={log}"],
+            env=env)
+    adopt(mounter, mp, bucket, env, log)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ("s3mount: warning: " + str(tmp_path / "config" / "s3mount" / "config.toml")
+                        + " [profiles.typo]: unknown key(s) buckett (did you mean bucket?) "
+                        "(profile 'typo' cannot be used until this is fixed)\n")
+    (mp / "x.txt").write_text("good profile")
+    assert s3.get_object(Bucket=bucket, Key="x.txt")["Body"].read() == b"good profile"
+
+    other = tmp_path / "typo"
+    other.mkdir()
+    one_line(cli(["mount", "typo", str(other)], env=env),
+             "[profiles.typo]: unknown key(s) buckett (did you mean bucket?)")
+    assert not os.path.ismount(other)
+
+
+# -- 7: commands misread as profile names ------------------------------------------------------
+
+@pytest.mark.parametrize("word, meant", [("unmount", "umount"), ("stat", "status"),
+                                         ("stauts", "status"), ("mont", "mount")])
+def test_a_misspelt_command_gets_a_suggestion(word: str, meant: str, tmp_path: Path) -> None:
+    env = write_profiles(tmp_path / "config", '[profiles.work]\nprovider = "env"\n')
+    r = cli([word, str(tmp_path)], env=env)
+    assert r.returncode == 2
+    one_line(r, f"unknown command {word!r}; did you mean `s3mount {meant}`?")
+
+
+def test_a_profile_named_like_a_command_still_mounts(tmp_path: Path) -> None:
+    """``s3mount stat DIR`` is a mount of profile "stat" when there is one (as mount.fuse3 runs
+    it): here it gets as far as the mountpoint check."""
+    env = write_profiles(tmp_path / "config", '[profiles.stat]\nprovider = "env"\n'
+                         'bucket = "b-1"\n')
+    one_line(cli(["stat", str(tmp_path / "nowhere")], env=env),
+             f"mountpoint {tmp_path / 'nowhere'} does not exist")
+
+
+# -- 11: --read-only, mount --help -----------------------------------------------------------
+
+def test_read_only_flag(mounter: Mounter, bucket: str, s3) -> None:
+    s3.put_object(Bucket=bucket, Key="r.txt", Body=b"read me")
+    m = mounter(bucket)
+    m.unmount()
+    m.args.append("--read-only")
+    r = cli(m.args, env=m.env)
+    assert r.returncode == 0, r.stderr
+    assert (m.path / "r.txt").read_text() == "read me"
+    with pytest.raises(OSError) as ei:
+        (m.path / "w.txt").write_text("no")
+    assert ei.value.errno == errno.EROFS
+    assert "'read_only': true" in run([*S3MOUNT, "status", "--json", str(m.path)],
+                                       env=m.env).stdout.replace('"', "'")
+
+
+def test_mount_help_lists_every_option_on_one_line() -> None:
+    from s3mount.options import OPTIONS
+
+    out = run([*S3MOUNT, "mount", "--help"], env={**os.environ, "COLUMNS": "80"}).stdout
+    table = out.split("mount options (-o NAME", 1)[1]
+    listed = [ln for ln in table.splitlines()[1:] if ln.strip()]
+    assert [line.split()[0].split("=")[0] for line in listed] == list(OPTIONS)
+    for line, (name, opt) in zip(listed, OPTIONS.items(), strict=True):
+        assert line.rstrip().endswith(opt.help), name
+
+
+# -- 12: logs ------------------------------------------------------------------------------------
+
+def test_log_is_private_and_rotated(mounter: Mounter, bucket: str) -> None:
+    m = mounter(bucket, "debug", "log_size=0.02")  # 20 KiB
+    for i in range(60):
+        (m.path / f"f{i}.txt").write_text("x" * i)
+        os.stat(m.path / f"f{i}.txt")
+    m.unmount()
+    logs = sorted(m.log_file.parent.glob(m.log_file.name + "*"))
+    names = [p.name for p in logs]
+    assert names[:2] == [m.log_file.name, m.log_file.name + ".1"], names
+    assert len(logs) <= 4  # the file and at most 3 older ones
+    for p in logs:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        assert p.stat().st_size <= 20 * 1024 + 4096, p
+    text = "".join(p.read_text() for p in logs)
+    assert "expire in never" not in text and "key key" not in text
+    assert "credentials obtained from env (key …" in text and ", not expiring)" in text
+
+
+def test_default_log_file_is_private(mounter: Mounter, bucket: str, sandbox: SandboxProcess,
+                                     tmp_path: Path) -> None:
+    """Without -o log_file: the file under XDG_STATE_HOME, mode 0600 even if it was 0644."""
+    from s3mount.logsetup import log_path_for
+
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    log = Path(log_path_for(str(mp)).replace(
+        os.path.join(os.path.expanduser("~"), ".local", "state"), str(mounter.state_dir), 1))
+    log.parent.mkdir(parents=True)
+    log.write_text("an old line\n")
+    log.chmod(0o644)
+    r = cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url, "-o",
+             f"cache_dir={mounter.cache_dir}"], env=env)
+    adopt(mounter, mp, bucket, env, log)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert log.read_text().startswith("an old line\n") and "mounted s3://" in log.read_text()
