@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -274,3 +275,154 @@ def test_default_log_file_is_private(mounter: Mounter, bucket: str, sandbox: San
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert log.read_text().startswith("an old line\n") and "mounted s3://" in log.read_text()
+
+
+# -- 4: why the kernel mount failed ----------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.getuid() != 0 or shutil.which("unshare") is None
+                                or shutil.which("setpriv") is None,
+                                reason="needs root, unshare and setpriv")
+
+
+@needs_root
+def test_mount_failure_shows_libfuse_cause(bucket: str, sandbox: SandboxProcess,
+                                           mounter: Mounter, tmp_path: Path) -> None:
+    """A user who may not open /dev/fuse (as ``setuid=`` in fstab runs the mount) sees libfuse's
+    reason, not pyfuse3's "fuse_session_mount failed". Reproduced for root in a private mount
+    namespace: /dev/fuse replaced by a file of another user, and no CAP_DAC_OVERRIDE."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    fake = tmp_path / "fuse"
+    fake.write_text("")
+    fake.chmod(0o600)
+    os.chown(fake, 65534, 65534)
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" /dev/fuse && shift && '
+         'exec setpriv --bounding-set -dac_override,-dac_read_search "$@"', "sh", str(fake),
+         *S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url,
+         "-o", f"cache_dir={mounter.cache_dir}"],
+        capture_output=True, text=True, timeout=120, env=env)
+    one_line(r, f"cannot mount on {mp}: ", "failed to open /dev/fuse: Permission denied")
+    assert not os.path.ismount(mp)
+
+
+# -- 8: mount -a, twice --------------------------------------------------------------------------
+
+def _mounts_at(mp: Path) -> list[tuple[str, str]]:
+    """(fstype, source) of every mount stacked on ``mp``."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[4] == str(mp):
+            out.append(tuple(fields[fields.index("-") + 1:][:2]))
+    return out
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("mount.fuse3") is None, reason="needs mount.fuse3")
+def test_mount_a_twice(bucket: str, sandbox: SandboxProcess, mounter: Mounter, s3,
+                       tmp_path: Path) -> None:
+    """fstab's source is what gets mounted, so libmount sees both entries mounted the second time
+    (it failed with "already a mount point" when the source read s3mount:BUCKET)."""
+    from s3mount.install import Targets, install
+
+    install(Targets(unit_dir=str(tmp_path / "units"), man_dir=str(tmp_path / "man"),
+                    completion_dir=str(tmp_path / "completion")))
+    keys = sandbox.issue_keys([bucket])
+    env = write_profiles(tmp_path / "config", (
+        f'[profiles.work]\nprovider = "static"\nbucket = "{bucket}"\n'
+        f'endpoint_url = "{sandbox.url}"\naccess_key = "{keys.access_key}"\n'
+        f'secret_key = "{keys.secret_key}"\n'
+        + (f'session_token = "{keys.session_token}"\n' if keys.session_token else "")))
+    env.update(AWS_ACCESS_KEY_ID=keys.access_key, AWS_SECRET_ACCESS_KEY=keys.secret_key)
+    if keys.session_token:
+        env["AWS_SESSION_TOKEN"] = keys.session_token
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for mp, log in ((a, tmp_path / "a.log"), (b, tmp_path / "b.log")):
+        adopt(mounter, mp, bucket, env, log)
+    common = f"cache_dir={mounter.cache_dir},_netdev,nofail"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        f"s3://{bucket}/pre {a} s3mount endpoint_url={sandbox.url},{common},"
+        f"log_file={tmp_path / 'a.log'} 0 0\n"
+        f"work {b} fuse.s3mount {common},log_file={tmp_path / 'b.log'} 0 0\n")
+    for attempt in (1, 2):
+        r = subprocess.run(["mount", "-T", str(fstab), "-a"], env=env, capture_output=True,
+                           text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, f"attempt {attempt}: {r.stderr}"
+        assert _mounts_at(a) == [("fuse.s3mount", f"s3://{bucket}/pre")], attempt
+        assert _mounts_at(b) == [("fuse.s3mount", "work")], attempt
+    (a / "x.txt").write_text("under the prefix")
+    assert s3.get_object(Bucket=bucket, Key="pre/x.txt")["Body"].read() == b"under the prefix"
+    assert (b / "pre" / "x.txt").read_text() == "under the prefix"
+
+
+# -- 5: a Clever Cloud profile as s3mount.conf(5) shows it ---------------------------------------
+
+def test_clevercloud_profile_message_leads_to_a_working_mount(tmp_path: Path) -> None:
+    """The man page's example names the bucket; a profile without one is told what to add, and
+    adding just that mounts."""
+    from s3mount.cli.demo import PROFILES
+
+    man = (Path(__file__).resolve().parent.parent / "man" / "s3mount.conf.5").read_text()
+    example = man.split("[profiles.cellar]\n", 1)[1].split("\n\n", 1)[0]
+    assert 'bucket = "' in example and 'provider = "clevercloud"' in example
+
+    with SandboxProcess(providers=["clevercloud"]) as sb:
+        prof = PROFILES["clevercloud"](sb.state["clevercloud"])
+        bucket = prof.pop("bucket")
+        body = "".join(f'{k} = "{v}"\n' for k, v in prof.items())
+        env = write_profiles(tmp_path / "config", f"[profiles.cellar]\n{body}")
+        env["S3MOUNT_TEST_BROWSER"] = "http"
+        assert cli(["login", "cellar"], env=env).returncode == 0
+        mounter = Mounter(sb, tmp_path)
+        try:
+            mp = tmp_path / "mp"
+            mp.mkdir()
+            line = one_line(cli(["mount", "cellar", str(mp)], env=env),
+                            'add bucket = "NAME" to [profiles.cellar] in '
+                            f'{tmp_path / "config" / "s3mount" / "config.toml"}')
+            assert "clevercloud does not assign one" in line
+            cfg = tmp_path / "config" / "s3mount" / "config.toml"
+            cfg.write_text(cfg.read_text() + f'bucket = "{bucket}"\n')
+            m = mounter("", env=env, profile="cellar", path=mp)
+            (m.path / "hello.txt").write_text("hello cellar")
+            assert sb.s3().get_object(Bucket=bucket, Key="hello.txt")["Body"].read() == \
+                b"hello cellar"
+        finally:
+            mounter.close()
+
+
+def test_renewal_log_lines_read_right(caplog: pytest.LogCaptureFixture) -> None:
+    """"credentials renewed (new key …WXYZ, expiring in 60s)", never "new key key" or "expire in
+    never"."""
+    import logging
+    import time
+
+    from s3mount.credentials.base import KeySet
+    from s3mount.credentials.refresher import Refresher
+
+    class Rotating:
+        name = "rotating"
+        issued = iter(["AKIA0000000000AAAA", "AKIA0000000000BBBB", "AKIA0000000000BBBB"])
+
+        def fetch(self) -> KeySet:
+            ak = next(self.issued)
+            return KeySet(ak, "secret", expires_at=None if ak.endswith("AAAA")
+                          else time.time() + 60)
+
+    caplog.set_level(logging.INFO, logger="s3mount.credentials.refresher")
+    r = Refresher(Rotating())
+    first = r.current()
+    second = r.renew_after_rejection(first)
+    assert second is not None and second.access_key.endswith("BBBB")
+    with r._lock:  # a renewal that keeps the key id, as the background thread makes it
+        r._fetch_locked()
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert lines[0] == "credentials obtained from rotating (key …AAAA, not expiring)"
+    assert lines[1].startswith("credentials renewed (new key …BBBB, expiring in ")
+    assert lines[2].startswith("credentials renewed (same key …BBBB, expiring in ")

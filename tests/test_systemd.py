@@ -30,7 +30,6 @@ from s3mount.install import Targets, install
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "s3mount@.service"
-MAN = ROOT / "man"
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 needs_mount = pytest.mark.skipif(os.getuid() != 0 or not os.path.exists("/dev/fuse"),
@@ -66,12 +65,11 @@ def test_unit_settings():
 def _verify(unit_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
+    # The man pages as install-helpers installs them (into /usr/local/share/man by default).
     mandir = tmp_path / "man"
-    for page in MAN.glob("*.[158]"):
-        section = mandir / f"man{page.suffix[1:]}"
-        section.mkdir(parents=True, exist_ok=True)
-        if not (section / page.name).exists():
-            (section / page.name).symlink_to(page)
+    install(Targets(sbin_dir=str(tmp_path / "sbin"), bin_dir=str(tmp_path / "bin"),
+                    unit_dir=str(tmp_path / "unit"), man_dir=str(mandir),
+                    completion_dir=str(tmp_path / "completion")))
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "MANPATH": str(mandir)}
     return subprocess.run(["systemd-analyze", "verify", "--user",
                            str(unit_dir / "s3mount@work.service")],
