@@ -134,7 +134,7 @@ def test_static_and_env_providers_from_profile(xdg):
     ({"provider": "clevercloud", "consumer_key": "k", "consumer_secret": "s"}, "addon_id"),
     ({"provider": "clevercloud", "addon_id": "a"}, "consumer_key, consumer_secret"),
     ({"provider": "lyvecloud", "account_id": "a"}, "bucket"),
-    ({"provider": "lc2", "bucket": "b", "endpoint_url": "e"}, "sts_url"),
+    ({"provider": "lc2", "bucket": "b", "endpoint_url": "https://e"}, "sts_url"),
 ])
 def test_missing_provider_keys_are_named(xdg, body, missing):
     write_config(xdg, {"p": body})
@@ -160,3 +160,14 @@ def test_xdg_default_is_home_config(monkeypatch, tmp_path: Path):
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert config_path() == tmp_path / ".config" / "s3mount" / "config.toml"
+
+
+def test_one_invalid_profile_leaves_the_others_usable(xdg):
+    write_config(xdg, {"good": {"provider": "env"},
+                       "bad": {"provider": "static", "endpoint_url": "s3.example.com:9000"}})
+    assert load_profile("good")["provider"] == "env"
+    with pytest.raises(ConfigError, match=r"\[profiles.bad\]: endpoint_url: bad endpoint URL "
+                                          r"'s3.example.com:9000': it has no http:// or https://"):
+        load_profile("bad")
+    with pytest.raises(ConfigError, match=r"no profile 'nope' .*\(profiles: bad, good\)"):
+        load_profile("nope")

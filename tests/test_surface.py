@@ -65,6 +65,7 @@ def test_nonempty_mountpoint_is_refused_unless_nonempty(mounter: Mounter, bucket
     mp.mkdir()
     (mp / "mine.txt").write_text("keep me")
     env = mounter.env_for(sandbox.issue_keys([bucket]))
+    adopt(mounter, mp, bucket, env, mounter.state_dir)  # unmounted in teardown if it mounted
     r = cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url], env=env)
     one_line(r, f"mountpoint {mp} is not empty", "-o nonempty")
     assert not os.path.ismount(mp) and (mp / "mine.txt").read_text() == "keep me"
