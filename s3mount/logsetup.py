@@ -15,6 +15,7 @@ import hashlib
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 from typing import TextIO
 
@@ -37,9 +38,11 @@ MiB = 1024 * 1024
 
 
 def open_private(path: str) -> int:
-    """``path`` opened for appending, created mode 0600 (an older, wider file is narrowed)."""
+    """``path`` opened for appending, created mode 0600; an older, wider log file is narrowed,
+    but not something else named as the log (``-o log_file=/dev/null``)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fchmod(fd, 0o600)
     return fd
 
 

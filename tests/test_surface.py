@@ -428,3 +428,21 @@ def test_renewal_log_lines_read_right(caplog: pytest.LogCaptureFixture) -> None:
     assert lines[0] == "credentials obtained from rotating (key …AAAA, not expiring)"
     assert lines[1].startswith("credentials renewed (new key …BBBB, expiring in ")
     assert lines[2].startswith("credentials renewed (same key …BBBB, expiring in ")
+
+
+@needs_root
+def test_a_device_as_log_file_keeps_its_mode(mounter: Mounter, bucket: str,
+                                             sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """``-o log_file=/dev/null`` must not make /dev/null 0600 (shown on a null device of our own)."""
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    null.chmod(0o666)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    adopt(mounter, mp, bucket, env, null)
+    r = cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url, "-o",
+             f"cache_dir={mounter.cache_dir},log_file={null},log_size=0.001"], env=env)
+    assert r.returncode == 0, r.stderr
+    (mp / "f").write_text("logged to nowhere")
+    assert stat.S_IMODE(null.stat().st_mode) == 0o666 and stat.S_ISCHR(null.stat().st_mode)
