@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pyfuse3
@@ -38,6 +37,14 @@ from .fs.paths import KeyMapper
 from .fs.staging import StagingArea
 from .notify import notify
 from .options import MountOptions
+from .recovery import (
+    Identity,
+    find_leftovers,
+    label_roots,
+    normalize_endpoint,
+    same_bucket,
+    sort_elsewhere,
+)
 from .sources import SourceError, parse_source
 from .store.s3 import S3Store, StoreConfig
 
@@ -204,14 +211,6 @@ def _limit_malloc_arenas() -> None:
         mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
-def _cache_root(p: Prepared) -> str:
-    """Per bucket and prefix, so the next mount of the same bucket finds its leftovers."""
-    o = p.spec.options
-    ident = f"{p.store.config.endpoint_url}|{p.bucket}|{p.spec.prefix}"
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return os.path.join(o.cache_dir or default_cache_dir(), digest)
-
-
 def _check_private_dir(path: str) -> None:
     """Staged data and crash-recovery records live here: the directory must be ours alone, or
     someone else could read what we stage or plant files for recovery to upload."""
@@ -253,11 +252,19 @@ class MountRunner:
     def __init__(self, p: Prepared) -> None:
         self.p = p
         o = p.spec.options
-        root = _cache_root(p)
+        # Per endpoint, bucket and prefix, so the next mount of the same bucket finds its
+        # leftovers; ``find_leftovers`` also looks in the roots of other spellings and prefixes.
+        self.identity = Identity(normalize_endpoint(p.store.config.endpoint_url), p.bucket,
+                                 KeyMapper(p.spec.prefix).prefix)
+        cache_dir = o.cache_dir or default_cache_dir()
+        root = os.path.join(cache_dir, self.identity.digest())
         os.makedirs(root, mode=0o700, exist_ok=True)
         for path in (root, os.path.join(root, "staging")):
             _check_private_dir(path)
+        label_roots(cache_dir, self.identity, p.store.config.endpoint_url)
         self.staging = StagingArea(os.path.join(root, "staging"))
+        # Before the mount serves: new staging files would otherwise look like leftovers.
+        self.leftovers = find_leftovers(cache_dir, self.identity, self.staging)
         self.meta = MetaCache(os.path.join(root, "attrs.sqlite"))
         uid = o.uid if o.uid is not None else os.getuid()
         gid = o.gid if o.gid is not None else os.getgid()
@@ -296,6 +303,7 @@ class MountRunner:
         finally:
             self.p.refresher.stop()
             self.meta.close()
+            self.leftovers.release()
             self.staging.close()
 
     async def _main(self, on_ready: Any) -> int:
@@ -322,9 +330,24 @@ class MountRunner:
         return failed
 
     async def _recover(self) -> None:
-        found = await self.fs.writeback.recover()
-        if found:
-            log.info("recovered %d file(s) left unuploaded by an earlier run", found)
+        found = self.leftovers
+        same: dict[str | None, bool] = {}
+        for endpoint in {a.owner.endpoint for a in found.elsewhere}:
+            same[endpoint] = await trio.to_thread.run_sync(self._same_bucket, endpoint)
+        sort_elsewhere(found, self.identity, same)
+        n = await self.fs.writeback.recover(found.ours)
+        found.ours.clear()
+        found.release()
+        if n:
+            log.info("recovered %d file(s) left unuploaded by an earlier run", n)
+
+    def _same_bucket(self, endpoint: str | None) -> bool:
+        """Whether ``endpoint`` serves this mount's bucket (then its leftovers are ours)."""
+        if self.p.keys.endpoint_url:
+            return False  # the provider's endpoint wins in every store: no way to ask another
+        theirs = S3Store(replace(self.p.store.config, endpoint_url=endpoint), self.p.refresher)
+        key = f"{self.identity.prefix}.s3mount-probe-{os.getpid()}"
+        return same_bucket(self.p.store, theirs, key)
 
     async def _signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                        ) -> None:
@@ -361,6 +384,8 @@ class MountRunner:
             "last_error": st.last_error,
             "source": self.p.spec.source,
             "read_only": self.p.spec.options.ro,
+            "stranded_uploads": [asdict(s) | {"message": s.message()}
+                                 for s in self.leftovers.stranded],
         }
 
     async def _publish_status(self) -> None:

@@ -53,6 +53,9 @@ STATE_KEYS: dict[str, str] = {
     "started_at": "epoch seconds when the mount started",
     "updated_at": "epoch seconds when this entry was last written",
     "last_error": "the most recent error message, or null",
+    "stranded_uploads": "files an earlier run left for this bucket that this mount cannot upload "
+                        "(other prefix, or an endpoint not shown to serve this bucket): a list "
+                        "of objects with endpoint, bucket, prefix, files, path, reason, message",
 }
 
 

@@ -1,8 +1,9 @@
 """``s3mount status [MOUNTPOINT] [--json]``: what each live mount is doing.
 
 Reads the entries mount daemons publish (``s3mount.runtime``): which bucket and provider, when the
-credentials expire and how often they were renewed, how many uploads are still pending. ``--json``
-prints the entries as they are, for scripts and monitoring.
+credentials expire and how often they were renewed, how many uploads are still pending, and files
+an earlier run left for this bucket that the mount cannot upload itself (``stranded_uploads``).
+``--json`` prints the entries as they are, for scripts and monitoring.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def format_table(entries: list[dict[str, Any]], now: float) -> str:
     for e in entries:
         if e.get("last_error"):
             lines.append(f"{e['mountpoint']}: last error: {e['last_error']}")
+        for stranded in e.get("stranded_uploads") or []:  # see s3mount/recovery.py
+            lines.append(f"{e['mountpoint']}: warning: {stranded['message']}")
     return "\n".join(lines)
 
 

@@ -55,6 +55,9 @@ class OpenFile:
     stream: StreamingUpload | None = None
     explicit_mtime: bool = False
     """An mtime was set by utimens (not just moved by writes): it must be stored exactly."""
+    confirmed: bool = False
+    """The staging data is what a close() or fsync() handed over (and its record says so): after
+    a crash only such data may replace the object; a partial goes to lost+found/."""
 
 
 @dataclass
@@ -82,6 +85,7 @@ class FileData:
                 node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
                 self._mark_dirty(of)
             if own:
+                of.confirmed = True  # truncate(2) of a file nobody has open is complete
                 await self._upload(of)
         finally:
             if own:
@@ -135,7 +139,9 @@ class FileData:
         of.loaded = True
 
     def _mark_dirty(self, of: OpenFile) -> None:
-        if not of.dirty:
+        """A change: the record must exist, and say the data is no longer what was closed."""
+        if not of.dirty or of.confirmed:
+            of.confirmed = False
             self._save_record(of)
         of.dirty = True
 
@@ -150,7 +156,8 @@ class FileData:
             of.staging.sync()
         of.staging.save_record(Record(self.keys.file_key(of.node.path),
                                       {**of.node.extra, **metadata_for(of.node.attrs)},
-                                      of.base_etag), durable=durable)
+                                      of.base_etag, closed=of.confirmed,
+                                      part_size=self.cfg.part_size), durable=durable)
 
     def _drop_record(self, of: OpenFile) -> None:
         """Nothing of the staging file is owed to the bucket any more (stored, or unwanted)."""
@@ -337,6 +344,7 @@ class FileData:
         h = self._handle(fh)
         if not h.of.dirty:
             return
+        h.of.confirmed = True
         if self.cfg.async_upload:
             await self._persist(h.of)
             self.writeback.submit(h.of)
@@ -346,6 +354,7 @@ class FileData:
     async def fsync(self, fh: int) -> None:
         h = self._handle(fh)
         if h.of.dirty:
+            h.of.confirmed = True
             await self._upload_or_queue(h.of)
 
     async def _upload_or_queue(self, of: OpenFile) -> None:
@@ -365,6 +374,7 @@ class FileData:
             h.reader.close()
         of = h.of
         if of.dirty and of.handles == 1:
+            of.confirmed = True
             if self.cfg.async_upload:
                 if not self.writeback.queued(of):  # flush() queued it already, as a rule
                     await self._persist(of)

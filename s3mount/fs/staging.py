@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,27 @@ class Record:
     base_etag: str | None
     """ETag of the object the data was based on (None for a new file): if the object has another
     ETag when we recover, someone else changed it meanwhile and we must not overwrite it."""
-    dirty: bool = True
-    """Always true now (a stored file's record is deleted); earlier versions wrote false."""
+    closed: bool = True
+    """The data is what a close() or fsync() confirmed. False while a writer is still at it: after
+    a crash such data is a partial file and must never replace the object under its name.
+    (Records of earlier versions lack the field and were uploaded as they were.)"""
+    part_size: int | None = None
+    """The mount's part size, so that recovery can tell the ETag our own upload would have."""
+    uploads: list[str] = field(default_factory=list)
+    """Ids of multipart uploads started for this data and not yet completed or aborted: a crash
+    leaves them in the bucket (billed) until recovery aborts them."""
+
+    @classmethod
+    def load(cls, path: str) -> Record | None:
+        """The record at ``path``; None for a clean one written by an earlier version (its data
+        was stored). Raises OSError, ValueError or TypeError when unreadable."""
+        with open(path) as f:
+            raw = json.load(f)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        if not raw.pop("dirty", True):  # versions before 2026-12 marked stored files clean
+            return None
+        return cls(**raw)
 
 
 class StagingFile:
@@ -45,6 +64,9 @@ class StagingFile:
         self.path = os.path.join(area.dir, name + ".data")
         self.record_path = os.path.join(area.dir, name + ".json")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.uploads: list[str] = []
+        """Multipart uploads under way for this data (kept in every record saved)."""
+        self._record: Record | None = None
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -74,19 +96,36 @@ class StagingFile:
 
     def save_record(self, record: Record, *, durable: bool = False) -> None:
         """Replace the record atomically; ``durable`` fsyncs it first (power-cut safe)."""
+        record.uploads = list(self.uploads)
+        self._record = record
         tmp = f"{self.record_path}.{uuid.uuid4().hex[:8]}.tmp"  # concurrent writers never clash
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(record.__dict__, f)
+            json.dump(asdict(record), f)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, self.record_path)
 
+    def upload_started(self, upload_id: str) -> None:
+        """A multipart upload of this data began: the record names it, so that after a crash
+        recovery can abort it instead of leaving its parts in the bucket."""
+        self.uploads.append(upload_id)
+        if self._record is not None:
+            self.save_record(self._record)
+
+    def upload_ended(self, upload_id: str) -> None:
+        """That upload was completed or aborted: nothing of it is left to clean up."""
+        with contextlib.suppress(ValueError):
+            self.uploads.remove(upload_id)
+        if self._record is not None:
+            self.save_record(self._record)
+
     def drop_record(self) -> None:
         """The data is stored (or no longer wanted): without a record, a later run deletes the
         data file instead of uploading it, as it would for a record marked clean, and one
         unlink costs less than writing and renaming such a record."""
+        self._record = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path)
 
@@ -116,19 +155,27 @@ class StagingArea:
     def __init__(self, root: str) -> None:
         os.makedirs(root, mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)
-        for slot in range(64):
+        for slot in range(SLOTS):
             directory = os.path.join(root, f"slot-{slot}")
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            lock_fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
-                continue
-            self.dir = directory
-            self._lock_fd = lock_fd
-            return
+            lock_fd = _lock(directory)
+            if lock_fd is not None:
+                self.dir = directory
+                self._lock_fd = lock_fd
+                return
         raise OSError(f"all staging slots under {root} are in use by other mounts")
+
+    @classmethod
+    def take(cls, directory: str) -> StagingArea | None:
+        """The slot ``directory`` of another root (or another slot of ours), held like our own;
+        None when a live mount holds it (its records are that mount's business)."""
+        lock_fd = _lock(directory)
+        if lock_fd is None:
+            return None
+        area = cls.__new__(cls)
+        area.dir = directory
+        area._lock_fd = lock_fd
+        return area
 
     def close(self) -> None:
         os.close(self._lock_fd)
@@ -146,18 +193,18 @@ class StagingArea:
         return total
 
     def leftovers(self) -> Iterator[tuple[StagingFile, Record]]:
-        """Dirty staging files left by an earlier run of this mount (crash, kill, reboot)."""
+        """Dirty staging files left in this slot by an earlier run (crash, kill, reboot). Only
+        before the slot's first new file: a data file without a record yet is deleted here."""
         for entry in sorted(os.listdir(self.dir)):
             if not entry.endswith(".json"):
                 continue
             name = entry[: -len(".json")]
             try:
-                with open(os.path.join(self.dir, entry)) as f:
-                    rec = Record(**json.load(f))
+                rec = Record.load(os.path.join(self.dir, entry))
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("unreadable staging record %s (%s); leaving it in place", entry, exc)
                 continue
-            if not os.path.exists(os.path.join(self.dir, name + ".data")):
+            if rec is None or not os.path.exists(os.path.join(self.dir, name + ".data")):
                 os.unlink(os.path.join(self.dir, entry))
                 continue
             yield StagingFile(self, name), rec
@@ -167,3 +214,27 @@ class StagingArea:
             if entry.endswith(".tmp") or entry.endswith(".data") and not os.path.exists(
                     os.path.join(self.dir, entry[:-5] + ".json")):  # a record being written when the process died
                 os.unlink(os.path.join(self.dir, entry))
+
+
+SLOTS = 64
+
+
+def slot_dirs(root: str) -> list[str]:
+    """The slot directories under a staging root (``<root>/slot-N``), whoever holds them."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in sorted(names) if n.startswith("slot-")]
+
+
+def _lock(directory: str) -> int | None:
+    """An exclusive ``flock`` on the slot's lock file, held as long as the fd is open; None
+    when another process holds it."""
+    lock_fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        return None
+    return lock_fd

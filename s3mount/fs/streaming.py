@@ -62,6 +62,7 @@ class StreamingUpload:
             if self._upload_id is None:
                 self._upload_id = await self._run(self._store.create_multipart, self.key,
                                                   metadata=self.metadata)
+                self._staging.upload_started(self._upload_id)  # for recovery to abort
             await self._slots.acquire()  # back-pressure: at most `parallel` parts in memory
             try:
                 await self._budget.take(self._part_size)  # and the mount's bound across files
@@ -123,8 +124,10 @@ class StreamingUpload:
             error, self._error = self._error, None
             await self.cancel()
             raise error
-        return await self._run(self._store.complete_multipart, self.key, self._upload_id,
-                               sorted(self._parts.items()))
+        etag: str = await self._run(self._store.complete_multipart, self.key, self._upload_id,
+                                    sorted(self._parts.items()))
+        self._staging.upload_ended(self._upload_id)
+        return etag
 
     async def cancel(self) -> None:
         """Abandon the upload (parts in flight finish and are dropped)."""
@@ -133,6 +136,9 @@ class StreamingUpload:
         self.cancelled = True
         if self._upload_id is not None:
             await self._idle.wait()
-            if not await self._run(self._store.abort_multipart, self.key, self._upload_id):
-                # Server unreachable: its parts would stay stored (and billed) for good.
+            if await self._run(self._store.abort_multipart, self.key, self._upload_id):
+                self._staging.upload_ended(self._upload_id)
+            else:
+                # Server unreachable: its parts would stay stored (and billed) for good. (The
+                # record keeps naming it, so a crash before the retry leaves it to recovery.)
                 self._on_orphan(self.key, self._upload_id)

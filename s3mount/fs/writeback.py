@@ -5,9 +5,12 @@ its staging file and is queued here; the queue retries it with exponential backo
 stored or the file is deleted. With ``-o async_upload`` a closed file is queued at once instead of
 being uploaded before close() returns. Either way the staging file and its record are on disk, so
 after a crash (``kill -9``, reboot) the next mount of the same bucket finds them
-(``recover``) and uploads them — unless the object changed in the bucket meanwhile, in which case
-the local version is stored beside it under ``lost+found/`` and a warning is logged, so neither
-version is lost.
+(``recovery.find_leftovers``) and uploads them (``recover``) — unless the object changed in the
+bucket meanwhile, in which case the local version is stored beside it under ``lost+found/`` and a
+warning is logged, so neither version is lost. Data a writer never closed goes to ``lost+found/``
+too: a partial file never replaces the last closed version. Data the bucket already holds (the
+crash came between a completed upload and the deletion of its record) is recognised by its ETag
+and dropped, and multipart uploads the crash cut off are aborted.
 
 Concurrency: one trio task (``run``) owns the queue and starts at most ``parallel`` uploads at
 once; each upload goes through ``Filesystem._upload`` and so takes the file's lock like any
@@ -16,6 +19,7 @@ other writer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import NotFound, S3MountError
+from ..store.base import ObjectInfo
 from .staging import Record, StagingFile
 
 if TYPE_CHECKING:
@@ -35,6 +40,7 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 LOST_AND_FOUND = "lost+found"
 ORPHAN_RETRY = 5.0
+CHUNK = 1024 * 1024
 
 
 class Writeback:
@@ -150,36 +156,79 @@ class Writeback:
 
     # -- crash recovery ------------------------------------------------------------------------
 
-    async def recover(self) -> int:
-        """Upload what an earlier run of this mount left dirty; returns how many were found."""
-        found = 0
-        for staging, rec in list(self.fs.staging.leftovers()):
-            if not rec.dirty:
-                staging.discard()
-                continue
-            found += 1
+    async def recover(self, files: list[tuple[StagingFile, Record]]) -> int:
+        """Upload what earlier runs left staged (``recovery.find_leftovers`` found it); returns
+        how many files that was."""
+        for staging, rec in files:
             try:
                 await self._recover_one(staging, rec)
             except S3MountError as exc:
                 log.error("could not upload %r left by an earlier run (%s); it stays in %s and is "
                           "tried again at the next mount", rec.key, exc, staging.path)
                 staging.close()
-        return found
+        return len(files)
 
     async def _recover_one(self, staging: StagingFile, rec: Record) -> None:
         fs = self.fs
+        for upload_id in rec.uploads:  # cut off by the crash: their parts would stay, billed
+            if not await fs._run(fs.store.abort_multipart, rec.key, upload_id):
+                self.abandon(rec.key, upload_id)
         try:
-            current = await fs._run(fs.store.head, rec.key)
-            etag: str | None = current.etag
+            current: ObjectInfo | None = await fs._run(fs.store.head, rec.key)
         except NotFound:
-            etag = None
+            current = None
+        if current is not None and current.size == staging.size() and current.etag in \
+                await trio.to_thread.run_sync(_our_etags, staging, rec.part_size or
+                                              fs.cfg.part_size):
+            # The upload was complete when the crash came, before the record was dropped.
+            log.info("%r left by an earlier run is already stored", rec.key)
+            staging.discard()
+            return
         key = rec.key
-        if etag != rec.base_etag:
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            key = f"{fs.keys.prefix}{LOST_AND_FOUND}/{rec.key[len(fs.keys.prefix):]}.{stamp}"
+        if not rec.closed and staging.size() == 0:
+            log.info("%r was being created, never closed or written, when an earlier run "
+                     "stopped: nothing to keep", rec.key)
+            staging.discard()
+            return
+        if not rec.closed:
+            key = self._lost_and_found(rec.key)
+            log.warning("%r was being written, never closed, when an earlier run stopped: the "
+                        "bucket keeps its last closed version and the partial data is kept as %r",
+                        rec.key, key)
+        elif (current.etag if current else None) != rec.base_etag:
+            key = self._lost_and_found(rec.key)
             log.warning("%r changed in the bucket since this mount wrote it before a crash; the "
                         "local version is kept as %r", rec.key, key)
         await fs._upload_staged(key, staging, rec.metadata)
         log.info("uploaded %r left by an earlier run", key)
         staging.discard()
         fs.invalidate_key(key)
+
+    def _lost_and_found(self, key: str) -> str:
+        prefix = self.fs.keys.prefix
+        rest = key[len(prefix):] if key.startswith(prefix) else key
+        return f"{prefix}{LOST_AND_FOUND}/{rest}.{time.strftime('%Y%m%dT%H%M%S')}"
+
+
+def _our_etags(staging: StagingFile, part_size: int) -> set[str]:
+    """The ETags our own upload of the staging file gives: the body's MD5 (one PUT) and, from
+    parts of ``part_size``, the MD5 of the parts' MD5s and their count (multipart)."""
+    whole = hashlib.md5(usedforsecurity=False)
+    parts = []
+    offset = 0
+    while True:
+        part = hashlib.md5(usedforsecurity=False)
+        n = 0
+        while n < part_size:
+            chunk = staging.pread(min(CHUNK, part_size - n), offset)
+            if not chunk:
+                break
+            part.update(chunk)
+            whole.update(chunk)
+            n += len(chunk)
+            offset += len(chunk)
+        if n == 0:
+            break
+        parts.append(part.digest())
+    md5s = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
+    return {whole.hexdigest(), f"{md5s}-{len(parts)}"}

@@ -78,6 +78,7 @@ class S3Store:
         self._conn_lock = threading.Lock()
         self._where: tuple[str | None, str | None] | None = None
         self._lean: LeanS3 | None = None
+        self._abort_refused = False
 
     # -- connections -------------------------------------------------------------------------
 
@@ -265,6 +266,12 @@ class S3Store:
             return False
         except NotFound:
             pass  # already gone: aborted, or completed after all
+        except AccessDenied as exc:
+            if not self._abort_refused:  # a policy, not a passing fault: say it once
+                self._abort_refused = True
+                log.warning("these keys may not abort multipart uploads (%s): unfinished ones "
+                            "stay in the bucket until a lifecycle rule "
+                            "(AbortIncompleteMultipartUpload) removes them", exc)
         except S3MountError as exc:
             log.info("could not abort multipart upload of %r (%s); its parts are left to expire",
                      key, exc)

@@ -1,0 +1,195 @@
+"""Issue #16 items 1, 3-5: crash recovery of async uploads strands and corrupts nothing.
+
+Each test crashes a real mount with kill -9 at a chosen moment (the fault proxy holds the bucket's
+answers back so the moment is certain, not a race) and checks the bucket directly with boto3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from faultlib import through
+from mountlib import S3MOUNT, Mounter, mount_status, run
+from test_durability import wait_for_object
+
+from s3mount.sandbox.client import SandboxProcess
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
+from s3mount.sandbox.s3server import CLEVERBASE_ACTIONS
+
+MiB = 1024 * 1024
+NO_PUTS = Fault("internal", probability=1.0, methods=("PUT",))
+"""Every upload fails (lookups and listings still work): async uploads stay pending."""
+
+
+def keys_in(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+            .get("Contents", [])]
+
+
+def write_pending(m_path: Path, names: list[str]) -> dict[str, bytes]:
+    want = {name: os.urandom(1000 + i) for i, name in enumerate(names)}
+    for name, data in want.items():
+        (m_path / name).write_bytes(data)  # close() returns at once with async_upload
+    return want
+
+
+def crash_with_pending(pmounter: Mounter, proxy: FaultProxy, bucket: str, s3: Any,
+                       prefix: str = "") -> dict[str, bytes]:
+    """An async_upload mount through the proxy that could store nothing, killed with 20
+    closed files pending. Returns their keys and contents."""
+    m = pmounter(bucket, "async_upload", prefix=prefix)
+    proxy.set_faults([NO_PUTS])
+    want = write_pending(m.path, [f"f{i}" for i in range(20)])
+    m.kill9()
+    proxy.clear()
+    assert keys_in(s3, bucket) == []  # nothing could be stored before the crash
+    return {f"{prefix}/{k}" if prefix else k: v for k, v in want.items()}
+
+
+def test_recovered_whatever_the_endpoint_is_called(pmounter: Mounter, proxy: FaultProxy,
+                                                   sandbox: SandboxProcess, bucket: str, s3: Any,
+                                                   tmp_path: Path) -> None:
+    """The same endpoint with a trailing slash, then the same bucket through another endpoint
+    (the proxy's upstream, directly): every closed file is stored with its bytes."""
+    want = crash_with_pending(pmounter, proxy, bucket, s3)
+    through(pmounter, sandbox, proxy.url + "/")
+    m = pmounter(bucket, path=tmp_path / "again")
+    for key, data in want.items():
+        assert wait_for_object(s3, bucket, key, len(data), timeout=60) == data
+    assert mount_status(m.path, m.env)["stranded_uploads"] == []
+    m.unmount()
+
+    again = crash_with_pending(through(pmounter, sandbox, proxy.url), proxy, bucket, s3,
+                               prefix="other")
+    through(pmounter, sandbox, sandbox.url)  # the server behind the proxy, under its own name
+    pmounter(bucket, path=tmp_path / "direct")
+    for key, data in again.items():
+        assert wait_for_object(s3, bucket, key, len(data), timeout=60) == data
+    assert not keys_in(s3, bucket, "lost+found/")
+
+
+def test_unreachable_leftovers_are_reported(pmounter: Mounter, proxy: FaultProxy,
+                                            sandbox: SandboxProcess, bucket: str, s3: Any,
+                                            tmp_path: Path) -> None:
+    """Leftovers of another prefix, or of an endpoint that does not answer, stay (nothing is
+    uploaded to a bucket that may be another one) and are reported in the log and by status;
+    a mount that can reach them uploads them."""
+    want = crash_with_pending(pmounter, proxy, bucket, s3, prefix="a")
+    # Another prefix: out of reach.
+    m = pmounter(bucket, prefix="b", path=tmp_path / "b")
+    (stranded,) = mount_status(m.path, m.env)["stranded_uploads"]
+    assert stranded["files"] == 20 and stranded["bucket"] == bucket
+    assert "outside this mount's prefix" in stranded["reason"]
+    assert "20 file(s) written before a crash" in m.log()
+    m.unmount()
+    # Another endpoint that does not answer: it may be another server.
+    proxy.set_down(True)
+    through(pmounter, sandbox, sandbox.url)
+    m = pmounter(bucket, path=tmp_path / "direct")
+    time.sleep(3)  # the check of the other endpoint fails within a few seconds
+    (stranded,) = mount_status(m.path, m.env)["stranded_uploads"]
+    assert stranded["files"] == 20 and stranded["endpoint"] == proxy.url
+    assert keys_in(s3, bucket) == []
+    table = run([*S3MOUNT, "status", str(m.path)], env=m.env, timeout=60).stdout
+    assert "warning: 20 file(s) written before a crash" in table
+    m.unmount()
+    # The whole bucket through the endpoint they were written to: uploaded.
+    proxy.set_down(False)
+    through(pmounter, sandbox, proxy.url)
+    pmounter(bucket, path=tmp_path / "whole")
+    for key, data in want.items():
+        assert wait_for_object(s3, bucket, key, len(data), timeout=60) == data
+
+
+def test_completed_upload_is_recognised_after_a_crash(pmounter: Mounter, proxy: FaultProxy,
+                                                      bucket: str, s3: Any,
+                                                      tmp_path: Path) -> None:
+    """kill -9 after the server completed a multipart upload but before the mount heard of it:
+    the next mount recognises the object as its own (no conflict, no lost+found copy)."""
+    s3.put_object(Bucket=bucket, Key="big", Body=b"old version")
+    m = pmounter(bucket, "async_upload")
+    proxy.set_faults([Fault("delay", count=1, delay=30, methods=("POST",), path="uploadId=")])
+    data = os.urandom(20 * MiB)
+    (m.path / "big").write_bytes(data)
+    deadline = time.monotonic() + 30
+    while s3.head_object(Bucket=bucket, Key="big")["ContentLength"] != len(data):
+        assert time.monotonic() < deadline, "the upload did not complete at the server"
+        time.sleep(0.2)
+    m.kill9()  # the answer to CompleteMultipartUpload is still held back by the proxy
+    proxy.clear()
+    m2 = pmounter(bucket, path=tmp_path / "again")
+    deadline = time.monotonic() + 30
+    while "already stored" not in m2.log():
+        assert time.monotonic() < deadline, m2.log()
+        time.sleep(0.2)
+    assert keys_in(s3, bucket, "lost+found/") == []
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
+    assert "changed in the bucket" not in m2.log()
+
+
+def _write_unclosed(path: Path, data: bytes) -> Any:
+    """Write ``data`` to ``path`` and keep it open (the caller closes it after the crash)."""
+    f = open(path, "wb")  # noqa: SIM115 - it must outlive this function
+    f.write(data)
+    f.flush()
+    return f
+
+
+def test_unclosed_file_never_replaces_the_object(pmounter: Mounter, proxy: FaultProxy,
+                                                 bucket: str, s3: Any, tmp_path: Path) -> None:
+    """A file being rewritten (and streamed) when the mount is killed: the bucket keeps the
+    closed version, the partial goes to lost+found/, the multipart upload is aborted."""
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"closed version")
+    m = pmounter(bucket, "async_upload,part_size=5")
+    partial = os.urandom(12 * MiB)
+    f = _write_unclosed(m.path / "doc", partial)
+    try:
+        deadline = time.monotonic() + 30
+        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert time.monotonic() < deadline, "no part was streamed"
+            time.sleep(0.2)
+        m.kill9()
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+    m2 = pmounter(bucket, path=tmp_path / "again")
+    deadline = time.monotonic() + 60
+    while not keys_in(s3, bucket, "lost+found/"):
+        assert time.monotonic() < deadline, m2.log()
+        time.sleep(0.2)
+    (lost,) = keys_in(s3, bucket, "lost+found/")
+    assert lost.startswith("lost+found/doc.")
+    assert s3.get_object(Bucket=bucket, Key=lost)["Body"].read() == partial
+    assert s3.get_object(Bucket=bucket, Key="doc")["Body"].read() == b"closed version"
+    assert "never closed" in m2.log()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_upload_the_keys_cannot_abort_is_logged(pmounter: Mounter, proxy: FaultProxy,
+                                                sandbox: SandboxProcess, bucket: str, s3: Any,
+                                                tmp_path: Path) -> None:
+    """Keys without AbortMultipartUpload (Cleverbase's policy): the crashed upload stays for the
+    bucket's lifecycle rule, one line in the log says so, and the data is still recovered."""
+    keys = sandbox.issue_keys([bucket], actions=list(CLEVERBASE_ACTIONS))
+    m = pmounter(bucket, "async_upload,part_size=5", keys=keys)
+    partial = os.urandom(12 * MiB)
+    f = _write_unclosed(m.path / "doc", partial)
+    try:
+        deadline = time.monotonic() + 30
+        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert time.monotonic() < deadline, "no part was streamed"
+            time.sleep(0.2)
+        m.kill9()
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+    m2 = pmounter(bucket, path=tmp_path / "again", keys=keys)
+    deadline = time.monotonic() + 60
+    while not keys_in(s3, bucket, "lost+found/"):
+        assert time.monotonic() < deadline, m2.log()
+        time.sleep(0.2)
+    assert m2.log().count("lifecycle rule") == 1, m2.log()
