@@ -279,6 +279,8 @@ class MountRunner:
         )
         self.ops = FuseOperations(self.fs)
         self.started_at = time.time()
+        self._status_changed = trio.Event()
+        """Set to publish the status now rather than at the next interval."""
 
     def mount(self) -> None:
         """Mount (raises MountError when the kernel refuses); the loop runs in ``serve``."""
@@ -335,6 +337,7 @@ class MountRunner:
         for endpoint in {a.owner.endpoint for a in found.elsewhere}:
             same[endpoint] = await trio.to_thread.run_sync(self._same_bucket, endpoint)
         sort_elsewhere(found, self.identity, same)
+        self._status_changed.set()  # the stranded files are known now
         n = await self.fs.writeback.recover(found.ours)
         found.ours.clear()
         found.release()
@@ -343,9 +346,8 @@ class MountRunner:
 
     def _same_bucket(self, endpoint: str | None) -> bool:
         """Whether ``endpoint`` serves this mount's bucket (then its leftovers are ours)."""
-        if self.p.keys.endpoint_url:
-            return False  # the provider's endpoint wins in every store: no way to ask another
-        theirs = S3Store(replace(self.p.store.config, endpoint_url=endpoint), self.p.refresher)
+        theirs = S3Store(replace(self.p.store.config, endpoint_url=endpoint),
+                         _KeysFor(self.p.refresher, endpoint))
         key = f"{self.identity.prefix}.s3mount-probe-{os.getpid()}"
         return same_bucket(self.p.store, theirs, key)
 
@@ -398,11 +400,27 @@ class MountRunner:
             notify(f"STATUS=pending uploads {state['pending_uploads']}, "
                    f"next key renewal {_when(state['next_renewal_at'])}")
             self.meta.commit()
-            await trio.sleep(STATUS_INTERVAL)
+            with trio.move_on_after(STATUS_INTERVAL):
+                await self._status_changed.wait()
+            self._status_changed = trio.Event()
 
     def _withdraw_status(self) -> None:
         with contextlib.suppress(OSError, S3MountError):
             runtime.withdraw(self.p.spec.mountpoint)
+
+
+class _KeysFor:
+    """The mount's keys aimed at another endpoint (a key set's endpoint beats the store's)."""
+
+    def __init__(self, keys: Refresher, endpoint: str | None) -> None:
+        self._keys = keys
+        self._endpoint = endpoint
+
+    def current(self) -> KeySet:
+        return replace(self._keys.current(), endpoint_url=self._endpoint)
+
+    def renew_after_rejection(self, rejected: KeySet) -> KeySet | None:
+        return None  # a check, not worth a renewal: it then says "cannot tell"
 
 
 def _when(epoch: float | None) -> str:

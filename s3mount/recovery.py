@@ -163,10 +163,9 @@ def find_leftovers(cache_dir: str, me: Identity, own: StagingArea) -> Leftovers:
                 continue
             found.held.append(area)
             if owner.endpoint == me.endpoint:
-                found.ours += [(f, r) for f, r in files if me.reaches(r.key)]
+                found.ours += files
             else:
                 found.elsewhere.append(Area(owner, area, files))
-    # Our own slot's records are ours whatever their key (the slot is this root's).
     outside = [(f, r) for f, r in found.ours if not me.reaches(r.key)]
     if outside:
         found.ours = [(f, r) for f, r in found.ours if me.reaches(r.key)]

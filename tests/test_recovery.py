@@ -46,7 +46,7 @@ def crash_with_pending(pmounter: Mounter, proxy: FaultProxy, bucket: str, s3: An
     want = write_pending(m.path, [f"f{i}" for i in range(20)])
     m.kill9()
     proxy.clear()
-    assert keys_in(s3, bucket) == []  # nothing could be stored before the crash
+    assert keys_in(s3, bucket, prefix) == []  # nothing could be stored before the crash
     return {f"{prefix}/{k}" if prefix else k: v for k, v in want.items()}
 
 
