@@ -7,8 +7,11 @@ answers back so the moment is certain, not a race) and checks the bucket directl
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,15 @@ from faultlib import through
 from mountlib import S3MOUNT, Mounter, mount_status, run
 from test_durability import wait_for_object
 
+from s3mount.fs.staging import StagingArea
+from s3mount.recovery import (
+    Identity,
+    Leftovers,
+    find_leftovers,
+    label_roots,
+    normalize_endpoint,
+    sort_elsewhere,
+)
 from s3mount.sandbox.client import SandboxProcess
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 from s3mount.sandbox.s3server import CLEVERBASE_ACTIONS
@@ -193,3 +205,83 @@ def test_upload_the_keys_cannot_abort_is_logged(pmounter: Mounter, proxy: FaultP
         assert time.monotonic() < deadline, m2.log()
         time.sleep(0.2)
     assert m2.log().count("lifecycle rule") == 1, m2.log()
+
+
+# -- without a mount: which staging areas a mount finds ---------------------------------------
+
+def test_endpoint_spellings_are_one() -> None:
+    same = ["http://127.0.0.1:9000", "HTTP://127.0.0.1:9000/", "http://127.0.0.1:9000//"]
+    assert {normalize_endpoint(u) for u in same} == {"http://127.0.0.1:9000"}
+    assert normalize_endpoint("https://S3.Example.NET:443/") == "https://s3.example.net"
+    assert normalize_endpoint("http://h:80/base/") == "http://h/base"
+    assert normalize_endpoint("http://[::1]:9000/") == "http://[::1]:9000"
+    assert normalize_endpoint("http://h:8080") != normalize_endpoint("http://h:8081")
+    assert normalize_endpoint(None) is None
+
+
+def _leave(root: Path, records: dict[str, bytes], extra: dict[str, object] | None = None
+           ) -> None:
+    """A slot under ``root`` as a crashed run leaves it: data files with their records."""
+    slot = root / "staging" / "slot-0"
+    slot.mkdir(parents=True, mode=0o700)
+    for root_dir in (root, root / "staging", slot):
+        root_dir.chmod(0o700)
+    for i, (key, data) in enumerate(records.items()):
+        (slot / f"n{i}.data").write_bytes(data)
+        rec = {"key": key, "metadata": {}, "base_etag": None, **(extra or {})}
+        (slot / f"n{i}.json").write_text(json.dumps(rec))
+
+
+def _found(cache: Path, me: Identity) -> tuple[Leftovers, StagingArea]:
+    own = cache / me.digest()
+    own.mkdir(mode=0o700, exist_ok=True)
+    label_roots(str(cache), me, "http://h:9000/")
+    area = StagingArea(str(own / "staging"))
+    return find_leftovers(str(cache), me, area), area
+
+
+def test_leftovers_of_an_earlier_version_under_another_spelling(tmp_path: Path) -> None:
+    """Roots and records of a version before identity files: the root of the spelling given now
+    is found, and its records (with their old ``dirty`` field) are recovered; a clean one is
+    deleted."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    me = Identity("http://h:9000", "b", "p/")
+    old = cache / hashlib.sha256(b"http://h:9000/|b|p").hexdigest()[:16]
+    _leave(old, {"p/x": b"x"}, {"dirty": True})
+    _leave(cache / "unrelated", {"p/y": b"y"}, {"dirty": True})  # no identity: not ours
+    found, own = _found(cache, me)
+    try:
+        assert [(r.key, r.closed, f.pread(9, 0)) for f, r in found.ours] == [("p/x", True, b"x")]
+        assert found.stranded == []
+    finally:
+        for f, _ in found.ours:
+            f.close()
+        found.release()
+        own.close()
+
+
+def test_leftovers_of_other_prefixes_and_endpoints(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    me = Identity("http://h:9000", "b", "p/")
+    for ident, keys in ((Identity("http://h:9000", "b", ""), ["p/in", "q/out"]),
+                        (Identity("http://other:9000", "b", "p/"), ["p/far"]),
+                        (Identity("http://h:9000", "c", "p/"), ["p/bucket-c"])):
+        root = cache / ident.digest()
+        _leave(root, {k: k.encode() for k in keys}, {"closed": True})
+        (root / "identity.json").write_text(json.dumps(asdict(ident)))
+    found, own = _found(cache, me)
+    try:
+        assert [r.key for _, r in found.ours] == ["p/in"]
+        assert [(s.files, s.endpoint) for s in found.stranded] == [(1, "http://h:9000")]
+        assert [a.owner.endpoint for a in found.elsewhere] == ["http://other:9000"]
+        sort_elsewhere(found, me, {"http://other:9000": False})
+        assert [(s.files, s.endpoint) for s in found.stranded] == [
+            (1, "http://h:9000"), (1, "http://other:9000")]
+        assert [r.key for _, r in found.ours] == ["p/in"]
+    finally:
+        for f, _ in found.ours:
+            f.close()
+        found.release()
+        own.close()
