@@ -332,13 +332,17 @@ class MountRunner:
         return failed
 
     async def _recover(self) -> None:
+        """Upload what earlier runs left: this endpoint's first, then that of other endpoints
+        shown to serve this bucket (a check that may wait for an endpoint that is gone)."""
         found = self.leftovers
+        n = await self.fs.writeback.recover(found.ours)
+        found.ours.clear()
         same: dict[str | None, bool] = {}
         for endpoint in {a.owner.endpoint for a in found.elsewhere}:
             same[endpoint] = await trio.to_thread.run_sync(self._same_bucket, endpoint)
         sort_elsewhere(found, self.identity, same)
         self._status_changed.set()  # the stranded files are known now
-        n = await self.fs.writeback.recover(found.ours)
+        n += await self.fs.writeback.recover(found.ours)
         found.ours.clear()
         found.release()
         if n:
