@@ -33,7 +33,7 @@ import botocore.httpsession
 import botocore.session
 
 from ..credentials.base import KeySet
-from ..errors import NotFound, S3MountError, Unavailable
+from ..errors import AccessDenied, NotFound, S3MountError, Unavailable
 from .base import ListPage, ObjectInfo, operation_started
 from .lean import Attempt, HttpError, LeanS3
 from .policy import KeySource, RequestPolicy
