@@ -101,9 +101,12 @@ def test_unreachable_leftovers_are_reported(pmounter: Mounter, proxy: FaultProxy
     # Another endpoint that does not answer: it may be another server.
     proxy.set_down(True)
     through(pmounter, sandbox, sandbox.url)
-    m = pmounter(bucket, path=tmp_path / "direct")
-    time.sleep(3)  # the check of the other endpoint fails within a few seconds
-    (stranded,) = mount_status(m.path, m.env)["stranded_uploads"]
+    m = pmounter(bucket, "timeout=10", path=tmp_path / "direct")
+    deadline = time.monotonic() + 30  # the check of the other endpoint ends within timeout
+    while not (stranded_now := mount_status(m.path, m.env)["stranded_uploads"]):
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.5)
+    (stranded,) = stranded_now
     assert stranded["files"] == 20 and stranded["endpoint"] == proxy.url
     assert keys_in(s3, bucket) == []
     table = run([*S3MOUNT, "status", str(m.path)], env=m.env, timeout=60).stdout
