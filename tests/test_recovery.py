@@ -184,6 +184,36 @@ def test_unclosed_file_never_replaces_the_object(pmounter: Mounter, proxy: Fault
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_rewrite_of_a_queued_file_stores_the_closed_version_first(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3: Any, tmp_path: Path) -> None:
+    """async_upload: a file closed while uploads fail, then opened and changed again before its
+    upload: the closed version is stored before the change, the queue never stores the file
+    while it is being written, and after a crash the bucket still holds the closed version."""
+    m = pmounter(bucket, "async_upload")
+    # The background upload's attempts (6) all fail; it is retried a second later.
+    proxy.set_faults([Fault("internal", count=6, methods=("PUT",))])
+    (m.path / "doc").write_bytes(b"closed version")
+    f = open(m.path / "doc", "r+b")  # noqa: SIM115 - open across the crash
+    try:
+        f.write(b"PARTIAL")
+        f.flush()
+        assert s3.get_object(Bucket=bucket, Key="doc")["Body"].read() == b"closed version"
+        time.sleep(3)  # the queue's retries of the first upload come and go meanwhile
+        assert s3.get_object(Bucket=bucket, Key="doc")["Body"].read() == b"closed version"
+        m.kill9()
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+    m2 = pmounter(bucket, path=tmp_path / "again")
+    deadline = time.monotonic() + 60
+    while not keys_in(s3, bucket, "lost+found/"):
+        assert time.monotonic() < deadline, m2.log()
+        time.sleep(0.2)
+    (lost,) = keys_in(s3, bucket, "lost+found/")
+    assert s3.get_object(Bucket=bucket, Key=lost)["Body"].read() == b"PARTIALversion"
+    assert s3.get_object(Bucket=bucket, Key="doc")["Body"].read() == b"closed version"
+
+
 def test_upload_the_keys_cannot_abort_is_logged(pmounter: Mounter, proxy: FaultProxy,
                                                 sandbox: SandboxProcess, bucket: str, s3: Any,
                                                 tmp_path: Path) -> None:

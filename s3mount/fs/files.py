@@ -73,6 +73,7 @@ class FileData:
         own = node.ino not in self.open_files
         of = self._open_file(node)
         try:
+            await self._store_confirmed(of)
             async with of.lock:
                 await self._stop_stream(of)
                 if size == 0:
@@ -144,6 +145,19 @@ class FileData:
             of.confirmed = False
             self._save_record(of)
         of.dirty = True
+
+    async def _store_confirmed(self, of: OpenFile) -> None:
+        """A file closed (or fsync'd) whose upload is still queued is about to change: store the
+        closed version first. Its staging file is rewritten in place, so otherwise a crash before
+        the next close() would leave only a mix of both, which must not replace the object."""
+        if not (of.dirty and of.confirmed):
+            return
+        try:
+            await self._upload(of)
+        except S3MountError as exc:
+            log.warning("could not store the closed version of %r before it changes (%s); if "
+                        "the mount stops before its next close(), it goes to lost+found/",
+                        of.node.path, exc)
 
     def _save_record(self, of: OpenFile, *, durable: bool = False) -> None:
         """Record what the staging file belongs to, so a crash cannot orphan its data.
@@ -228,6 +242,7 @@ class FileData:
         of = self._open_file(node)
         try:
             if flags & os.O_TRUNC:
+                await self._store_confirmed(of)
                 async with of.lock:
                     await self._stop_stream(of)
                     self._fresh_staging(of)
@@ -319,6 +334,7 @@ class FileData:
         of = h.of
         self._writable()
         await self._wait_for_space(of)
+        await self._store_confirmed(of)
         async with of.lock:
             await self._load(of)
             assert of.staging is not None

@@ -117,8 +117,8 @@ class Writeback:
     async def _one(self, ino: int, sem: trio.Semaphore) -> None:
         try:
             of = self.fs.open_files.get(ino)
-            if of is None or not of.dirty or of.node.path is None:
-                return
+            if of is None or not of.dirty or of.node.path is None or not of.confirmed:
+                return  # stored meanwhile, gone, or being written again: its close() queues it
             try:
                 await self.fs._upload(of)
             except S3MountError as exc:
