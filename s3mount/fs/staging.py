@@ -3,10 +3,13 @@
 Dirty data is never only in memory. Each file being written has a data file in
 ``<cache_dir>/staging/`` and, beside it, a small JSON record saying which key it belongs to, with
 what metadata and on which ETag it was based. Until an upload is confirmed the staging file is the
-truth; after a crash the next mount of the same bucket finds the records (``StagingArea.leftovers``)
-and uploads what was left. The record is atomically replaced whenever the file becomes dirty or is
-about to be uploaded, so a ``kill -9`` at any moment leaves either the old or the new record, never
-a torn one; data and record of a file whose upload failed are also fsync'd, so a reboot keeps them.
+truth; after a crash the next mount of the same bucket finds the records
+(``StagingArea.leftovers``, ``recovery.find_leftovers``) and uploads what was left. The record is
+atomically replaced whenever the file becomes dirty, is closed (it then says so: only closed data
+may replace the object after a crash), is about to be uploaded, or starts or ends a multipart
+upload (so recovery can abort one a crash cut off), so a ``kill -9`` at any moment leaves either
+the old or the new record, never a torn one; data and record of a file whose upload failed are
+also fsync'd, so a reboot keeps them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
+
+SLOTS = 64
+"""Mounts of one bucket and prefix that can run at once (each holds a slot)."""
 
 
 @dataclass
@@ -214,9 +220,6 @@ class StagingArea:
             if entry.endswith(".tmp") or entry.endswith(".data") and not os.path.exists(
                     os.path.join(self.dir, entry[:-5] + ".json")):  # a record being written when the process died
                 os.unlink(os.path.join(self.dir, entry))
-
-
-SLOTS = 64
 
 
 def slot_dirs(root: str) -> list[str]:
