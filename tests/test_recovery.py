@@ -282,11 +282,16 @@ def test_leftovers_of_an_earlier_version_under_another_spelling(tmp_path: Path) 
     me = Identity("http://h:9000", "b", "p/")
     old = cache / hashlib.sha256(b"http://h:9000/|b|p").hexdigest()[:16]
     _leave(old, {"p/x": b"x"}, {"dirty": True})
+    slot = old / "staging" / "slot-0"
+    (slot / "clean.data").write_bytes(b"stored")
+    (slot / "clean.json").write_text(json.dumps({"key": "p/c", "metadata": {},
+                                                 "base_etag": "e", "dirty": False}))
     _leave(cache / "unrelated", {"p/y": b"y"}, {"dirty": True})  # no identity: not ours
     found, own = _found(cache, me)
     try:
         assert [(r.key, r.closed, f.pread(9, 0)) for f, r in found.ours] == [("p/x", True, b"x")]
         assert found.stranded == []
+        assert not (slot / "clean.json").exists() and not (slot / "clean.data").exists()
     finally:
         for f, _ in found.ours:
             f.close()
