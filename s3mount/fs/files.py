@@ -16,9 +16,11 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import trio
 
@@ -35,6 +37,9 @@ from .streaming import StreamingUpload
 log = logging.getLogger(__name__)
 
 STREAM_PARALLEL = 6
+MAX_OBJECT_SIZE = 5 * 1024**4
+"""S3's largest object: a file cannot grow beyond it (EFBIG)."""
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -58,6 +63,17 @@ class OpenFile:
     confirmed: bool = False
     """The staging data is what a close() or fsync() handed over (and its record says so): after
     a crash only such data may replace the object; a partial goes to lost+found/."""
+    base_size: int = 0
+    """Size of the version in the bucket the staged changes are based on."""
+    punched: list[tuple[int, int]] = field(default_factory=list)
+    """Ranges of a streamed file given back to the disk once stored in the bucket, to make room
+    (see streaming.py). The staging file no longer holds the whole file, so it can only be
+    appended to while its stream lasts, and is never uploaded whole or recovered from here."""
+    punched_bytes: int = 0
+    spoiled: bool = False
+    """A change could not be staged (the cache disk was full): what the writers wrote is whole
+    nowhere, so none of it is stored (the bucket keeps its version); writes, flush and fsync
+    fail with ENOSPC until the file is truncated to zero or closed by everyone."""
 
 
 @dataclass
@@ -70,18 +86,27 @@ class Handle:
 
 class FileData:
     async def _truncate(self, node: Inode, size: int) -> None:
+        if size > MAX_OBJECT_SIZE:
+            raise FsError(f"{size} bytes is more than an S3 object can hold", errno=errno.EFBIG)
         own = node.ino not in self.open_files
-        of = self._open_file(node)
+        of = self._open_file(node)  # counts as a handle until the finally gives it back
         try:
             await self._store_confirmed(of)
             async with of.lock:
+                if of.punched and size == node.attrs.size:
+                    return  # nothing changes (and the stream must go on)
+                if size != 0 and (of.spoiled or of.punched):
+                    raise self._no_space(of)
                 await self._stop_stream(of)
                 if size == 0:
                     self._fresh_staging(of)
                 else:
                     await self._load(of)
                 assert of.staging is not None
-                of.staging.truncate(size)
+                try:
+                    of.staging.truncate(size)
+                except OSError as exc:
+                    await self._staging_failed(of, exc)
                 node.attrs.size = size
                 node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
                 self._mark_dirty(of)
@@ -89,13 +114,12 @@ class FileData:
                 of.confirmed = True  # truncate(2) of a file nobody has open is complete
                 await self._upload(of)
         finally:
-            if own:
-                await self._close_file(of)
+            await self._close_file(of)
 
     def _open_file(self, node: Inode) -> OpenFile:
         of = self.open_files.get(node.ino)
         if of is None:
-            of = OpenFile(node, base_etag=node.etag)
+            of = OpenFile(node, base_etag=node.etag, base_size=node.attrs.size)
             self.open_files[node.ino] = of
         of.handles += 1
         node.open_count += 1
@@ -117,6 +141,13 @@ class FileData:
         if of.staging is not None:
             of.staging.discard()
             of.staging = None
+            self.space_freed()
+        path = of.node.path
+        if of.spoiled and of.node.etag is None and path is not None:
+            # A new file none of whose content could be staged: nothing of it exists anywhere.
+            self._listing_remove(*split(path))
+            self.negative[path] = True
+            self.inodes.detach(of.node)
         if of.node.path is None:
             self.inodes.detach(of.node)
 
@@ -125,6 +156,46 @@ class FileData:
             of.staging = self.staging.new()
         of.staging.truncate(0)
         of.loaded = True
+        of.spoiled = False
+        of.punched, of.punched_bytes = [], 0
+
+    def _no_space(self, of: OpenFile) -> FsError:
+        if of.spoiled:
+            why = "the cache disk is full: the changes were dropped, the bucket keeps its version"
+        else:
+            why = "the cache cannot hold the whole file: it can only be written front to back"
+        return FsError(f"{of.node.path or 'removed file'}: {why}", errno=errno.ENOSPC)
+
+    async def _staging_failed(self, of: OpenFile, exc: OSError) -> NoReturn:
+        """Turn a staging file's failure (caller holds of.lock) into the errno the user gets:
+        EFBIG for a size the disk cannot hold, ENOSPC (dropping the file's changes) for a full
+        disk; anything else stays an internal error."""
+        if exc.errno == errno.EFBIG:
+            raise FsError(f"{of.node.path}: the cache disk cannot hold a file this large",
+                          errno=errno.EFBIG) from None
+        if exc.errno not in NO_SPACE:
+            raise exc
+        await self._spoil(of)
+        raise self._no_space(of) from None
+
+    async def _spoil(self, of: OpenFile) -> None:
+        """Drop the unstored changes of a file one of whose changes could not be staged (caller
+        holds of.lock). Storing what was staged would replace the object with a partial file,
+        so the bucket keeps its version; the staging space is given back at once."""
+        log.warning("%r: the cache disk is full; its changes since it was last stored are "
+                    "dropped and the bucket keeps its version", of.node.path)
+        await self._stop_stream(of)
+        of.spoiled = True
+        of.dirty = False
+        of.loaded = False
+        of.punched, of.punched_bytes = [], 0
+        self._drop_record(of)
+        if of.staging is not None:
+            of.staging.discard()
+            of.staging = None
+        of.node.attrs.size = of.base_size
+        of.node.valid_until = -math.inf
+        self.space_freed()
 
     async def _load(self, of: OpenFile) -> None:
         """Make the staging file hold the object's current content (caller holds of.lock)."""
@@ -134,9 +205,12 @@ class FileData:
         if of.staging is None:
             of.staging = self.staging.new()
         if node.etag is not None and node.attrs.size > 0 and node.path is not None:
-            with open(of.staging.path, "r+b") as out:
-                await self._run(self.store.download, self.keys.file_key(node.path), out,
-                                etag=node.etag, size=node.attrs.size)
+            try:
+                with open(of.staging.path, "r+b") as out:
+                    await self._run(self.store.download, self.keys.file_key(node.path), out,
+                                    etag=node.etag, size=node.attrs.size)
+            except OSError as exc:
+                await self._staging_failed(of, exc)
         of.loaded = True
 
     def _mark_dirty(self, of: OpenFile) -> None:
@@ -164,14 +238,21 @@ class FileData:
 
         The record is replaced atomically, which a killed process cannot tear; ``durable`` also
         fsyncs data and record, so they survive a power cut (see ``_persist``)."""
-        if of.node.path is None or of.staging is None:
-            return
-        if durable:
-            of.staging.sync()
-        of.staging.save_record(Record(self.keys.file_key(of.node.path),
-                                      {**of.node.extra, **metadata_for(of.node.attrs)},
-                                      of.base_etag, closed=of.confirmed,
-                                      part_size=self.cfg.part_size), durable=durable)
+        if of.node.path is None or of.staging is None or of.punched:
+            return  # a punched file cannot be recovered from the staging file
+        try:
+            if durable:
+                of.staging.sync()
+            of.staging.save_record(Record(self.keys.file_key(of.node.path),
+                                          {**of.node.extra, **metadata_for(of.node.attrs)},
+                                          of.base_etag, closed=of.confirmed,
+                                          part_size=self.cfg.part_size), durable=durable)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            # The data is staged and will be stored; only a crash before that would lose it.
+            log.warning("no space in the cache for the record of %r; its data would not "
+                        "survive a crash before it is stored", of.node.path)
 
     def _drop_record(self, of: OpenFile) -> None:
         """Nothing of the staging file is owed to the bucket any more (stored, or unwanted)."""
@@ -186,8 +267,56 @@ class FileData:
             functools.partial(self._save_record, of, durable=True))
 
     def _staged_bytes(self) -> int:
-        return sum(of.node.attrs.size for of in self.open_files.values()
+        return sum(of.node.attrs.size - of.punched_bytes for of in self.open_files.values()
                    if of.staging is not None and of.dirty)
+
+    def _punch_stored(self) -> bool:
+        """Give back the staging space of every streamed part the bucket has stored (of all
+        files: any of them may be what fills the cache); True if there was any."""
+        freed = False
+        for of in self.open_files.values():
+            if of.stream is None or of.staging is None:
+                continue
+            for offset, length in of.stream.take_stored():
+                try:
+                    of.staging.punch(offset, length)
+                except OSError as exc:
+                    log.warning("cannot give back staging space of %r (%s)", of.node.path, exc)
+                    continue
+                if not of.punched:
+                    self._drop_record(of)  # holes are nothing a crash recovery could upload
+                of.punched.append((offset, length))
+                of.punched_bytes += length
+                freed = True
+        return freed
+
+    async def _wait_for_part(self, of: OpenFile) -> bool:
+        """Wait for a streamed part in flight to be stored (this file's, else any file's);
+        False at once if none is in flight."""
+        streams = [o.stream for o in (of, *self.open_files.values()) if o.stream is not None]
+        for stream in streams:
+            if await stream.wait_for_part():
+                return True
+        return False
+
+    async def _make_room(self, of: OpenFile, n: int) -> None:
+        """``cache_size`` bounds what is staged: a streaming writer over it gives back the parts
+        already stored and waits for those in flight (caller holds of.lock)."""
+        while of.stream is not None and self._staged_bytes() + n > self.cfg.cache_limit:
+            if not self._punch_stored() and not await self._wait_for_part(of):
+                return  # nothing in flight to wait for: the limit is exceeded by this write
+
+    async def _stage(self, of: OpenFile, data: bytes, offset: int) -> int:
+        """Write into the staging file (caller holds of.lock). On a full disk, stored parts
+        of streamed files are given back and parts in flight waited for before giving up."""
+        assert of.staging is not None
+        while True:
+            try:
+                return of.staging.pwrite(data, offset)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE or not (self._punch_stored() or
+                                                     await self._wait_for_part(of)):
+                    await self._staging_failed(of, exc)
 
     def space_freed(self) -> None:
         self._space.set()
@@ -284,6 +413,10 @@ class FileData:
         of = h.of
         if of.loaded and of.staging is not None:
             async with of.lock:
+                if any(o < offset + size and offset < o + n for o, n in of.punched):
+                    raise FsError(f"{h.node.path}: this part was stored in the bucket and no "
+                                  "longer kept in the cache; it can be read once the file is "
+                                  "closed", errno=errno.EIO)
                 return of.staging.pread(size, offset)
         if h.reader is None:
             if h.node.etag is None:
@@ -333,12 +466,16 @@ class FileData:
         h = self._handle(fh)
         of = h.of
         self._writable()
+        if offset + len(data) > MAX_OBJECT_SIZE:
+            raise FsError("an S3 object cannot be this large", errno=errno.EFBIG)
         await self._wait_for_space(of)
         await self._store_confirmed(of)
         async with of.lock:
+            if of.spoiled or of.punched and not (of.stream is not None and offset == of.seq_end):
+                raise self._no_space(of)
             await self._load(of)
-            assert of.staging is not None
-            n = of.staging.pwrite(data, offset)
+            await self._make_room(of, len(data))
+            n = await self._stage(of, data, offset)
             node = h.node
             node.attrs.size = max(node.attrs.size, offset + n)
             node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
@@ -358,6 +495,8 @@ class FileData:
         """close(2) of one descriptor: store what is dirty (close-to-open), or with async_upload
         make it durable in the cache and queue it."""
         h = self._handle(fh)
+        if h.of.spoiled:
+            raise self._no_space(h.of)
         if not h.of.dirty:
             return
         h.of.confirmed = True
@@ -369,6 +508,8 @@ class FileData:
 
     async def fsync(self, fh: int) -> None:
         h = self._handle(fh)
+        if h.of.spoiled:
+            raise self._no_space(h.of)
         if h.of.dirty:
             h.of.confirmed = True
             await self._upload_or_queue(h.of)
@@ -417,10 +558,16 @@ class FileData:
             self._save_record(of)
             etag, md = await self._finish_stream(of, key)
             if etag is None:
+                if of.punched:
+                    await self._spoil(of)
+                    raise FsError(f"the upload of {key!r} failed and the parts it had stored "
+                                  "are no longer in the cache: the file is not stored",
+                                  errno=errno.EIO)
                 md = {**node.extra, **metadata_for(node.attrs)}
                 etag = await self._upload_staged(key, of.staging, md)
             of.dirty = False
             of.base_etag = etag
+            of.base_size = node.attrs.size
             node.etag = etag
             node.valid_until = self._fresh_until()
             node.kernel_cache_etag = etag

@@ -15,6 +15,8 @@ also fsync'd, so a reboot keeps them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import json
 import logging
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 
 SLOTS = 64
 """Mounts of one bucket and prefix that can run at once (each holds a slot)."""
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 @dataclass
@@ -93,6 +100,17 @@ class StagingFile:
         range starts its writeback; a later one frees it. Dirty pages are never dropped, so no
         data can be lost by this."""
         os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+    def punch(self, offset: int, length: int) -> None:
+        """Give the disk space of ``[offset, offset+length)`` back, keeping the file's size.
+
+        A streamed file's parts, once stored in the bucket, are needed here no more: punching
+        them out lets a file larger than the cache disk be written front to back (the range
+        then reads as zeros, so the core never reads or uploads it from here again)."""
+        if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                           offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), self.path)
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)

@@ -9,6 +9,12 @@ the mount's upload ``Budget`` (a writer whose next part finds it spent waits for
 to be stored). A write anywhere but at the end, a truncation or a rename cancels the stream: the
 upload is abandoned and ``close()`` uploads the staging file the ordinary way.
 
+The staging file holds everything only while the cache has room: when it has not (``cache_size``
+reached, or the disk full), the core takes the parts already stored (``take_stored``) and punches
+them out of the staging file, and a writer that still finds no room waits for the next part in
+flight to be stored (``wait_for_part``). That is what lets a file larger than the cache disk be
+written front to back; such a file can no longer fall back to an ordinary upload.
+
 Metadata is fixed when a multipart upload starts, so the stream records mode, owner and any
 explicitly set mtime then; if they differ at completion, one server-side copy rewrites them. An
 mtime that only moved because of the writes themselves is left to the object's own time.
@@ -53,6 +59,8 @@ class StreamingUpload:
         self._idle = trio.Event()
         self._idle.set()
         self._error: BaseException | None = None
+        self._stored: list[tuple[int, int]] = []  # (offset, length) of parts stored, not taken
+        self._part_done = trio.Event()
         self._on_orphan = on_orphan
         self.cancelled = False
 
@@ -83,6 +91,7 @@ class StreamingUpload:
             if not self.cancelled:
                 etag = await self._run(self._upload_part, upload_id, number, offset, length)
                 self._parts[number] = etag
+                self._stored.append((offset, length))
         except Exception as exc:  # noqa: BLE001 - reported by finish()
             self._error = exc
         finally:
@@ -91,6 +100,21 @@ class StreamingUpload:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+            self._part_done.set()
+            self._part_done = trio.Event()
+
+    def take_stored(self) -> list[tuple[int, int]]:
+        """The ranges of parts stored in the bucket since the last call: the staging file need
+        not keep them (they are part of the upload now, whatever happens to the file)."""
+        stored, self._stored = self._stored, []
+        return stored
+
+    async def wait_for_part(self) -> bool:
+        """Wait until a part in flight is stored (or failed); False at once if none is."""
+        if self._inflight == 0:
+            return False
+        await self._part_done.wait()
+        return True
 
     def _upload_part(self, upload_id: str, number: int, offset: int, length: int) -> str:
         data = self._staging.pread(length, offset)

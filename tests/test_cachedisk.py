@@ -1,0 +1,71 @@
+"""Issue #16 items 2 and 7, issue #17 item 5: the staging area's space, on real mounts.
+
+The cache directory sits on a small tmpfs mounted by the test (and unmounted in its teardown), so
+a full disk is a real full disk; the bucket is checked behind the mount's back with boto3.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mountlib import Mounter
+
+MiB = 1024 * 1024
+DISK_MIB = 32
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs for the cache directory."""
+    d = tmp_path / "small-disk"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(d)],
+                   check=True, timeout=30)
+    try:
+        yield d
+    finally:
+        # The mounter's teardown (which unmounts the FUSE mounts) runs after this one when the
+        # test asked for ``small_disk`` first; a lazy unmount never waits for it.
+        subprocess.run(["umount", "-l", str(d)], check=False, timeout=30)
+
+
+def staged_files(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*.data") if p.stat().st_blocks]
+
+
+def used_mib(disk: Path) -> float:
+    st = os.statvfs(disk)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize / MiB
+
+
+def test_full_cache_disk_is_enospc_and_keeps_the_object(small_disk: Path, mounter: Mounter,
+                                                        bucket: str, s3) -> None:
+    """A change that cannot be staged fails with ENOSPC; the object in the bucket stays as it
+    was, the staging space is given back, and later writes work."""
+    s3.put_object(Bucket=bucket, Key="f", Body=b"original")
+    m = mounter(bucket, "part_size=5", cache_dir=small_disk / "cache")
+    chunk = os.urandom(MiB)
+    fd = os.open(m.path / "f", os.O_WRONLY)
+    failed = None
+    try:
+        for i in range(2 * DISK_MIB):  # not front to back: nothing streams, all must be staged
+            os.pwrite(fd, chunk, (2 * DISK_MIB - 1 - i) * MiB)
+    except OSError as exc:
+        failed = exc.errno
+    finally:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            failed = failed or exc.errno
+    assert failed == errno.ENOSPC
+    assert s3.get_object(Bucket=bucket, Key="f")["Body"].read() == b"original"
+    assert (m.path / "f").read_bytes() == b"original"
+    assert staged_files(small_disk) == []
+    (m.path / "later").write_bytes(b"still works")
+    assert s3.get_object(Bucket=bucket, Key="later")["Body"].read() == b"still works"
+    assert "internal error" not in m.log()
