@@ -7,13 +7,15 @@ a full disk is a real full disk; the bucket is checked behind the mount's back w
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mountlib import Mounter
+from mountlib import Mounter, run
 
 MiB = 1024 * 1024
 DISK_MIB = 32
@@ -68,4 +70,47 @@ def test_full_cache_disk_is_enospc_and_keeps_the_object(small_disk: Path, mounte
     assert staged_files(small_disk) == []
     (m.path / "later").write_bytes(b"still works")
     assert s3.get_object(Bucket=bucket, Key="later")["Body"].read() == b"still works"
+    assert "internal error" not in m.log()
+
+
+class PeakUse:
+    """Samples how much of a disk is used, from a thread, until stopped."""
+
+    def __init__(self, disk: Path) -> None:
+        self.disk = disk
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, used_mib(self.disk))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak
+
+
+@pytest.mark.parametrize("cache_size", [None, 12])
+def test_sequential_file_larger_than_the_cache_disk_streams(
+        small_disk: Path, mounter: Mounter, bucket: str, s3, tmp_path: Path,
+        cache_size: int | None) -> None:
+    """dd of 3x the cache disk over an existing file: the parts the bucket has stored are given
+    back to the disk, so the write succeeds; with cache_size, staging stays within it."""
+    s3.put_object(Bucket=bucket, Key="big", Body=b"old version")
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 * DISK_MIB * MiB))
+    options = ["part_size=5"] + ([f"cache_size={cache_size}"] if cache_size else [])
+    m = mounter(bucket, *options, cache_dir=small_disk / "cache")
+    peak = PeakUse(small_disk)
+    run(["dd", f"if={src}", f"of={m.path / 'big'}", "bs=1M"], timeout=120)
+    staged_peak = peak.stop()
+    print(f"peak staged {staged_peak:.1f} MiB")
+    body = s3.get_object(Bucket=bucket, Key="big")["Body"].read()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(src.read_bytes()).digest()
+    assert staged_files(small_disk) == []
+    if cache_size:
+        assert staged_peak <= cache_size + 1, f"{staged_peak:.1f} MiB staged at once"
     assert "internal error" not in m.log()
