@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,47 @@ def test_sequential_file_larger_than_the_cache_disk_streams(
     if cache_size:
         assert staged_peak <= cache_size + 1, f"{staged_peak:.1f} MiB staged at once"
     assert "internal error" not in m.log()
+
+
+def test_ftruncate_of_an_open_file_is_stored_at_close_and_then_forgotten(mnt, s3,
+                                                                        bucket: str) -> None:
+    """open; ftruncate; close stores the file at close (not before), leaves nothing staged, and
+    a later change by another S3 client shows through the mount."""
+    s3.put_object(Bucket=bucket, Key="t", Body=b"0123456789")
+    fd = os.open(mnt.path / "t", os.O_RDWR)
+    try:
+        os.ftruncate(fd, 4)
+        assert s3.get_object(Bucket=bucket, Key="t")["Body"].read() == b"0123456789"
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=bucket, Key="t")["Body"].read() == b"0123"
+    assert staged_files(mnt.cache_dir) == []
+    s3.put_object(Bucket=bucket, Key="t", Body=b"changed elsewhere")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if (mnt.path / "t").read_bytes() == b"changed elsewhere":
+                break
+        except OSError as exc:  # ESTALE while the replaced version's attributes are trusted
+            assert exc.errno == errno.ESTALE
+        assert time.monotonic() < deadline, "the change made in the bucket never showed"
+        time.sleep(0.2)
+
+
+def test_a_size_beyond_what_can_be_stored_is_efbig(mnt, s3, bucket: str) -> None:
+    """truncate(1) to ~900 TB and a write past 5 TiB fail with EFBIG (not EIO); nothing
+    changes in the bucket and the mount logs no internal error."""
+    s3.put_object(Bucket=bucket, Key="f", Body=b"kept")
+    r = run(["truncate", "-s", "999999999999999", str(mnt.path / "f")], check=False)
+    assert r.returncode != 0 and "File too large" in r.stderr
+    fd = os.open(mnt.path / "g", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"x", 6 * 1024**4)
+        assert exc.value.errno == errno.EFBIG
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=bucket, Key="f")["Body"].read() == b"kept"
+    assert (mnt.path / "f").read_bytes() == b"kept"
+    assert s3.get_object(Bucket=bucket, Key="g")["Body"].read() == b""
+    assert "internal error" not in mnt.log()
