@@ -159,3 +159,45 @@ def test_a_size_beyond_what_can_be_stored_is_efbig(mnt, s3, bucket: str) -> None
     assert (mnt.path / "f").read_bytes() == b"kept"
     assert s3.get_object(Bucket=bucket, Key="g")["Body"].read() == b""
     assert "internal error" not in mnt.log()
+
+
+def test_changing_a_file_larger_than_the_cache_disk_is_enospc(small_disk: Path, mounter: Mounter,
+                                                              bucket: str, s3) -> None:
+    """A change in place needs the whole file staged: one larger than the cache disk cannot be
+    loaded, so the write fails with ENOSPC and the object stays whole in the bucket."""
+    body = os.urandom((DISK_MIB + 8) * MiB)
+    s3.put_object(Bucket=bucket, Key="large", Body=body)
+    m = mounter(bucket, "part_size=5", cache_dir=small_disk / "cache")
+    fd = os.open(m.path / "large", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"patch", 10)
+        assert exc.value.errno == errno.ENOSPC
+    finally:
+        with pytest.raises(OSError):  # close() tells it too: nothing was stored
+            os.close(fd)
+    assert s3.get_object(Bucket=bucket, Key="large")["Body"].read() == body
+    assert staged_files(small_disk) == []
+    assert "internal error" not in m.log()
+
+
+def test_a_file_larger_than_the_cache_can_only_be_appended_to(small_disk: Path, mounter: Mounter,
+                                                              bucket: str, s3) -> None:
+    """Once parts a stream has stored are given back to the disk, a write elsewhere is ENOSPC
+    and a read of such a part EIO; what was written front to back is stored at close."""
+    m = mounter(bucket, "part_size=5,cache_size=12", cache_dir=small_disk / "cache")
+    data = os.urandom(2 * DISK_MIB * MiB)
+    fd = os.open(m.path / "seq", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        for i in range(0, len(data), MiB):
+            os.write(fd, data[i:i + MiB])
+        with pytest.raises(OSError) as exc:
+            os.pwrite(fd, b"header", 0)
+        assert exc.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as exc:
+            os.pread(fd, 4096, 0)
+        assert exc.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=bucket, Key="seq")["Body"].read() == data
+    assert staged_files(small_disk) == []
