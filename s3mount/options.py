@@ -43,8 +43,9 @@ OPTIONS: dict[str, Option] = {
                              "until the unmount); refused without it"),
     "cache_dir": Option(str, "directory for staging files and the attribute cache "
                              "(default ${XDG_CACHE_HOME:-~/.cache}/s3mount)"),
-    "cache_size": Option(int, "size limit of the staging area in MiB; writers wait when full "
-                              "(default 4096)"),
+    "cache_size": Option(int, "MiB of written data staged in cache_dir at once; over it, "
+                              "writers wait for uploads to free space, and a file written front "
+                              "to back keeps only its parts not yet stored (default 4096)"),
     "attr_timeout": Option(float, "seconds attributes (and the content of a small file its "
                                   "lookup fetched) are trusted before asking S3 again "
                                   "(default 1)"),
