@@ -71,6 +71,19 @@ def test_full_cache_disk_is_enospc_and_keeps_the_object(small_disk: Path, mounte
     assert staged_files(small_disk) == []
     (m.path / "later").write_bytes(b"still works")
     assert s3.get_object(Bucket=bucket, Key="later")["Body"].read() == b"still works"
+    # A new file none of which could be staged leaves nothing behind, neither object nor name.
+    with pytest.raises(OSError) as exc, open(m.path / "new", "wb") as f:
+        for i in range(2 * DISK_MIB):
+            f.seek((2 * DISK_MIB - 1 - i) * MiB)
+            f.write(chunk)
+            f.flush()
+    assert exc.value.errno == errno.ENOSPC
+    assert "new" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    deadline = time.monotonic() + 5
+    while "new" in os.listdir(m.path):
+        assert time.monotonic() < deadline, "the name of a file never stored stays"
+        time.sleep(0.2)
+    assert staged_files(small_disk) == []
     assert "internal error" not in m.log()
 
 

@@ -148,7 +148,7 @@ class FileData:
             self._listing_remove(*split(path))
             self.negative[path] = True
             self.inodes.detach(of.node)
-        if of.node.path is None:
+        elif path is None:
             self.inodes.detach(of.node)
 
     def _fresh_staging(self, of: OpenFile) -> None:
