@@ -6,6 +6,7 @@ a full disk is a real full disk; the bucket is checked behind the mount's back w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -37,8 +38,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(d)], check=False, timeout=30)
 
 
-def staged_files(cache: Path) -> list[Path]:
-    return [p for p in cache.rglob("*.data") if p.stat().st_blocks]
+def staged_files(cache: Path, wait: float = 5.0) -> list[Path]:
+    """Staging data files holding data, once the mount's RELEASEs (which the kernel sends after
+    close() returns) had ``wait`` seconds to arrive."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for p in cache.rglob("*.data"):
+            with contextlib.suppress(FileNotFoundError):  # released meanwhile
+                if p.stat().st_blocks:
+                    found.append(p)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def used_mib(disk: Path) -> float:
