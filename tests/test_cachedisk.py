@@ -226,3 +226,37 @@ def test_a_file_larger_than_the_cache_can_only_be_appended_to(small_disk: Path, 
         os.close(fd)
     assert s3.get_object(Bucket=bucket, Key="seq")["Body"].read() == data
     assert staged_files(small_disk) == []
+
+
+def test_stream_beyond_the_cache_broken_by_an_outage_replaces_nothing(
+        small_disk: Path, pmounter: Mounter, proxy, bucket: str, s3) -> None:
+    """The parts given back to the disk cannot be uploaded again: when the server goes away
+    under such a stream, the writer gets an error (at the latest from close) and the bucket
+    keeps its version, whole; nothing stays staged and the mount goes on working."""
+    s3.put_object(Bucket=bucket, Key="big", Body=b"old version")
+    m = pmounter(bucket, "part_size=5,cache_size=12,timeout=3", cache_dir=small_disk / "cache")
+    chunk = os.urandom(MiB)
+    errors = []
+    fd = os.open(m.path / "big", os.O_WRONLY | os.O_TRUNC)
+    try:
+        for i in range(40):
+            if i == 25:
+                proxy.set_down(True)
+            try:
+                os.write(fd, chunk)
+            except OSError as exc:
+                errors.append(exc.errno)
+                break
+    finally:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            errors.append(exc.errno)
+    proxy.set_down(False)
+    assert errors and set(errors) <= {errno.EIO, errno.ENOSPC}, errors
+    assert staged_files(small_disk) == []
+    (m.path / "after").write_bytes(b"works")
+    assert s3.get_object(Bucket=bucket, Key="after")["Body"].read() == b"works"
+    m.unmount()  # stores whatever is still owed: nothing of "big" may be
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == b"old version"
+    assert "internal error" not in m.log()

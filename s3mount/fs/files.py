@@ -70,10 +70,11 @@ class OpenFile:
     (see streaming.py). The staging file no longer holds the whole file, so it can only be
     appended to while its stream lasts, and is never uploaded whole or recovered from here."""
     punched_bytes: int = 0
-    spoiled: bool = False
-    """A change could not be staged (the cache disk was full): what the writers wrote is whole
-    nowhere, so none of it is stored (the bucket keeps its version); writes, flush and fsync
-    fail with ENOSPC until the file is truncated to zero or closed by everyone."""
+    spoiled: str | None = None
+    """Why what the writers wrote is whole nowhere (a change could not be staged, or a stream
+    whose stored parts were given back failed): none of it is stored, the bucket keeps its
+    version, and writes, flush and fsync fail with ENOSPC until the file is truncated to zero
+    or closed by everyone."""
 
 
 @dataclass
@@ -156,12 +157,12 @@ class FileData:
             of.staging = self.staging.new()
         of.staging.truncate(0)
         of.loaded = True
-        of.spoiled = False
+        of.spoiled = None
         of.punched, of.punched_bytes = [], 0
 
     def _no_space(self, of: OpenFile) -> FsError:
         if of.spoiled:
-            why = "the cache disk is full: the changes were dropped, the bucket keeps its version"
+            why = f"{of.spoiled}: the changes were dropped, the bucket keeps its version"
         else:
             why = "the cache cannot hold the whole file: it can only be written front to back"
         return FsError(f"{of.node.path or 'removed file'}: {why}", errno=errno.ENOSPC)
@@ -175,17 +176,17 @@ class FileData:
                           errno=errno.EFBIG) from None
         if exc.errno not in NO_SPACE:
             raise exc
-        await self._spoil(of)
+        await self._spoil(of, "the cache disk is full")
         raise self._no_space(of) from None
 
-    async def _spoil(self, of: OpenFile) -> None:
+    async def _spoil(self, of: OpenFile, why: str) -> None:
         """Drop the unstored changes of a file one of whose changes could not be staged (caller
         holds of.lock). Storing what was staged would replace the object with a partial file,
         so the bucket keeps its version; the staging space is given back at once."""
-        log.warning("%r: the cache disk is full; its changes since it was last stored are "
-                    "dropped and the bucket keeps its version", of.node.path)
+        log.warning("%r: %s; its changes since it was last stored are dropped and the bucket "
+                    "keeps its version", of.node.path, why)
         await self._stop_stream(of)
-        of.spoiled = True
+        of.spoiled = why
         of.dirty = False
         of.loaded = False
         of.punched, of.punched_bytes = [], 0
@@ -559,7 +560,8 @@ class FileData:
             etag, md = await self._finish_stream(of, key)
             if etag is None:
                 if of.punched:
-                    await self._spoil(of)
+                    await self._spoil(of, "its streamed upload failed and the parts it had "
+                                          "stored are no longer in the cache")
                     raise FsError(f"the upload of {key!r} failed and the parts it had stored "
                                   "are no longer in the cache: the file is not stored",
                                   errno=errno.EIO)
@@ -605,7 +607,8 @@ class FileData:
         try:
             etag = await stream.finish(of.node.attrs.size)
         except S3MountError as exc:
-            log.warning("streamed upload of %r failed (%s); uploading it whole", key, exc)
+            log.warning("streamed upload of %r failed (%s)%s", key, exc,
+                        "" if of.punched else "; uploading it whole")
             return None, {}
         md = self._stream_metadata(of)
         if md != stream.metadata:  # chmod, chown or utimens after the upload started
