@@ -72,10 +72,11 @@ class MemoryStore:
 
     # -- for tests: the bucket as another client sees it ---------------------------------------
 
-    def keys(self) -> list[str]:
-        """Every key in the bucket, in order."""
+    def objects(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under ``prefix``, in key order, as HEAD describes it."""
         with self._lock:
-            return sorted(self._objects)
+            return [self._objects[k].info(k) for k in sorted(self._objects)
+                    if k.startswith(prefix)]
 
     def body(self, key: str) -> bytes:
         """The content of ``key`` (NotFound when absent)."""
