@@ -82,7 +82,6 @@ class FsConfig:
     parts in flight (see ``budget``). At the default, uploads get what the connection pool lets
     be in flight anyway (32 parts of 8 MiB), so they are bounded without being slowed: a
     half-size upload budget made eight files written at once 30% slower."""
-    shutdown_timeout: float = 3600.0
 
 
 @dataclass
