@@ -6,7 +6,8 @@ tests): ETags as S3 computes them (the body's MD5; ``md5-of-the-parts'-md5s-N`` 
 upload), whole-second ``LastModified``, user metadata with lower-case names, ``If-Match`` on reads,
 listings in key order with a delimiter, ``start_after`` and opaque continuation tokens, copies
 that keep or replace the metadata, and multipart uploads whose parts (all but the last at least
-``min_part_size``) must be completed in ascending order with their ETags.
+``min_part_size``) are completed with their ETags (in part-number order, as the S3 store sends
+them whatever order it is given).
 
 One lock guards the whole bucket, so calls from the core's worker threads see each other
 atomically, as requests to one server do.
@@ -185,9 +186,10 @@ class MemoryStore:
         where = f"complete-multipart {key!r}"
         with self._lock:
             up = self._upload(key, upload_id, "complete-multipart")
+            parts = sorted(parts)
             numbers = [n for n, _ in parts]
-            if not parts or numbers != sorted(set(numbers)):
-                raise S3MountError(f"{where}: parts must be given once each, in ascending order")
+            if not parts or len(set(numbers)) != len(numbers):
+                raise S3MountError(f"{where}: InvalidPartOrder (each part once)")
             chunks = []
             for i, (n, etag) in enumerate(parts):
                 have = up.parts.get(n)
