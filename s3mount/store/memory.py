@@ -84,11 +84,6 @@ class MemoryStore:
         with self._lock:
             return self._get(key, "get").data
 
-    def pending_uploads(self) -> list[str]:
-        """Keys of multipart uploads started and neither completed nor aborted."""
-        with self._lock:
-            return sorted(u.key for u in self._uploads.values())
-
     # -- ObjectStore -----------------------------------------------------------------------------
 
     def check(self) -> None:
