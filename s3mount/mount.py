@@ -274,7 +274,8 @@ class MountRunner:
                      attr_timeout=o.attr_timeout, dir_timeout=o.dir_timeout,
                      neg_timeout=o.neg_timeout, posix_metadata=not o.no_posix_metadata,
                      part_size=o.part_size * MiB, async_upload=o.async_upload,
-                     cache_limit=o.cache_size * MiB, buffer_limit=o.buffer_size * MiB),
+                     cache_limit=o.cache_size * MiB, buffer_limit=o.buffer_size * MiB,
+                     store_concurrency=p.store.config.max_pool_connections),
             self.staging, self.meta,
         )
         self.ops = FuseOperations(self.fs)

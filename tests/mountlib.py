@@ -4,6 +4,12 @@ Every mount has a watchdog: if a test is still using it after its deadline, the 
 mount process and aborts the FUSE connection, so calls blocked in the kernel return ENOTCONN and the
 one test fails instead of the suite hanging. ``Mounter.close`` always unmounts (``s3mount umount``,
 then ``fusermount3 -u``, then ``-uz``).
+
+After unmounting, ``Mounter.close`` reads every mount's log and fails the test (an error in its
+teardown) when a log record has an "internal error" (an exception the FUSE adapter did not expect)
+or a traceback, unless the test declared it with ``Mounter.expect_log(pattern)``: a bug that a
+file operation turned into a plain EIO, or that a background task only logged, then does not pass
+unseen (s3ql's test plugin does the same).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +32,21 @@ from s3mount.sandbox.client import SandboxProcess
 
 S3MOUNT = [sys.executable, "-m", "s3mount"]
 MOUNT_DEADLINE = float(os.environ.get("S3MOUNT_TEST_MOUNT_DEADLINE", "600"))
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.MULTILINE)
+"""The start of a log record (logsetup.FORMAT); lines in between (a traceback) belong to the
+record before them."""
+UNEXPECTED = re.compile(r"internal error|Traceback \(most recent call last\)")
+
+
+def unexpected_records(log: str, expected: list[re.Pattern[str]]) -> list[str]:
+    """The records of ``log`` with an internal error or a traceback that no pattern of
+    ``expected`` matches."""
+    starts = [m.start() for m in RECORD_START.finditer(log)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    records = [log[a:b] for a, b in zip(starts, [*starts[1:], len(log)], strict=True)]
+    return [r.rstrip() for r in records
+            if UNEXPECTED.search(r) and not any(p.search(r) for p in expected)]
 
 
 def run(cmd: list[str] | str, *, timeout: float = 120, check: bool = True, **kw: Any
@@ -134,6 +156,13 @@ class Mounter:
         self.mounts: list[Mount] = []
         self.cache_dir = tmp_path / "cache"
         self.state_dir = tmp_path / "state"
+        self.expected_log: list[re.Pattern[str]] = []
+
+    def expect_log(self, pattern: str) -> None:
+        """Let the mounts' logs have records (an internal error, a traceback) that ``pattern``
+        (a regular expression, searched in the whole record) matches, without failing the
+        test in teardown."""
+        self.expected_log.append(re.compile(pattern))
 
     def env_for(self, keys: KeySet) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -178,8 +207,14 @@ class Mounter:
         return m
 
     def close(self) -> None:
+        """Unmount every mount, then fail if a log has a record the test did not expect."""
         for m in reversed(self.mounts):
             try:
                 m.unmount()
             except Exception:  # noqa: BLE001 - teardown must reach every mount
                 m.abort()
+        found = [f"{m.log_file}:\n{r}" for m in self.mounts
+                 for r in unexpected_records(m.log(), self.expected_log)]
+        if found:
+            raise AssertionError("the mount logged errors the test did not expect (declare "
+                                 "expected ones with mounter.expect_log):\n" + "\n".join(found))

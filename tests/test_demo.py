@@ -121,3 +121,18 @@ def test_demo_refuses_a_bad_mountpoint(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr == f"s3mount: mountpoint {tmp_path / 'missing'} is not a directory\n"
+
+
+def test_demo_without_the_sandbox_extra(tmp_path: Path) -> None:
+    """Without the sandbox's packages (the ``s3mount[sandbox]`` extra) the demo says which extra
+    to install, in one line, before it makes anything."""
+    (tmp_path / "sitecustomize.py").write_text(  # as if moto and flask-cors were not installed
+        "import sys\nsys.modules.update(moto=None, flask_cors=None)\n")
+    mountpoint = tmp_path / "mnt"
+    r = subprocess.run([sys.executable, "-m", "s3mount", "demo", str(mountpoint)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode != 0
+    (line,) = r.stderr.strip().splitlines()
+    assert "moto, flask_cors missing" in line and "pip install 's3mount[sandbox]'" in line
+    assert not mountpoint.exists()

@@ -5,17 +5,24 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from s3mount.credentials.base import KeySet
+from s3mount.credentials.refresher import Refresher
+from s3mount.credentials.static import StaticProvider
 from s3mount.errors import FsError
 from s3mount.fs.attrs import Defaults, attrs_from_object, format_time_ns, metadata_for, parse_mode
 from s3mount.fs.budget import Budget
 from s3mount.fs.paths import KeyMapper, decode_name
 from s3mount.fs.reader import MIN_PART, MiB, Reader
 from s3mount.fs.staging import Record, StagingArea
+from s3mount.mount import MountRunner, MountSpec, Prepared
+from s3mount.options import MountOptions
+from s3mount.store.s3 import S3Store, StoreConfig
 
 
 def test_key_mapping_with_prefix() -> None:
@@ -228,3 +235,20 @@ def test_a_dropped_record_leaves_nothing_to_recover(tmp_path) -> None:
         for f, _ in left:
             f.close()
         again.close()
+
+
+def test_store_calls_in_flight_follow_the_connection_pool(tmp_path: Path) -> None:
+    """The core lets as many store calls run at once as the store has connections: one setting
+    (the store's pool) decides both, so changing it cannot leave threads waiting on the pool or
+    connections idle."""
+    keys = KeySet("AKIDEXAMPLE", "secret")
+    store = S3Store(StoreConfig(bucket="b", endpoint_url="http://127.0.0.1:9",
+                                max_pool_connections=5), Refresher(StaticProvider(keys)))
+    spec = MountSpec("b", "", str(tmp_path), StaticProvider(keys),
+                     MountOptions(cache_dir=str(tmp_path / "cache")))
+    runner = MountRunner(Prepared(spec, Refresher(StaticProvider(keys)), store, keys, "b"))
+    try:
+        assert runner.fs.limiter.total_tokens == 5
+    finally:
+        runner.staging.close()
+        runner.meta.close()

@@ -17,8 +17,12 @@ marker.
 The core runs in one trio run per example, in a background thread (its locks, events and limiter
 belong to that run, and the writeback task runs in the same nursery); the test submits coroutines
 to it with ``trio.from_thread.run``, each bounded by ``CALL_TIMEOUT``. The S3 side is the
-in-process sandbox server over HTTP (``shared_sandbox``), one bucket for the module and a fresh
-prefix per example.
+in-memory store (``MemoryStore``: many examples, fast) or the in-process sandbox server over HTTP
+(``shared_sandbox``: fewer examples, the real S3 store), one bucket for the module and a fresh
+prefix per example. The core's store is wrapped in a ``FaultyStore``, so steps can make the next
+call of a kind fail as a server that keeps failing or keys that were refused would: the model says
+which errno the operation gets, and that nothing is lost (a write that failed is kept and stored by
+the retry; a half-done rename leaves both copies).
 
 ``AsyncUploadVsModel`` runs the same machine with ``async_upload`` (close() queues the upload), so
 operations also meet files whose upload is queued or running.
@@ -28,10 +32,12 @@ Bugs found this way have a deterministic test at the end, so they stay fixed.
 
 from __future__ import annotations
 
+import copy
 import errno
 import functools
 import hashlib
 import http.server
+import io
 import logging
 import os
 import shutil
@@ -56,14 +62,17 @@ from provider_support import shared_sandbox
 from s3mount.credentials.base import KeySet
 from s3mount.credentials.refresher import Refresher
 from s3mount.credentials.static import StaticProvider
-from s3mount.errors import NotFound, S3MountError
+from s3mount.errors import AccessDenied, NotFound, S3MountError, Unavailable
 from s3mount.fs.attrs import Defaults
 from s3mount.fs.core import RENAME_NOREPLACE, AttrChanges, Filesystem, FsConfig
 from s3mount.fs.inodes import ROOT_INODE, Inode
 from s3mount.fs.metacache import MetaCache
 from s3mount.fs.paths import KeyMapper
 from s3mount.fs.staging import StagingArea
+from s3mount.store.base import ObjectStore
+from s3mount.store.faulty import FaultyStore
 from s3mount.store.lean import Attempt, LeanS3
+from s3mount.store.memory import MemoryStore
 from s3mount.store.s3 import S3Store, StoreConfig
 
 T = TypeVar("T")
@@ -78,6 +87,8 @@ NAMES = ["a", "b", "c", "d"]  # few names, so operations collide with what exist
 contents = st.binary(max_size=48)
 modes = st.integers(0o400, 0o777)
 mtimes = st.integers(1_000_000_000, 2_000_000_000).map(lambda s: s * 1_000_000_000 + 123)
+faults = st.sampled_from([Unavailable("injected: the server keeps failing"),
+                          AccessDenied("injected: the keys were refused")])
 
 
 # -- the reference model -------------------------------------------------------------------------
@@ -171,6 +182,14 @@ def name_of(path: str) -> bytes:
 
 def join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
+
+
+def overwritten(old: bytes, at: int, body: bytes) -> bytes:
+    """``old`` after writing ``body`` at ``at`` (a hole before it reads as zeros)."""
+    if not body:
+        return old
+    new = old.ljust(at, b"\0")
+    return new[:at] + body + new[at + len(body):]
 
 
 def ancestors(path: str) -> list[str]:
@@ -392,22 +411,74 @@ class Kernel:
         return out
 
 
+class MemoryAdmin:
+    """The few boto3 S3 client calls the tests make behind the filesystem's back, on a
+    ``MemoryStore`` (so the same rules change either kind of bucket)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes = b"",  # noqa: N803 - boto3's
+                   Metadata: dict[str, str] | None = None, **_: Any) -> dict[str, Any]:
+        return {"ETag": f'"{self.store.put(Key, Body, metadata=Metadata or {})}"'}
+
+    def delete_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        self.store.delete(Key)
+        return {}
+
+    def copy_object(self, *, Bucket: str, Key: str, CopySource: dict[str, str],  # noqa: N803
+                    MetadataDirective: str = "COPY", Metadata: dict[str, str] | None = None,
+                    **_: Any) -> dict[str, Any]:
+        replace = Metadata or {} if MetadataDirective == "REPLACE" else None
+        return {"CopyObjectResult": {
+            "ETag": f'"{self.store.copy(CopySource["Key"], Key, metadata=replace)}"'}}
+
+    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        info = self.store.head(Key)
+        return {"ContentLength": info.size, "ETag": f'"{info.etag}"',
+                "Metadata": dict(info.metadata or {}), "ContentType": info.content_type}
+
+    def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        return {**self.head_object(Bucket=Bucket, Key=Key),
+                "Body": io.BytesIO(self.store.body(Key))}
+
+    def list_objects_v2(self, *, Bucket: str, Prefix: str = "",  # noqa: N803
+                        **_: Any) -> dict[str, Any]:
+        contents = [{"Key": o.key, "ETag": f'"{o.etag}"', "Size": o.size}
+                    for o in self.store.objects(Prefix)]
+        return {"Contents": contents, "KeyCount": len(contents)} if contents else {"KeyCount": 0}
+
+    def get_paginator(self, name: str) -> Any:
+        assert name == "list_objects_v2"
+        admin = self
+
+        class OnePage:
+            def paginate(self, **kw: Any) -> list[dict[str, Any]]:
+                return [admin.list_objects_v2(**kw)]
+        return OnePage()
+
+
 @dataclass
 class Shared:
-    """What all examples share: one bucket (examples differ by prefix), the store on it and an
-    admin client to change the bucket behind the filesystem's back. Building boto3 clients is
-    the slow part of setting up, so it happens once per module."""
+    """What all examples on one kind of store share: one bucket (examples differ by prefix), the
+    store on it and an admin client to change the bucket behind the filesystem's back. Building
+    boto3 clients is the slow part of setting up, so it happens once per module."""
 
     bucket: str
-    store: S3Store
+    store: ObjectStore
     s3: Any
 
 
-_SHARED: list[Shared] = []
+_SHARED: dict[str, Shared] = {}
 
 
-def shared() -> Shared:
-    if not _SHARED:
+def shared(backend: str = "s3") -> Shared:
+    """The bucket of ``backend``: "s3" (the sandbox server) or "memory"."""
+    if backend not in _SHARED:
+        if backend == "memory":
+            memory = MemoryStore()
+            _SHARED[backend] = Shared("memory", memory, MemoryAdmin(memory))
+            return _SHARED[backend]
         sandbox = shared_sandbox()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request is noise
         bucket = f"reftest-{uuid.uuid4().hex[:12]}"
@@ -416,8 +487,8 @@ def shared() -> Shared:
         store = S3Store(StoreConfig(bucket=bucket, endpoint_url=keys.endpoint_url,
                                     region="us-east-1", timeout=20),
                         Refresher(StaticProvider(keys)))
-        _SHARED.append(Shared(bucket, store, sandbox.admin_s3()))
-    return _SHARED[0]
+        _SHARED[backend] = Shared(bucket, store, sandbox.admin_s3())
+    return _SHARED[backend]
 
 
 Outcome = tuple[bool, Any]
@@ -425,14 +496,17 @@ Outcome = tuple[bool, Any]
 
 
 class Rig:
-    """A fresh filesystem core (all timeouts ``timeout``: 0 unless given) over a fresh prefix,
-    in its own trio run (on ``clock`` if given)."""
+    """A fresh filesystem core (all timeouts ``timeout``: 0 unless given) over a fresh prefix
+    of ``backend``'s bucket, in its own trio run (on ``clock`` if given). Its store is
+    ``self.store``, a ``FaultyStore`` with no fault set."""
 
     def __init__(self, *, async_upload: bool = False, prefix: str | None = None,
                  metacache: MetaCache | None = None, posix_metadata: bool = True,
-                 timeout: float = 0, clock: trio.abc.Clock | None = None) -> None:
-        sh = shared()
+                 timeout: float = 0, clock: trio.abc.Clock | None = None,
+                 backend: str = "s3") -> None:
+        sh = shared(backend)
         self.bucket, self.s3 = sh.bucket, sh.s3
+        self.store = FaultyStore(sh.store)
         self.prefix = prefix or f"ex-{uuid.uuid4().hex[:12]}/"
         self.tmp = tempfile.mkdtemp(prefix="reftest-")
         self.loop = Loop(clock)
@@ -442,7 +516,7 @@ class Rig:
                        posix_metadata=posix_metadata)
 
         def build() -> Filesystem:
-            fs = Filesystem(sh.store, KeyMapper(self.prefix), cfg, self.staging,
+            fs = Filesystem(self.store, KeyMapper(self.prefix), cfg, self.staging,
                             metacache or MetaCache(None))
             assert self.loop.nursery is not None
             fs.nursery = self.loop.nursery
@@ -471,6 +545,20 @@ class Rig:
         except S3MountError as exc:
             return False, exc.errno
 
+    def with_fault(self, kind: str, error: S3MountError, op: Callable[..., Awaitable[T]],
+                   *args: Any, times: int = 1) -> Outcome:
+        """Run one ``Kernel`` operation with the first ``times`` store calls of ``kind``
+        failing."""
+        self.store.fail(kind, error, times=times)
+        try:
+            return self(op, *args)
+        finally:
+            self.store.clear()
+
+    def settle(self) -> None:
+        """Wait for every upload to be stored (retries of failed ones included)."""
+        assert self.loop.run(self.fs.writeback.drain, 20.0), "uploads did not finish"
+
     def ok(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
         done, value = self(op, *args)
         assert done, f"{op.__name__}{args} failed: {errno.errorcode.get(value, value)}"
@@ -496,10 +584,11 @@ class Rig:
 
 class FilesystemVsModel(RuleBasedStateMachine):
     ASYNC_UPLOAD = False
+    BACKEND = "memory"
 
     def __init__(self) -> None:
         super().__init__()
-        self.rig = Rig(async_upload=self.ASYNC_UPLOAD)
+        self.rig = Rig(async_upload=self.ASYNC_UPLOAD, backend=self.BACKEND)
         self.k = self.rig.k
         self.model = Model()
         self.known: dict[str, tuple[str, bytes]] = {}
@@ -522,6 +611,18 @@ class FilesystemVsModel(RuleBasedStateMachine):
         got = errno.errorcode.get(value, value)
         assert allowed, f"{what}: failed with {got}"
         assert value in allowed, f"{what}: failed with {got}, expected one of {names}"
+        return False
+
+    def expect_or(self, outcome: Outcome, error: S3MountError, what: str) -> bool:
+        """Check the outcome of an operation one store call of which was made to fail with
+        ``error``: it succeeds (the call was not needed) or fails with ``error``'s errno; True
+        when it succeeded."""
+        ok, value = outcome
+        if ok:
+            return True
+        got = errno.errorcode.get(value, value)
+        assert value == error.errno, \
+            f"{what}: failed with {got}, expected {errno.errorcode[error.errno]} or success"
         return False
 
     def new_path(self, data: st.DataObject) -> str:
@@ -730,6 +831,90 @@ class FilesystemVsModel(RuleBasedStateMachine):
         assert got == expected, f"read back after unlinking {path} while open"
         self.model.remove(path)
 
+    # -- operations meeting a failing store ---------------------------------------------------
+
+    @rule(data=st.data(), error=faults, start=st.integers(0, 60), length=st.integers(1, 60),
+          kind=st.sampled_from(["head", "peek", "list_page", "get_range", "download"]))
+    def read_when_store_fails(self, data: st.DataObject, error: S3MountError, start: int,
+                              length: int, kind: str) -> None:
+        """A read one store call of which fails gets the error's errno and changes nothing."""
+        path = self.existing(data, MFile)
+        if path is None:
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile)
+        outcome = self.rig.with_fault(kind, error, self.k.read, path, start, length)
+        if self.expect_or(outcome, error, f"read {path} [{start}:+{length}], {kind} failing"):
+            assert outcome[1] == node.data[start:start + length], f"read {path}"
+
+    @rule(data=st.data(), error=faults, body=contents, at=st.integers(0, 64),
+          trunc=st.booleans())
+    def write_when_upload_fails(self, data: st.DataObject, error: S3MountError, body: bytes,
+                                at: int, trunc: bool) -> None:
+        """A write whose uploads at close() fail: close() reports the errno, the mount keeps
+        the data (and shows it), and the retry in the background stores it: nothing is lost."""
+        path = self.existing(data, MFile)
+        if path is None:
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile)
+        outcome = self.rig.with_fault("upload", error, self.k.write, path, at, body, trunc,
+                                      times=2)  # the upload at flush and the one at release
+        self.expect_or(outcome, error, f"write {path} at {at} trunc={trunc}, upload failing")
+        node.data = overwritten(b"" if trunc else node.data, at, body)
+        node.mtime_ns = None
+        self.rig.settle()
+
+    @rule(data=st.data(), error=faults)
+    def unlink_when_delete_fails(self, data: st.DataObject, error: S3MountError) -> None:
+        path = self.existing(data, MFile, MLink)
+        if path is None:
+            return
+        if self.expect_or(self.rig.with_fault("delete", error, self.k.unlink, path), error,
+                          f"unlink {path}, delete failing"):
+            self.model.remove(path)
+
+    @rule(data=st.data(), error=faults, mode=modes)
+    def mkdir_when_put_fails(self, data: st.DataObject, error: S3MountError, mode: int) -> None:
+        path = self.new_path(data)
+        if self.model.get(path) is not None:
+            return
+        if self.expect_or(self.rig.with_fault("put", error, self.k.mkdir, path, mode), error,
+                          f"mkdir {path}, put failing"):
+            self.model.add(path, MDir(mode, marker=True))
+
+    @rule(data=st.data(), error=faults, kind=st.sampled_from(["copy", "delete"]))
+    def rename_file_when_store_fails(self, data: st.DataObject, error: S3MountError,
+                                     kind: str) -> None:
+        """mv of a file is a copy, then a delete: either failing fails the rename; when the
+        delete failed, both copies are left (never a loss)."""
+        src = self.existing(data, MFile, MLink)
+        dst = self.new_path(data)
+        if src is None or self.model.get(dst) is not None:
+            return
+        if self.expect_or(self.rig.with_fault(kind, error, self.k.rename, src, dst, 0), error,
+                          f"rename {src} -> {dst}, {kind} failing"):
+            self.model.rename(src, dst)
+        elif kind == "delete":
+            self.model.add(dst, copy.deepcopy(self.model.nodes[src]))
+
+    @rule(data=st.data(), error=faults, mode=modes)
+    def chmod_when_store_fails(self, data: st.DataObject, error: S3MountError,
+                               mode: int) -> None:
+        """A chmod whose metadata write fails (a copy onto itself, or a directory's marker)
+        changes nothing."""
+        path = self.existing(data, MFile, MDir)
+        if path is None:
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile | MDir)
+        kind = "put" if isinstance(node, MDir) else "copy"
+        outcome = self.rig.with_fault(kind, error, self.k.setattr, path, AttrChanges(mode=mode))
+        if self.expect_or(outcome, error, f"chmod {path} {mode:o}, {kind} failing"):
+            node.mode = mode
+            if isinstance(node, MDir):
+                node.marker = True
+
     # -- changes behind the filesystem's back --------------------------------------------------
 
     @rule(data=st.data(), body=contents, deeper=st.booleans(), mode=modes,
@@ -856,7 +1041,7 @@ class AsyncUploadVsModel(FilesystemVsModel):
 
     @rule()
     def settle(self) -> None:
-        assert self.rig.loop.run(self.rig.fs.writeback.drain, 20.0), "uploads did not finish"
+        self.rig.settle()
 
     @invariant()
     def bucket_matches_model(self) -> None:
@@ -869,23 +1054,38 @@ class AsyncUploadVsModel(FilesystemVsModel):
 
     def teardown(self) -> None:
         try:
-            assert self.rig.loop.run(self.rig.fs.writeback.drain, 20.0), "uploads did not finish"
+            self.rig.settle()
             assert self.rig.fs.pending_uploads() == 0
             super().bucket_matches_model()
         finally:
             super().teardown()
 
 
-FilesystemVsModel.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class FilesystemVsModelOnS3(FilesystemVsModel):
+    """The same against the S3 store and the sandbox server: fewer examples (each step costs
+    requests over HTTP to moto), for what the memory store could hide."""
+
+    BACKEND = "s3"
+
+
+class AsyncUploadVsModelOnS3(AsyncUploadVsModel):
+    BACKEND = "s3"
+
+
+def machine_settings(max_examples: int) -> settings:
+    return settings(max_examples=max_examples, stateful_step_count=30, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+# On the memory store, 5x the examples the S3 store ran in the same time before (25 and 15).
+FilesystemVsModel.TestCase.settings = machine_settings(150)
 TestFilesystemVsModel = FilesystemVsModel.TestCase
-AsyncUploadVsModel.TestCase.settings = settings(
-    max_examples=15, stateful_step_count=30, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+AsyncUploadVsModel.TestCase.settings = machine_settings(90)
 TestAsyncUploadVsModel = AsyncUploadVsModel.TestCase
+FilesystemVsModelOnS3.TestCase.settings = machine_settings(5)
+TestFilesystemVsModelOnS3 = FilesystemVsModelOnS3.TestCase
+AsyncUploadVsModelOnS3.TestCase.settings = machine_settings(3)
+TestAsyncUploadVsModelOnS3 = AsyncUploadVsModelOnS3.TestCase
 
 
 # -- known bugs found by the state machine, as deterministic cases --------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ from ..runtime import mounted_paths
 from . import CliError
 
 PROFILE = "demo"
+SANDBOX_MODULES = ("moto", "flask", "flask_cors", "werkzeug")
+"""What the sandbox imports beyond s3mount's own dependencies: the ``s3mount[sandbox]`` extra."""
 DEFAULT_LIFETIME = 120.0
 UMOUNT_TIMEOUT = 600.0
 
@@ -97,6 +100,7 @@ class _Interrupted(Exception):
 def run(args: argparse.Namespace) -> int:
     if args.credential_lifetime < 30:
         raise CliError("--credential-lifetime must be at least 30 seconds")
+    _check_sandbox_installed()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -164,6 +168,15 @@ def _sandbox(provider: str, lifetime: float) -> Iterator[Any]:
         yield sandbox
     finally:
         sandbox.stop()
+
+
+def _check_sandbox_installed() -> None:
+    """One line naming the extra to install, instead of the sandbox process dying on an
+    ImportError after the mountpoint was made."""
+    missing = [m for m in SANDBOX_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f"the demo needs the sandbox's packages ({', '.join(missing)} missing): "
+                       "pip install 's3mount[sandbox]'")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ traceback cannot leak them.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,11 +36,6 @@ class KeySet:
 
     def expired(self, now: float | None = None) -> bool:
         return self.remaining(now) <= 0
-
-    def with_defaults(self, **defaults: str | None) -> KeySet:
-        """Fill unset location fields (endpoint, region, bucket) from the mount's options."""
-        changes = {k: v for k, v in defaults.items() if getattr(self, k) is None and v is not None}
-        return dataclasses.replace(self, **changes) if changes else self
 
 
 class ProviderError(Exception):

@@ -74,6 +74,8 @@ class FsConfig:
     posix_metadata: bool = True
     part_size: int = 8 * 1024 * 1024
     store_concurrency: int = 32
+    """Store calls in flight at once (worker threads): mount.py sets it to the store's connection
+    pool, since a call beyond it would only wait in the pool for a connection."""
     async_upload: bool = False
     cache_limit: int = 4096 * 1024 * 1024
     """Bytes of staged data above which writers wait for background uploads to free space."""
@@ -82,7 +84,6 @@ class FsConfig:
     parts in flight (see ``budget``). At the default, uploads get what the connection pool lets
     be in flight anyway (32 parts of 8 MiB), so they are bounded without being slowed: a
     half-size upload budget made eight files written at once 30% slower."""
-    shutdown_timeout: float = 3600.0
 
 
 @dataclass

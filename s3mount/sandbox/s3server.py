@@ -17,7 +17,6 @@ import logging
 import re
 import secrets
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -335,18 +334,3 @@ def keys_from_json(d: dict) -> KeySet:
     return KeySet(d["access_key"], d["secret_key"], d.get("session_token"),
                   expires_at=d.get("expires_at"), endpoint_url=d.get("endpoint_url"),
                   region=d.get("region"))
-
-
-def wait_until_up(url: str, timeout: float = 20.0) -> None:
-    """Poll ``url`` until it answers; for starting the server as a subprocess."""
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
