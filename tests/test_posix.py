@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
+import json
 import os
 import random
+import socket
 import stat
+import struct
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -364,3 +370,225 @@ def test_streamed_writes_stay_correct(mnt: Mount, s3) -> None:
         f.write(data)
         f.truncate(part + 1)
     assert s3.get_object(Bucket=mnt.bucket, Key="trunc")["Body"].read() == data[: part + 1]
+
+
+# -- issue #17: the metadata conformance suites and archivers check -------------------------------
+
+
+def _meta(s3, bucket: str, key: str) -> dict[str, str]:
+    return dict(s3.head_object(Bucket=bucket, Key=key)["Metadata"])
+
+
+def test_special_files_are_stored_as_s3fs_does(mounter: Mounter, bucket: str, s3) -> None:
+    """FIFOs, sockets and devices are empty objects whose mode carries the kind (rdev for
+    devices); they can be renamed, chmod-ed and removed, survive a remount, and one written by
+    s3fs shows as what it is."""
+    m = mounter(bucket)
+    os.mkfifo(m.path / "fifo", 0o640)
+    os.mknod(m.path / "chr", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(m.path / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 9))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(m.path / "sock"))
+    assert stat.S_ISFIFO(os.lstat(m.path / "fifo").st_mode)
+    assert stat.S_ISSOCK(os.lstat(m.path / "sock").st_mode)
+    md = _meta(s3, bucket, "chr")
+    assert int(md["mode"]) == stat.S_IFCHR | 0o600 and int(md["rdev"]) == os.makedev(1, 3)
+    assert int(_meta(s3, bucket, "fifo")["mode"]) == stat.S_IFIFO | 0o640
+    assert s3.head_object(Bucket=bucket, Key="sock")["ContentLength"] == 0
+    os.chmod(m.path / "fifo", 0o604)
+    os.rename(m.path / "fifo", m.path / "fifo2")
+    os.unlink(m.path / "sock")
+    with pytest.raises(FileExistsError):
+        os.mkfifo(m.path / "chr")
+    s3.put_object(Bucket=bucket, Key="froms3fs", Body=b"",
+                  Metadata={"mode": str(stat.S_IFIFO | 0o600)})
+    m.unmount()
+    m2 = mounter(bucket)
+    st = os.lstat(m2.path / "fifo2")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o604
+    assert stat.S_ISFIFO(os.lstat(m2.path / "froms3fs").st_mode)
+    st = os.lstat(m2.path / "chr")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    st = os.lstat(m2.path / "blk")
+    assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(7, 9)
+    assert sorted(os.listdir(m2.path)) == ["blk", "chr", "fifo2", "froms3fs"]
+    assert not (m2.path / "fifo").exists()
+    with pytest.raises(OSError) as e:
+        os.link(m2.path / "chr", m2.path / "hard")
+    assert e.value.errno == errno.EPERM
+
+
+def test_parent_times_move_with_entries_and_survive_remount(mounter: Mounter, bucket: str,
+                                                            tmp_path: Path) -> None:
+    """Making, removing and renaming entries moves the parent's mtime and ctime (kept in the
+    mount's cache: they survive a remount with the same cache directory); a rename moves the
+    ctime of what it renames."""
+    m = mounter(bucket)
+    d, e = m.path / "d", m.path / "e"
+    d.mkdir()
+    s3_implicit = m.path / "d" / "x"  # e is a marker directory, d gets one too; both are tested
+    e.mkdir()
+
+    def changed(path: Path, action: Callable[[], object]) -> None:
+        before = os.stat(path)
+        time.sleep(0.02)
+        action()
+        after = os.stat(path)
+        assert after.st_mtime_ns > before.st_mtime_ns and after.st_ctime_ns > before.st_ctime_ns
+
+    changed(d, lambda: s3_implicit.write_text("x"))
+    changed(d, lambda: (d / "sub").mkdir())
+    changed(d, lambda: os.symlink("x", d / "ln"))
+    changed(d, lambda: os.mkfifo(d / "fifo"))
+    changed(d, lambda: (d / "sub").rmdir())
+    changed(d, lambda: (d / "ln").unlink())
+    changed(e, lambda: os.rename(d / "x", e / "x"))
+    changed(d, lambda: os.rename(e / "x", d / "y"))
+    changed(m.path, lambda: (m.path / "top").write_text("t"))
+    ctime = os.stat(d / "y").st_ctime_ns
+    time.sleep(0.02)
+    os.rename(d / "y", d / "z")
+    assert os.stat(d / "z").st_ctime_ns > ctime
+    kept = {p: os.stat(p).st_mtime_ns for p in (d, e, m.path)}
+    m.unmount()
+    m2 = mounter(bucket, path=m.path)
+    assert {p: os.stat(p).st_mtime_ns for p in kept} == kept
+    m2.unmount()
+    # Another machine (a fresh cache directory) sees the times the bucket holds: older ones.
+    mounter(bucket, path=m.path, cache_dir=tmp_path / "other-cache")
+    assert os.stat(d).st_mtime_ns < kept[d]
+
+
+def test_atime_and_times_beyond_32_bits_round_trip(mounter: Mounter, bucket: str, s3) -> None:
+    """An atime set explicitly is kept (x-amz-meta-atime, as s3fs writes it); times keep their
+    nanoseconds, and times before 1970 and after 2038 are stored as they are."""
+    m = mounter(bucket)
+    f, g = m.path / "f", m.path / "g"
+    f.write_text("x")
+    g.write_text("y")
+    atime, mtime = -1_234_567_890_123_456_789, 4_102_444_800_987_654_321  # 1930, 2100
+    os.utime(f, ns=(atime, mtime))
+    run(["touch", "-a", "-d", "2001-02-03 04:05:06.5 UTC", str(g)])
+    st = os.stat(f)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime)
+    md = _meta(s3, bucket, "f")
+    assert md["atime"] == "-1234567890.123456789" and md["mtime"] == "4102444800.987654321"
+    g_mtime = os.stat(g).st_mtime_ns
+    run(["touch", "-m", "-d", "2002-01-01 UTC", str(f)])  # the atime stays
+    assert os.stat(f).st_atime_ns == atime
+    m.unmount()
+    m2 = mounter(bucket)
+    st = os.stat(m2.path / "f")
+    assert st.st_atime_ns == atime and st.st_mtime_ns == 1_009_843_200 * 10**9
+    st = os.stat(m2.path / "g")
+    assert st.st_atime_ns == 981_173_106_500_000_000 and st.st_mtime_ns == g_mtime
+    (m2.path / "g").read_text()  # the mount is noatime: reading moves nothing
+    assert os.stat(m2.path / "g").st_atime_ns == 981_173_106_500_000_000
+
+
+def test_link_counts(mnt: Mount) -> None:
+    """A directory counts 2 and its known subdirectories; an unlinked open file counts 0."""
+    d = mnt.path / "d"
+    d.mkdir()
+    assert os.stat(d).st_nlink == 2
+    for name in ("a", "b", "c"):
+        (d / name).mkdir()
+    (d / "file").write_text("x")
+    assert os.stat(d).st_nlink == 5
+    (d / "b").rmdir()
+    assert os.stat(d).st_nlink == 4
+    with open(d / "file") as fh:
+        assert os.fstat(fh.fileno()).st_nlink == 1
+        os.unlink(d / "file")
+        assert os.fstat(fh.fileno()).st_nlink == 0
+        assert fh.read() == "x"
+
+
+def test_xattrs_in_s3fs_format(mounter: Mounter, bucket: str, s3) -> None:
+    """user.* and POSIX ACL names are kept in x-amz-meta-xattr as s3fs writes it (URL-encoded
+    JSON of base64 values), both ways; past S3's 2 KiB of user metadata setxattr is E2BIG."""
+    m = mounter(bucket)
+    f = m.path / "f"
+    f.write_text("x")
+    os.setxattr(f, "user.color", b"red")
+    os.setxattr(f, "user.bin", bytes(range(256))[:40])
+    acl = struct.pack("<I", 2) + b"".join(  # user::rw- user:1000:r-- group::r-- mask::r-- other::---
+        struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in
+        ((1, 6, 0xFFFFFFFF), (2, 4, 1000), (4, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
+         (0x20, 0, 0xFFFFFFFF)))
+    os.setxattr(f, "system.posix_acl_access", acl)
+    assert os.getxattr(f, "user.color") == b"red"
+    raw = json.loads(urllib.parse.unquote(_meta(s3, bucket, "f")["xattr"]))
+    assert base64.b64decode(raw["user.color"]) == b"red"
+    assert base64.b64decode(raw["user.bin"]) == bytes(range(40))
+    os.removexattr(f, "user.bin")
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "user.bin")
+    assert e.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "security.capability")
+    assert e.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as e:
+        os.setxattr(f, "trusted.x", b"1")
+    assert e.value.errno in (errno.ENOTSUP, errno.EPERM)
+    with pytest.raises(OSError) as e:
+        os.setxattr(f, "user.big", b"v" * 2000)
+    assert e.value.errno == errno.E2BIG
+    assert "S3 allows 2048" in m.log()
+    assert os.getxattr(f, "user.color") == b"red"  # the refused one lost nothing
+    (m.path / "d").mkdir()
+    os.setxattr(m.path / "d", "user.dir", b"yes")
+    # What s3fs wrote reads back here.
+    s3fs_value = urllib.parse.quote(json.dumps({"user.from": base64.b64encode(b"s3fs").decode()}))
+    s3.put_object(Bucket=bucket, Key="s3fs", Body=b"z", Metadata={"xattr": s3fs_value})
+    m.unmount()
+    m2 = mounter(bucket)
+    f = m2.path / "f"
+    assert sorted(os.listxattr(f)) == ["system.posix_acl_access", "user.color"]
+    assert os.getxattr(f, "user.color") == b"red"
+    assert os.getxattr(f, "system.posix_acl_access") == acl  # stored, not enforced
+    assert os.getxattr(m2.path / "d", "user.dir") == b"yes"
+    assert os.getxattr(m2.path / "s3fs", "user.from") == b"s3fs"
+    with open(f, "a") as fh:  # a write (the kernel asks for security.capability first)
+        fh.write("y")
+    assert os.getxattr(f, "user.color") == b"red"
+
+
+def test_xattr_reads_cost_no_request(pmounter: Mounter, proxy, bucket: str, s3) -> None:
+    s3.put_object(Bucket=bucket, Key="f", Body=b"x", Metadata={"xattr": "%7B%7D"})
+    m = pmounter(bucket, "attr_timeout=300", "dir_timeout=300")
+    os.stat(m.path / "f")
+    before = proxy.stats()
+    for _ in range(3):
+        assert os.listxattr(m.path / "f") == []
+        with pytest.raises(OSError):
+            os.getxattr(m.path / "f", "user.none")
+        for name in ("security.capability", "security.selinux", "system.posix_acl_access"):
+            with pytest.raises(OSError):
+                os.getxattr(m.path / "f", name)  # asked before writes, by ls -l
+        run(["getfattr", "-d", "-m", "-", str(m.path / "f")])
+    assert {k: n for k, n in proxy.stats().items() if k.startswith("req ")} == \
+        {k: n for k, n in before.items() if k.startswith("req ")}
+
+
+def test_other_tools_directory_objects(mounter: Mounter, bucket: str, s3) -> None:
+    """Old s3fs's ``dir`` (empty, application/x-directory) and Hadoop's ``dir_$folder$`` show
+    as directories and go with rmdir and rename; a rename guesses the Content-Type again."""
+    s3.put_object(Bucket=bucket, Key="olds3fs", Body=b"", ContentType="application/x-directory")
+    s3.put_object(Bucket=bucket, Key="olds3fs/in", Body=b"1")
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"", ContentType="application/x-directory")
+    s3.put_object(Bucket=bucket, Key="hadoop_$folder$", Body=b"")
+    s3.put_object(Bucket=bucket, Key="gone_$folder$", Body=b"")
+    m = mounter(bucket)
+    assert sorted(os.listdir(m.path)) == ["empty", "gone", "hadoop", "olds3fs"]
+    for name in ("empty", "gone", "hadoop", "olds3fs"):
+        assert (m.path / name).is_dir(), name
+    assert os.listdir(m.path / "olds3fs") == ["in"]
+    (m.path / "empty").rmdir()
+    (m.path / "gone").rmdir()
+    os.rename(m.path / "hadoop", m.path / "renamed")
+    (m.path / "page.txt").write_text("<p>")
+    os.rename(m.path / "page.txt", m.path / "page.html")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {"olds3fs", "olds3fs/in", "renamed/", "page.html"}
+    assert s3.head_object(Bucket=bucket, Key="page.html")["ContentType"] == "text/html"

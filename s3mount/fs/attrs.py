@@ -1,19 +1,28 @@
 """POSIX attributes in S3 user metadata, compatible with s3fs-fuse and rclone.
 
-s3fs-fuse writes ``x-amz-meta-mode`` (decimal, with the file-type bits), ``-uid``, ``-gid`` and
-``-mtime`` (integer seconds); rclone writes ``mtime`` with a fraction and, with --metadata, ``mode``
-in octal. We read all of these and write the s3fs form, with a fractional mtime only when there is
-a fraction, so both tools read back what we wrote. Objects without metadata get the mount's
-defaults and their ``LastModified``.
+s3fs-fuse writes ``x-amz-meta-mode`` (decimal, with the file-type bits: FIFOs, sockets and
+devices are empty objects whose mode says what they are, with ``-rdev`` for devices), ``-uid``,
+``-gid``, ``-mtime``, ``-ctime``, ``-atime`` (seconds) and ``-xattr`` (see ``encode_xattrs``);
+rclone writes ``mtime`` with a fraction and, with --metadata, ``mode`` in octal. We read all of
+these and write the s3fs form, with a fraction only when there is one, so both tools read back
+what we wrote. Objects without metadata get the mount's defaults and their ``LastModified``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
+SPECIAL_TYPES = (stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+"""Kinds stored as a file object whose metadata mode names the kind (s3fs does the same)."""
+_TYPES = (stat.S_IFREG, stat.S_IFDIR, *SPECIAL_TYPES)
+USER_METADATA_MAX = 2048
+"""S3's limit on the user metadata of one object: the bytes of every name and value, together."""
 
 
 @dataclass
@@ -26,6 +35,9 @@ class Attrs:
     size: int
     mtime_ns: int
     ctime_ns: int
+    atime_ns: int | None = None
+    """Set explicitly (utimens); None reads as the mtime (the mount is ``noatime``)."""
+    rdev: int = 0
 
     @property
     def kind(self) -> int:
@@ -66,19 +78,23 @@ def parse_time_ns(value: str | None) -> int | None:
     if not value:
         return None
     value = value.strip()
+    sign = -1 if value.startswith("-") else 1
     try:
-        whole, _, frac = value.partition(".")
+        whole, _, frac = value.lstrip("+-").partition(".")
         ns = int(whole) * 1_000_000_000
         if frac:
             ns += int((frac + "000000000")[:9])
-        return ns
+        return sign * ns
     except ValueError:
         return None
 
 
 def format_time_ns(ns: int) -> str:
-    whole, frac = divmod(ns, 1_000_000_000)
-    return str(whole) if frac == 0 else f"{whole}.{frac:09d}"
+    """Seconds with a fraction only when there is one; before 1970 a negative number whose
+    fraction is negative too (``-1.5`` is half a second before ``-1``), as one reads it."""
+    whole, frac = divmod(abs(ns), 1_000_000_000)
+    sign = "-" if ns < 0 else ""
+    return f"{sign}{whole}" if frac == 0 else f"{sign}{whole}.{frac:09d}"
 
 
 def parse_int(value: str | None) -> int | None:
@@ -103,30 +119,69 @@ def attrs_from_object(
         mode = kind | perm
     else:
         # The object's nature decides the type (a key ending in "/" is a directory whatever its
-        # metadata says); the metadata's type bits only tell a symlink from a file.
+        # metadata says); the metadata's type bits only tell a special file from a plain one.
         meta_kind = stat.S_IFMT(mode)
-        if kind == stat.S_IFREG and meta_kind == stat.S_IFLNK:
-            kind = stat.S_IFLNK
+        if kind == stat.S_IFREG and meta_kind in SPECIAL_TYPES:
+            kind = meta_kind
         mode = kind | stat.S_IMODE(mode)
-    mtime = parse_time_ns(md.get("mtime")) or lm_ns
+    mtime = _or(parse_time_ns(md.get("mtime")), lm_ns)
     uid = parse_int(md.get("uid"))
     gid = parse_int(md.get("gid"))
+    rdev = parse_int(md.get("rdev")) if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None
     return Attrs(
         mode=mode,
         uid=defaults.uid if uid is None else uid,
         gid=defaults.gid if gid is None else gid,
         size=size,
         mtime_ns=mtime,
-        ctime_ns=parse_time_ns(md.get("ctime")) or max(mtime, lm_ns),
+        ctime_ns=_or(parse_time_ns(md.get("ctime")), max(mtime, lm_ns)),
+        atime_ns=parse_time_ns(md.get("atime")),
+        rdev=rdev or 0,
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    """``value`` unless absent (a time of 0, the epoch itself, is a time)."""
+    return default if value is None else value
 
 
 def metadata_for(attrs: Attrs) -> dict[str, str]:
     """The user metadata that stores ``attrs`` (s3fs names and formats)."""
-    return {
+    md = {
         "mode": str(attrs.mode),
         "uid": str(attrs.uid),
         "gid": str(attrs.gid),
         "mtime": format_time_ns(attrs.mtime_ns),
         "ctime": format_time_ns(attrs.ctime_ns),
     }
+    if attrs.atime_ns is not None:
+        md["atime"] = format_time_ns(attrs.atime_ns)
+    if attrs.rdev:
+        md["rdev"] = str(attrs.rdev)
+    return md
+
+
+def metadata_size(md: Mapping[str, str]) -> int:
+    """How S3 counts user metadata against ``USER_METADATA_MAX`` (names as sent, with their
+    ``x-amz-meta-`` prefix left off, and values, in UTF-8)."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in md.items())
+
+
+def decode_xattrs(value: str | None) -> dict[str, bytes]:
+    """s3fs's ``x-amz-meta-xattr``: URL-encoded JSON of {name: base64 value}. Anything we cannot
+    read is treated as no attributes (it is kept as it is until one is set)."""
+    if not value:
+        return {}
+    try:
+        raw = json.loads(urllib.parse.unquote(value))
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): base64.b64decode(v or "") for k, v in raw.items()}
+    except (ValueError, TypeError, binascii.Error):
+        return {}
+
+
+def encode_xattrs(xattrs: Mapping[str, bytes]) -> str:
+    """The inverse of ``decode_xattrs``, spelt as s3fs spells it (compact JSON, then escaped)."""
+    raw = {k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())}
+    return urllib.parse.quote(json.dumps(raw, separators=(",", ":")), safe="")

@@ -39,7 +39,17 @@ from cachetools import TTLCache
 
 from ..errors import FsError, NotFound, S3MountError
 from ..store.base import ObjectInfo, ObjectStore, operation_started
-from .attrs import Attrs, Defaults, attrs_from_object, metadata_for
+from .attrs import (
+    SPECIAL_TYPES,
+    USER_METADATA_MAX,
+    Attrs,
+    Defaults,
+    attrs_from_object,
+    decode_xattrs,
+    encode_xattrs,
+    metadata_for,
+    metadata_size,
+)
 from .budget import Budget
 from .concurrency import gather
 from .files import FileData, Handle, OpenFile
@@ -55,7 +65,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Metadata names we interpret; everything else on an object is carried along untouched.
-OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime"})
+OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime", "rdev"})
+XATTR_KEY = "xattr"
+"""s3fs's metadata name for extended attributes (kept in ``Inode.extra``, see ``setxattr``)."""
+ACL_XATTRS = frozenset({"system.posix_acl_access", "system.posix_acl_default"})
+"""POSIX ACLs are stored like other attributes (for tools that copy them), not enforced."""
 HEAD_PARALLELISM = 32
 SYMLINK_MAX = 4096
 PEEKED_BYTES = 8 * 1024 * 1024
@@ -102,6 +116,7 @@ class AttrChanges:
     size: int | None = None
     mtime_ns: int | None = None
     ctime_ns: int | None = None
+    atime_ns: int | None = None
 
 
 class Filesystem(Namespace, FileData):
@@ -116,7 +131,8 @@ class Filesystem(Namespace, FileData):
         self.meta = metacache or MetaCache(None)
         now = time.time_ns()
         d = config.defaults
-        self.inodes = InodeTable(Attrs(stat.S_IFDIR | d.dir_mode, d.uid, d.gid, 0, now, now))
+        mtime, ctime = self.meta.dir_times(mapper.dir_prefix("")) or (now, now)
+        self.inodes = InodeTable(Attrs(stat.S_IFDIR | d.dir_mode, d.uid, d.gid, 0, mtime, ctime))
         self.limiter = trio.CapacityLimiter(config.store_concurrency)
         self.listings: dict[str, Listing] = {}
         self.negative: TTLCache[str, bool] = TTLCache(maxsize=65536, ttl=config.neg_timeout,
@@ -139,6 +155,9 @@ class Filesystem(Namespace, FileData):
         self.large_dir_lookups: dict[str, int] = {}  # names looked up singly since listed
         self.windows: dict[str, Window] = {}  # big directory -> its latest look-ahead LIST
         self.scans: dict[str, Scan] = {}  # big directory -> its latest lookup
+        # Directory path -> key of another tool's marker for it (``dir`` or ``dir_$folder$``),
+        # deleted with the directory.
+        self.legacy_markers: dict[str, str] = {}
         self.writeback = Writeback(self)
         self._space = trio.Event()
 
@@ -186,6 +205,12 @@ class Filesystem(Namespace, FileData):
 
     def _install(self, path: str, attrs: Attrs, etag: str | None,
                  metadata: dict[str, str] | None, last_modified: float | None = None) -> Inode:
+        kept = self.meta.dir_times(self.keys.dir_prefix(path)) \
+            if attrs.kind == stat.S_IFDIR else None
+        if kept is not None and kept[0] >= attrs.mtime_ns:
+            # Changes made in it here are newer than its marker says (see _touch_dir), unless
+            # the marker was written since.
+            attrs.mtime_ns, attrs.ctime_ns = kept[0], max(kept[1], attrs.ctime_ns)
         old = self.inodes.at(path)
         if old is not None and old.etag != etag:
             old.symlink_target = None  # another object now: read its target again
@@ -198,6 +223,27 @@ class Filesystem(Namespace, FileData):
         if self.negative:  # (a TTLCache pop costs more than all the rest of this method)
             self.negative.pop(path, None)
         return node
+
+    def _touch_dir(self, path: str, now: int | None = None) -> None:
+        """An entry of directory ``path`` was made, removed or renamed: its mtime and ctime move.
+
+        Kept in memory and in the metadata cache, not in the bucket: rewriting the marker would
+        cost a request per file created, and an implicit directory has no object to keep them."""
+        now = now or time.time_ns()
+        node = self.inodes.at(path)
+        if node is not None:
+            node.attrs.mtime_ns = node.attrs.ctime_ns = now
+        self.meta.set_dir_times(self.keys.dir_prefix(path), now, now)
+
+    def nlink(self, node: Inode) -> int:
+        """Link count: 1 for a file (0 once unlinked); 2 and one per known subdirectory for a
+        directory (from its latest listing and our own changes to it, no request)."""
+        if node.path is None:
+            return 0
+        if not node.is_dir:
+            return 1
+        lst = self.listings.get(node.path)
+        return 2 + (sum(1 for e in lst.entries.values() if e.is_dir) if lst else 0)
 
     # -- operations: names ---------------------------------------------------------------------
 
@@ -270,9 +316,11 @@ class Filesystem(Namespace, FileData):
         md = metadata_for(attrs)
         etag = await self._run(self.store.put, self.keys.dir_prefix(path), b"", metadata=md,
                                content_type="application/x-directory")
+        self.meta.drop_dir_times(self.keys.dir_prefix(path))  # of a directory removed before
         node = self._install(path, attrs, etag, md)
         node.lookups += 1
         self._listing_add(parent_path, DirEntry(split(path)[1], True))
+        self._touch_dir(parent_path, attrs.mtime_ns)
         # A directory we just made is empty: answer lookups inside it without asking S3.
         self.listings[path] = Listing({}, trio.current_time() + self.cfg.dir_timeout)
         return node
@@ -286,11 +334,34 @@ class Filesystem(Namespace, FileData):
         md = metadata_for(attrs)
         etag = await self._run(self.store.put, self.keys.file_key(path), target, metadata=md,
                                content_type="application/octet-stream")
+        self.meta.put(self.keys.file_key(path), etag, None, md)
         node = self._install(path, attrs, etag, md)
         node.symlink_target = target.decode("utf-8", "surrogateescape")
         node.lookups += 1
         self._listing_add(parent_path, DirEntry(split(path)[1], False, len(target), etag,
                                                 time.time()))
+        self._touch_dir(parent_path, attrs.mtime_ns)
+        return node
+
+    async def mknod(self, parent: int, raw_name: bytes, mode: int, rdev: int, uid: int,
+                    gid: int) -> Inode:
+        """A FIFO, socket or device: an empty object whose mode carries the kind (and
+        ``rdev`` the device), as s3fs stores them. Opening one is the kernel's business."""
+        kind = stat.S_IFMT(mode)
+        if kind not in SPECIAL_TYPES or kind == stat.S_IFLNK:
+            raise FsError(f"cannot make a node of type {kind:o}", errno=errno.EINVAL)
+        parent_path, path = await self._check_new_name(parent, raw_name)
+        attrs = self._new_attrs(kind, mode, uid, gid)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            attrs.rdev = rdev
+        md = metadata_for(attrs)
+        key = self.keys.file_key(path)
+        etag = await self._run(self.store.put, key, b"", metadata=md)
+        self.meta.put(key, etag, None, md)
+        node = self._install(path, attrs, etag, md)
+        node.lookups += 1
+        self._listing_add(parent_path, DirEntry(split(path)[1], False, 0, etag, time.time()))
+        self._touch_dir(parent_path, attrs.mtime_ns)
         return node
 
     async def _existing(self, parent: int, raw_name: bytes) -> tuple[str, str, Inode]:
@@ -324,6 +395,8 @@ class Filesystem(Namespace, FileData):
         self.meta.drop(self.keys.file_key(node.path))
         self.negative[node.path] = True
         self.inodes.detach(node)
+        self._touch_dir(parent_path)
+        node.attrs.ctime_ns = time.time_ns()
 
     async def rmdir(self, parent: int, raw_name: bytes) -> None:
         self._writable()
@@ -333,10 +406,14 @@ class Filesystem(Namespace, FileData):
         assert node.path is not None
         await self._check_empty(node.path)
         await self._run(self.store.delete, self.keys.dir_prefix(node.path))
+        if (legacy := self.legacy_markers.pop(node.path, None)) is not None:
+            await self._run(self.store.delete, legacy)
         self._listing_remove(parent_path, name)
         self.listings.pop(node.path, None)
+        self.meta.drop_dir_times(self.keys.dir_prefix(node.path))
         self.negative[node.path] = True
         self.inodes.detach(node)
+        self._touch_dir(parent_path)
 
     async def _check_empty(self, path: str) -> None:
         prefix = self.keys.dir_prefix(path)
@@ -376,10 +453,18 @@ class Filesystem(Namespace, FileData):
                 await self._check_empty(dst.path)
         # An empty target directory needs no deleting: the source's marker (or the one
         # _rename_dir writes for an implicit source) takes the same key.
+        now = time.time_ns()
         if src.is_dir:
             await self._rename_dir(src.path, new_path)
+            if (legacy := self.legacy_markers.pop(src.path, None)) is not None:
+                await self._run(self.store.delete, legacy)
+            kept = self.meta.dir_times(self.keys.dir_prefix(src.path))
+            self.meta.drop_dir_times(self.keys.dir_prefix(src.path))
+            if kept is not None:
+                self.meta.set_dir_times(self.keys.dir_prefix(new_path), kept[0], now)
+            src.attrs.ctime_ns = now
         else:
-            await self._rename_file(src, new_path)
+            await self._rename_file(src, new_path, now)
         old_path = src.path
         for p in [p for p in self.listings if p == old_path or p.startswith(old_path + "/")]:
             self.listings.pop(p)
@@ -390,18 +475,27 @@ class Filesystem(Namespace, FileData):
         self.negative[old_path] = True
         self.negative.pop(new_path, None)
         src.valid_until = self._fresh_until()
+        self._touch_dir(old_parent, now)
+        self._touch_dir(new_parent, now)
 
-    async def _rename_file(self, src: Inode, new_path: str) -> None:
+    async def _rename_file(self, src: Inode, new_path: str, now: int) -> None:
+        """Copy and delete. The copy carries the metadata anew (as ext4 does, a rename moves
+        the ctime), which also has the store guess the Content-Type again from the new name."""
         assert src.path is not None
         of = self.open_files.get(src.ino)
         if of is not None and of.dirty:
             await self._upload(of)  # copy what the writer has so far, not an older version
+        src.attrs.ctime_ns = now
         old_key, new_key = self.keys.file_key(src.path), self.keys.file_key(new_path)
         if src.etag is None:
             return  # nothing in the bucket yet; the pending upload goes to the new name
+        md = {**src.extra, **metadata_for(src.attrs)}
         # CopyObject replaces the target in one step, so a reader of the target sees the old or
         # the new content, never a missing or partial file.
-        src.etag = await self._run(self.store.copy, old_key, new_key, size=src.attrs.size)
+        src.etag = await self._run(self.store.copy, old_key, new_key, metadata=md,
+                                   size=src.attrs.size)
+        src.s3_mtime = None
+        self.meta.put(new_key, src.etag, None, md)
         await self._run(self.store.delete, old_key)
         self.meta.drop(old_key)
 
@@ -452,11 +546,15 @@ class Filesystem(Namespace, FileData):
         if ch.gid is not None:
             new.gid = ch.gid
         if ch.mtime_ns is not None:
+            if new.atime_ns is None and ch.atime_ns is None:
+                new.atime_ns = new.mtime_ns  # the atime read so far stays what it was
             new.mtime_ns = ch.mtime_ns
             if of is not None:
                 of.explicit_mtime = True
+        if ch.atime_ns is not None:
+            new.atime_ns = ch.atime_ns
         if ch.mode is not None or ch.uid is not None or ch.gid is not None or \
-                ch.mtime_ns is not None:
+                ch.mtime_ns is not None or ch.atime_ns is not None:
             new.ctime_ns = ch.ctime_ns or time.time_ns()
         if new == node.attrs:
             return node
@@ -475,10 +573,14 @@ class Filesystem(Namespace, FileData):
         md = {**node.extra, **metadata_for(new)}
         if node.is_dir:
             if node.path == "":
-                node.attrs = new  # the bucket root has no marker of its own
+                # The bucket root has no marker of its own: its times are kept like those that
+                # changes in it give it (see _touch_dir); its mode and owner are the mount's.
+                node.attrs = new
+                self.meta.set_dir_times(self.keys.dir_prefix(""), new.mtime_ns, new.ctime_ns)
                 return
             node.etag = await self._run(self.store.put, self.keys.dir_prefix(node.path), b"",
                                         metadata=md, content_type="application/x-directory")
+            self.meta.drop_dir_times(self.keys.dir_prefix(node.path))  # the marker has them
         else:
             key = self.keys.file_key(node.path)
             node.etag = await self._run(self.store.copy, key, key, metadata=md,
@@ -487,6 +589,63 @@ class Filesystem(Namespace, FileData):
             self.meta.put(key, node.etag, None, md)
         node.attrs = new
         node.valid_until = self._fresh_until()
+
+    # -- extended attributes -------------------------------------------------------------------
+
+    @staticmethod
+    def _xattr_name(raw: bytes) -> str | None:
+        """The name if it is one we store (``user.*`` and the POSIX ACLs), else None."""
+        name = raw.decode("utf-8", "surrogateescape")
+        return name if name.startswith("user.") or name in ACL_XATTRS else None
+
+    def getxattr(self, ino: int, raw_name: bytes) -> bytes:
+        """From the metadata the lookup brought: no request (the kernel asks for
+        ``security.capability`` before every write, ``ls -l`` for two names per file)."""
+        name = self._xattr_name(raw_name)
+        value = decode_xattrs(self._node(ino).extra.get(XATTR_KEY)).get(name or "")
+        if name is None or value is None:
+            raise FsError("no such attribute", errno=errno.ENODATA)
+        return value
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        xattrs = decode_xattrs(self._node(ino).extra.get(XATTR_KEY))
+        return [n.encode("utf-8", "surrogateescape") for n in xattrs]
+
+    async def setxattr(self, ino: int, raw_name: bytes, value: bytes) -> None:
+        self._writable()
+        name = self._xattr_name(raw_name)
+        if name is None:
+            raise FsError(f"attribute {raw_name!r} cannot be stored", errno=errno.ENOTSUP)
+        node = self._node(ino)
+        xattrs = decode_xattrs(node.extra.get(XATTR_KEY))
+        xattrs[name] = value
+        await self._store_xattrs(node, xattrs)
+
+    async def removexattr(self, ino: int, raw_name: bytes) -> None:
+        self._writable()
+        node = self._node(ino)
+        xattrs = decode_xattrs(node.extra.get(XATTR_KEY))
+        if xattrs.pop(self._xattr_name(raw_name) or "", None) is None:
+            raise FsError("no such attribute", errno=errno.ENODATA)
+        await self._store_xattrs(node, xattrs)
+
+    async def _store_xattrs(self, node: Inode, xattrs: dict[str, bytes]) -> None:
+        """Store the attributes with the object's other metadata (E2BIG past S3's limit)."""
+        extra = {k: v for k, v in node.extra.items() if k != XATTR_KEY}
+        if xattrs:
+            extra[XATTR_KEY] = encode_xattrs(xattrs)
+        new = Attrs(**node.attrs.__dict__)
+        new.ctime_ns = time.time_ns()
+        size = metadata_size({**extra, **metadata_for(new)})
+        if size > USER_METADATA_MAX:
+            raise FsError(f"extended attributes of {node.path!r} would take {size} bytes of "
+                          f"user metadata; S3 allows {USER_METADATA_MAX}", errno=errno.E2BIG)
+        node.extra = extra
+        of = self.open_files.get(node.ino)
+        if of is not None and (of.dirty or node.etag is None):
+            node.attrs = new  # goes up with the pending upload
+            return
+        await self._write_metadata(node, new)
 
     async def statfs(self) -> dict[str, int]:
         # S3 has no capacity to report; answer "plenty" so tools that check free space proceed.
@@ -586,6 +745,7 @@ class Filesystem(Namespace, FileData):
         fh = self._new_fh()
         self.handles[fh] = Handle(fh, node, of)
         self._listing_add(parent_path, DirEntry(split(path)[1], False, 0, None, time.time()))
+        self._touch_dir(parent_path, attrs.mtime_ns)
         return fh, node
 
     def invalidate_key(self, key: str) -> None:

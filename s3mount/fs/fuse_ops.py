@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -37,7 +38,7 @@ def _errors(fn: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except S3MountError as exc:
-            if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
+            if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA):
                 log.debug("%s: %s", fn.__name__, exc)
             else:
                 log.warning("%s failed: %s", fn.__name__, exc)
@@ -67,14 +68,14 @@ class FuseOperations(pyfuse3.Operations):
         e.entry_timeout = self.fs.cfg.attr_timeout
         e.attr_timeout = self.fs.cfg.attr_timeout
         e.st_mode = a.mode
-        e.st_nlink = 2 if node.is_dir else 1
+        e.st_nlink = self.fs.nlink(node)
         e.st_uid = a.uid
         e.st_gid = a.gid
-        e.st_rdev = 0
+        e.st_rdev = a.rdev
         e.st_size = a.size
         e.st_blksize = 512 * 1024
         e.st_blocks = (a.size + 511) // 512
-        e.st_atime_ns = a.mtime_ns
+        e.st_atime_ns = a.mtime_ns if a.atime_ns is None else a.atime_ns
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
         return e
@@ -112,6 +113,7 @@ class FuseOperations(pyfuse3.Operations):
             size=attr.st_size if fields.update_size else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
         )
         return self._entry(await self.fs.setattr(inode, ch, fh))
 
@@ -122,10 +124,9 @@ class FuseOperations(pyfuse3.Operations):
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        import stat
-
         if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # no device nodes, FIFOs or sockets on S3
+            return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid,
+                                                   ctx.gid))
         fh, node = await self.fs.create(parent_inode, name, mode, 0, ctx.uid, ctx.gid)
         await self.fs.flush(fh)
         await self.fs.release(fh)
@@ -216,17 +217,22 @@ class FuseOperations(pyfuse3.Operations):
             setattr(s, k, v)
         return s
 
-    # No extended attributes: ENOSYS makes the kernel answer EOPNOTSUPP itself from then on, so
-    # the two getxattr calls ``ls -l`` makes per file (SELinux label, ACL) never reach us.
+    # Extended attributes: user.* and the POSIX ACL names, in the object's metadata (see
+    # Filesystem.setxattr). get and list answer from memory, so the kernel's getxattr of
+    # security.capability before each write and ``ls -l``'s two per file cost no request.
+    @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        return self.fs.getxattr(inode, name)
 
+    @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        return self.fs.listxattr(inode)
 
+    @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        await self.fs.setxattr(inode, name, value)
 
+    @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        await self.fs.removexattr(inode, name)

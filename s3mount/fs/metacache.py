@@ -7,6 +7,10 @@ keeps it, but it moves LastModified. An entry stored for a version never goes st
 object simply misses. (After our own uploads LastModified is unknown, PUT does not return it; such
 entries match any LastModified with their ETag.) Kept in an SQLite file in the cache directory, an
 unchanged directory costs one LIST and no HEAD even on the next mount.
+
+It also keeps the times of directories that entries made, removed or renamed in them moved
+(``dir_times``): rewriting a directory's marker for every file created in it would cost a request
+per file, and a directory without a marker has nowhere in the bucket to keep them at all.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class MetaCache:
             LRUCache(maxsize=memory_entries)
         self._db: sqlite3.Connection | None = None
         self._pending: dict[str, tuple[str, float | None, str] | None] = {}
+        self._dir_times: dict[str, tuple[int, int]] = {}
+        self._dir_pending: dict[str, tuple[int, int] | None] = {}
         if path is not None:
             try:
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -41,6 +47,11 @@ class MetaCache:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("CREATE TABLE IF NOT EXISTS objmeta (key TEXT PRIMARY KEY, "
                                  "etag TEXT NOT NULL, lm REAL, md TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS dirtimes (key TEXT PRIMARY KEY, "
+                                 "mtime INTEGER NOT NULL, ctime INTEGER NOT NULL)")
+                # Few directories change per mount; all of them are kept in memory.
+                self._dir_times = {k: (m, c) for k, m, c in
+                                   self._db.execute("SELECT key, mtime, ctime FROM dirtimes")}
             except sqlite3.Error as exc:
                 log.warning("attribute cache %s unusable (%s); using memory only", path, exc)
                 self._db = None
@@ -97,11 +108,25 @@ class MetaCache:
         if self._db is not None:
             self._pending[key] = None
 
+    def dir_times(self, key: str) -> tuple[int, int] | None:
+        """(mtime, ctime) in ns that changes inside directory ``key`` (its marker key) gave it."""
+        return self._dir_times.get(key)
+
+    def set_dir_times(self, key: str, mtime_ns: int, ctime_ns: int) -> None:
+        self._dir_times[key] = (mtime_ns, ctime_ns)
+        if self._db is not None:
+            self._dir_pending[key] = (mtime_ns, ctime_ns)
+
+    def drop_dir_times(self, key: str) -> None:
+        if self._dir_times.pop(key, None) is not None and self._db is not None:
+            self._dir_pending[key] = None
+
     def commit(self) -> None:
         """Write pending changes to disk (called in batches and at unmount)."""
-        if self._db is None or not self._pending:
+        if self._db is None or not (self._pending or self._dir_pending):
             return
         items, self._pending = self._pending, {}
+        dirs, self._dir_pending = self._dir_pending, {}
         try:
             with self._db:  # one transaction (the connection autocommits each statement)
                 self._db.execute("BEGIN")
@@ -109,6 +134,10 @@ class MetaCache:
                                      [(k,) for k, v in items.items() if v is None])
                 self._db.executemany("INSERT OR REPLACE INTO objmeta VALUES (?, ?, ?, ?)",
                                      [(k, *v) for k, v in items.items() if v is not None])
+                self._db.executemany("DELETE FROM dirtimes WHERE key=?",
+                                     [(k,) for k, v in dirs.items() if v is None])
+                self._db.executemany("INSERT OR REPLACE INTO dirtimes VALUES (?, ?, ?)",
+                                     [(k, *v) for k, v in dirs.items() if v is not None])
         except sqlite3.Error as exc:
             log.warning("could not save the attribute cache: %s", exc)
 

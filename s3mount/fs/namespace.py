@@ -8,7 +8,9 @@ a file) and listed again, in parallel ranges, only once many of its names have b
 up through its names is answered by LISTs that look ahead of it. File metadata comes from the
 metadata cache by (key, ETag) when it can, else from a HEAD (a GET, for a small file looked up by
 name: see ``_describe_listed``). An object that is both a file and a prefix is shown as the
-directory, with one warning.
+directory, with one warning. Other tools' directory objects count as directories: old s3fs's
+empty ``dir`` with Content-Type ``application/x-directory`` (or a directory mode) and
+Hadoop/s3n's ``dir_$folder$`` (see ``legacy_markers``).
 
 This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import stat
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +28,7 @@ import trio
 
 from ..errors import NotFound
 from ..store.base import ListPage, ObjectInfo
+from .attrs import parse_mode
 from .concurrency import gather
 from .inodes import Inode
 from .metacache import same_time
@@ -34,6 +38,10 @@ if TYPE_CHECKING:
     from .files import OpenFile
 
 log = logging.getLogger(__name__)
+
+FOLDER_SUFFIX = "_$folder$"
+"""Hadoop/s3n's directory marker: an empty object ``dir_$folder$`` beside the directory's keys."""
+LEGACY_DIR_TYPE = "application/x-directory"
 
 RELIST_RATIO = 10
 RELIST_MIN = 20
@@ -295,8 +303,14 @@ class Namespace:
                     if o.key != prefix:
                         log.debug("skipping key %r: not representable as a path", o.key)
                     continue
+                if name.endswith(FOLDER_SUFFIX) and o.size == 0 and name != FOLDER_SUFFIX:
+                    name = name[:-len(FOLDER_SUFFIX)]
+                    self.legacy_markers[join(path, name)] = o.key
+                    entries[name] = DirEntry(name, True)
+                    continue
                 if name in entries and entries[name].is_dir:
-                    self._warn_conflict(join(path, name))
+                    if o.size or join(path, name) not in self.legacy_markers:
+                        self._warn_conflict(join(path, name))
                     continue
                 entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
         return entries
@@ -381,6 +395,12 @@ class Namespace:
 
     def _install_info(self, path: str, info: ObjectInfo) -> Inode:
         md = dict(info.metadata or {})
+        if info.size == 0 and (info.content_type == LEGACY_DIR_TYPE or stat.S_ISDIR(
+                parse_mode(md.get("mode")) or 0)):
+            # An old s3fs directory object (no trailing "/"): shown as the directory, never
+            # cached as a file's metadata, and removed with the directory (rmdir, rename).
+            self.legacy_markers[path] = info.key
+            return self._install_dir(path, info)
         attrs = self._attrs_for(is_dir=False, size=info.size, last_modified=info.last_modified,
                                 metadata=md)
         self.meta.put(info.key, info.etag, info.last_modified, md)
