@@ -1,7 +1,8 @@
 """``bucket`` for the examples in docs/SEMANTICS.md: the bucket seen directly, behind the mount.
 
-Usage: bucket put KEY TEXT | exists KEY | size KEY | meta KEY NAME. Keys are relative to
-$BUCKET_PREFIX (the example's directory). Endpoint, bucket and admin keys come from the environment.
+Usage: bucket put KEY TEXT [CONTENT-TYPE] | exists KEY | size KEY | meta KEY NAME | type KEY.
+Keys are relative to $BUCKET_PREFIX (the example's directory). Endpoint, bucket and admin keys
+come from the environment.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def main(argv: list[str]) -> int:
     cmd, key, *rest = argv
     key = os.environ.get("BUCKET_PREFIX", "") + key
     if cmd == "put":
-        s3.put_object(Bucket=bucket, Key=key, Body=rest[0].encode())
+        s3.put_object(Bucket=bucket, Key=key, Body=rest[0].encode(),
+                      **({"ContentType": rest[1]} if len(rest) > 1 else {}))
     elif cmd == "exists":
         try:
             s3.head_object(Bucket=bucket, Key=key)
@@ -29,6 +31,8 @@ def main(argv: list[str]) -> int:
             print("no")
     elif cmd == "size":
         print(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    elif cmd == "type":
+        print(s3.head_object(Bucket=bucket, Key=key)["ContentType"])
     elif cmd == "meta":
         print(s3.head_object(Bucket=bucket, Key=key)["Metadata"].get(rest[0], ""))
     else:

@@ -74,27 +74,26 @@ def parse_mode(value: str | None) -> int | None:
 
 
 def parse_time_ns(value: str | None) -> int | None:
-    """Seconds since the epoch (integer or with a fraction) as nanoseconds."""
+    """Seconds since the epoch (integer or with a fraction) as nanoseconds. The fraction adds
+    to the seconds, also before 1970: s3fs writes a ``timespec`` as ``tv_sec.tv_nsec``, so half a
+    second before the epoch is ``-1.500000000``."""
     if not value:
         return None
     value = value.strip()
-    sign = -1 if value.startswith("-") else 1
     try:
-        whole, _, frac = value.lstrip("+-").partition(".")
+        whole, _, frac = value.partition(".")
         ns = int(whole) * 1_000_000_000
         if frac:
             ns += int((frac + "000000000")[:9])
-        return sign * ns
+        return ns
     except ValueError:
         return None
 
 
 def format_time_ns(ns: int) -> str:
-    """Seconds with a fraction only when there is one; before 1970 a negative number whose
-    fraction is negative too (``-1.5`` is half a second before ``-1``), as one reads it."""
-    whole, frac = divmod(abs(ns), 1_000_000_000)
-    sign = "-" if ns < 0 else ""
-    return f"{sign}{whole}" if frac == 0 else f"{sign}{whole}.{frac:09d}"
+    """The inverse of ``parse_time_ns`` (s3fs's spelling), with a fraction only if there is one."""
+    whole, frac = divmod(ns, 1_000_000_000)
+    return str(whole) if frac == 0 else f"{whole}.{frac:09d}"
 
 
 def parse_int(value: str | None) -> int | None:
