@@ -7,7 +7,10 @@ the bucket with boto3 behind the filesystem's back — and after every step comp
 seen by recursive readdir (names, kinds, sizes, modes, known mtimes), every file's content, every
 symlink's target, and the keys in the bucket. Every cache timeout is 0, so the core must notice
 changes made behind its back at once. Failing operations must fail with one of the errnos POSIX
-allows for the case.
+allows for the case. The model also knows special files (FIFOs, sockets, devices: empty objects),
+extended attributes, explicit atimes, link counts (a directory: 2 and its subdirectories), and
+that making, removing or renaming an entry moves its directory's mtime (at least to when the
+operation began, whatever the directory's marker says when it is read again).
 
 Model rules that are S3's rather than POSIX's: a directory exists while it has a marker object
 (``dir/``) or anything below it, so an implicit directory (one known only from the keys below it)
@@ -89,6 +92,8 @@ modes = st.integers(0o400, 0o777)
 mtimes = st.integers(1_000_000_000, 2_000_000_000).map(lambda s: s * 1_000_000_000 + 123)
 faults = st.sampled_from([Unavailable("injected: the server keeps failing"),
                           AccessDenied("injected: the keys were refused")])
+atimes = st.integers(-(2**40), 2**40).map(lambda s: s * 1_000_000_000 + 456)
+"""Before 1970 and long after 2038 too."""
 
 
 # -- the reference model -------------------------------------------------------------------------
@@ -100,6 +105,10 @@ class MFile:
     """None: not compared (see the state machine's ``put_behind``)."""
     mtime_ns: int | None = None
     """Known only after utimens (a write stamps the clock, a foreign object its LastModified)."""
+    atime_ns: int | None = None
+    """Known only after an explicit atime."""
+    xattrs: dict[str, bytes] | None = field(default_factory=dict)
+    """None: not compared (as ``mode``)."""
 
 
 @dataclass
@@ -108,14 +117,30 @@ class MLink:
 
 
 @dataclass
+class MSpecial:
+    """A FIFO, socket or device node (an empty object whose metadata says which)."""
+
+    kind: int
+    rdev: int
+    mode: int | None
+    mtime_ns: int | None = None
+    atime_ns: int | None = None
+    xattrs: dict[str, bytes] | None = field(default_factory=dict)
+
+
+@dataclass
 class MDir:
     mode: int | None = DEFAULT_DIR_MODE
     """None: not compared (see the state machine's ``marker_behind``)."""
     marker: bool = False
     mtime_ns: int | None = None
+    atime_ns: int | None = None
+    xattrs: dict[str, bytes] | None = field(default_factory=dict)
+    mtime_floor: int | None = None
+    """An entry was made, removed or renamed in it since this time: its mtime is not older."""
 
 
-Node = MFile | MLink | MDir
+Node = MFile | MLink | MDir | MSpecial
 
 
 @dataclass
@@ -246,6 +271,10 @@ class Seen:
     mode: int
     size: int
     mtime_ns: int
+    atime_ns: int
+    rdev: int
+    xattrs: dict[str, bytes]
+    nlink: int = 0
     content: bytes | None = None
 
 
@@ -319,6 +348,17 @@ class Kernel:
     async def symlink(self, path: str, target: bytes) -> None:
         p = await self.walk(parent_of(path))
         self.held.append((await self.fs.symlink(p.ino, name_of(path), target, UID, GID)).ino)
+
+    async def mknod(self, path: str, mode: int, rdev: int) -> None:
+        p = await self.walk(parent_of(path))
+        self.held.append((await self.fs.mknod(p.ino, name_of(path), mode, rdev, UID, GID)).ino)
+
+    async def setxattr(self, path: str, name: bytes, value: bytes | None) -> None:
+        node = await self.walk(path)
+        if value is None:
+            await self.fs.removexattr(node.ino, name)
+        else:
+            await self.fs.setxattr(node.ino, name, value)
 
     async def rmdir(self, path: str) -> None:
         p = await self.walk(parent_of(path))
@@ -394,20 +434,32 @@ class Kernel:
             for name, child in await self.list_dir(node):
                 p = join(path, name)
                 a = child.attrs
-                seen = out[p] = Seen(stat.S_IFMT(a.mode), stat.S_IMODE(a.mode), a.size,
-                                     a.mtime_ns)
+                seen = out[p] = Seen(
+                    stat.S_IFMT(a.mode), stat.S_IMODE(a.mode), a.size, a.mtime_ns,
+                    a.mtime_ns if a.atime_ns is None else a.atime_ns, a.rdev,
+                    {n.decode(): self.fs.getxattr(child.ino, n)
+                     for n in self.fs.listxattr(child.ino)})
                 if child.is_dir:
                     await visit(p, child)
                 elif child.is_symlink:
                     seen.content = await self.fs.readlink(child.ino)
+                elif not stat.S_ISREG(a.mode):
+                    pass  # a FIFO, socket or device: nothing to read
                 elif stored_only(child) and known.get(p, ("", b""))[0] == child.etag:
                     seen.content = known[p][1]
                 else:
                     seen.content = await self.read_file(child)
                     if stored_only(child):
                         known[p] = (child.etag, seen.content)
+                seen.nlink = self.fs.nlink(child)  # (a directory's: now that it was listed)
 
-        await visit("", await self.fs.getattr(ROOT_INODE))
+        root = await self.fs.getattr(ROOT_INODE)
+        await visit("", root)
+        a = root.attrs
+        out[""] = Seen(stat.S_IFDIR, stat.S_IMODE(a.mode), 0, a.mtime_ns,
+                       a.mtime_ns if a.atime_ns is None else a.atime_ns, 0,
+                       {n.decode(): self.fs.getxattr(ROOT_INODE, n)
+                        for n in self.fs.listxattr(ROOT_INODE)}, self.fs.nlink(root))
         return out
 
 
@@ -652,18 +704,34 @@ class FilesystemVsModel(RuleBasedStateMachine):
             node, ghost = self.model.nodes[p], self.ghosts.get(p)
             if isinstance(node, MFile) and isinstance(ghost, MFile) and node.data == ghost.data:
                 node.mode = None
+                node.xattrs = None
 
     def taken(self, path: str) -> set[int]:
         return {errno.EEXIST} if self.model.get(path) is not None else set()
+
+    def changing(self, *paths: str) -> Callable[[], None]:
+        """Call before an operation that makes, removes or renames ``paths``; the returned
+        function, called once it succeeded, moves their directories' times in the model."""
+        began = time.time_ns()
+
+        def done() -> None:
+            for p in paths:
+                parent = self.model.get(parent_of(p))
+                if isinstance(parent, MDir):
+                    parent.mtime_ns = None
+                    parent.mtime_floor = began
+        return done
 
     # -- operations through the filesystem ------------------------------------------------------
 
     @rule(data=st.data(), body=contents, mode=modes)
     def create_file(self, data: st.DataObject, body: bytes, mode: int) -> None:
         path = self.new_path(data)
+        moved = self.changing(path)
         if self.expect(self.rig(self.k.create, path, body, mode), self.taken(path),
                        f"create {path}"):
             self.model.add(path, MFile(body, mode))
+            moved()
 
     @rule(data=st.data(), body=contents, at=st.integers(0, 64), trunc=st.booleans())
     def write_file(self, data: st.DataObject, body: bytes, at: int, trunc: bool) -> None:
@@ -712,8 +780,46 @@ class FilesystemVsModel(RuleBasedStateMachine):
     @rule(data=st.data(), mode=modes)
     def mkdir(self, data: st.DataObject, mode: int) -> None:
         path = self.new_path(data)
+        moved = self.changing(path)
         if self.expect(self.rig(self.k.mkdir, path, mode), self.taken(path), f"mkdir {path}"):
             self.model.add(path, MDir(mode, marker=True))
+            moved()
+
+    @rule(data=st.data(), mode=modes, kind=st.sampled_from(
+        [stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK]), rdev=st.integers(1, 2**20))
+    def mknod(self, data: st.DataObject, mode: int, kind: int, rdev: int) -> None:
+        path = self.new_path(data)
+        moved = self.changing(path)
+        if self.expect(self.rig(self.k.mknod, path, kind | mode, rdev), self.taken(path),
+                       f"mknod {path} {kind:o}"):
+            device = kind in (stat.S_IFCHR, stat.S_IFBLK)
+            self.model.add(path, MSpecial(kind, rdev if device else 0, mode))
+            moved()
+
+    @rule(data=st.data(), name=st.sampled_from([b"user.a", b"user.b", b"trusted.c"]),
+          value=st.one_of(st.none(), st.binary(max_size=30)))
+    def setxattr(self, data: st.DataObject, name: bytes, value: bytes | None) -> None:
+        """Set (or with ``value`` None remove) an extended attribute; only user.* are stored."""
+        path = self.existing(data, MFile, MDir, MSpecial)
+        if path is None:
+            return
+        node = self.model.get(path)
+        assert isinstance(node, MFile | MDir | MSpecial)
+        if node.xattrs is None and value is None:
+            return  # whether it is there is not known
+        allowed: set[int] = set()
+        if not name.startswith(b"user."):
+            allowed = {errno.ENOTSUP} if value is not None else {errno.ENODATA}
+        elif value is None and name.decode() not in (node.xattrs or {}):
+            allowed = {errno.ENODATA}
+        if self.expect(self.rig(self.k.setxattr, path, name, value), allowed,
+                       f"setxattr {path} {name!r}={value!r}"):
+            if node.xattrs is not None and value is None:
+                node.xattrs.pop(name.decode(), None)
+            elif node.xattrs is not None:
+                node.xattrs[name.decode()] = value
+            if isinstance(node, MDir) and path:
+                node.marker = True  # a directory's attributes live in its marker
 
     @rule(data=st.data())
     def rmdir(self, data: st.DataObject) -> None:
@@ -724,8 +830,10 @@ class FilesystemVsModel(RuleBasedStateMachine):
         allowed = ({errno.ENOENT} if node is None else
                    {errno.ENOTDIR} if not isinstance(node, MDir) else
                    {errno.ENOTEMPTY} if self.model.children(path) else set())
+        moved = self.changing(path)
         if self.expect(self.rig(self.k.rmdir, path), allowed, f"rmdir {path}"):
             self.model.remove(path)
+            moved()
 
     @rule(data=st.data())
     def unlink(self, data: st.DataObject) -> None:
@@ -735,8 +843,10 @@ class FilesystemVsModel(RuleBasedStateMachine):
         node = self.model.get(path)
         allowed = ({errno.ENOENT} if node is None else
                    {errno.EISDIR, errno.EPERM} if isinstance(node, MDir) else set())
+        moved = self.changing(path)
         if self.expect(self.rig(self.k.unlink, path), allowed, f"unlink {path}"):
             self.model.remove(path)
+            moved()
 
     @rule(data=st.data(), noreplace=st.booleans())
     def rename(self, data: st.DataObject, noreplace: bool) -> None:
@@ -758,25 +868,35 @@ class FilesystemVsModel(RuleBasedStateMachine):
             if isinstance(d, MDir) and self.model.children(dst):
                 allowed.add(errno.ENOTEMPTY)  # (also when the target is an ancestor of src)
         what = f"rename {src} -> {dst}{' (NOREPLACE)' if noreplace else ''}"
+        moved = self.changing(src, dst)
         if self.expect(self.rig(self.k.rename, src, dst, RENAME_NOREPLACE if noreplace else 0),
                        allowed, what):
             self.model.rename(src, dst)
+            moved()
 
-    @rule(data=st.data(), mode=st.one_of(st.none(), modes), mtime=st.one_of(st.none(), mtimes))
-    def chmod_utimens(self, data: st.DataObject, mode: int | None, mtime: int | None) -> None:
-        path = self.existing(data, MFile, MDir)
-        if path is None or (mode is None and mtime is None):
+    @rule(data=st.data(), mode=st.one_of(st.none(), modes), mtime=st.one_of(st.none(), mtimes),
+          atime=st.one_of(st.none(), atimes))
+    def chmod_utimens(self, data: st.DataObject, mode: int | None, mtime: int | None,
+                      atime: int | None) -> None:
+        path = self.existing(data, MFile, MDir, MSpecial)
+        if path is None or (mode is None and mtime is None and atime is None):
             return
         node = self.model.get(path)
-        assert isinstance(node, MFile | MDir)
-        what = f"setattr {path} mode={mode} mtime={mtime}"
-        result = self.rig.ok(self.k.setattr, path, AttrChanges(mode=mode, mtime_ns=mtime))
+        assert isinstance(node, MFile | MDir | MSpecial)
+        what = f"setattr {path} mode={mode} mtime={mtime} atime={atime}"
+        result = self.rig.ok(self.k.setattr, path,
+                             AttrChanges(mode=mode, mtime_ns=mtime, atime_ns=atime))
         if mode is not None:
             node.mode = mode
             assert stat.S_IMODE(result.attrs.mode) == mode, what
         if mtime is not None:
             node.mtime_ns = mtime
             assert result.attrs.mtime_ns == mtime, what
+            if isinstance(node, MDir):
+                node.mtime_floor = None
+        if atime is not None:
+            node.atime_ns = atime
+            assert result.attrs.atime_ns == atime, what
         if isinstance(node, MDir):
             node.marker = True  # a directory's attributes live in its marker
 
@@ -947,7 +1067,7 @@ class FilesystemVsModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def delete_behind(self, data: st.DataObject) -> None:
-        path = self.existing(data, MFile, MLink)
+        path = self.existing(data, MFile, MLink, MSpecial)
         if path is None:
             return
         self.rig.s3.delete_object(Bucket=self.rig.bucket, Key=self.rig.key(path))
@@ -974,6 +1094,8 @@ class FilesystemVsModel(RuleBasedStateMachine):
         node.marker = False
         node.mode = DEFAULT_DIR_MODE  # an implicit directory has the mount's defaults
         node.mtime_ns = None
+        node.atime_ns = None
+        node.xattrs = {}
         self.behind(lambda: self.model.prune(path))
 
     # -- invariants ----------------------------------------------------------------------------
@@ -982,16 +1104,31 @@ class FilesystemVsModel(RuleBasedStateMachine):
     def tree_matches_model(self) -> None:
         seen = self.rig.snapshot(self.known)
         expected = self.model.paths()
-        assert sorted(seen) == expected, "paths seen by readdir differ from the model"
-        for path in expected:
+        assert sorted(p for p in seen if p) == expected, \
+            "paths seen by readdir differ from the model"
+        for path in ["", *expected]:
             node, s = self.model.nodes[path], seen[path]
             if isinstance(node, MLink):
                 assert s.kind == stat.S_IFLNK, f"{path} should be a symlink"
                 assert s.content == node.target, f"{path}: symlink target"
+                assert s.nlink == 1, f"{path}: link count"
                 continue
+            if node.xattrs is not None:
+                assert s.xattrs == node.xattrs, f"{path}: extended attributes"
+            if node.atime_ns is not None:
+                assert s.atime_ns == node.atime_ns, f"{path}: atime"
             if isinstance(node, MDir):
                 assert s.kind == stat.S_IFDIR, f"{path} should be a directory"
+                subdirs = [c for c in self.model.children(path)
+                           if isinstance(self.model.nodes[c], MDir)]
+                assert s.nlink == 2 + len(subdirs), f"{path}: link count"
+                if node.mtime_floor is not None:
+                    assert s.mtime_ns >= node.mtime_floor, f"{path}: mtime older than a change"
+            elif isinstance(node, MSpecial):
+                assert (s.kind, s.rdev, s.size) == (node.kind, node.rdev, 0), f"{path}: kind"
+                assert s.nlink == 1, f"{path}: link count"
             else:
+                assert s.nlink == 1, f"{path}: link count"
                 assert s.kind == stat.S_IFREG, f"{path} should be a regular file"
                 assert s.size == len(node.data), f"{path}: size"
                 assert s.content == node.data, f"{path}: content"
@@ -1005,8 +1142,9 @@ class FilesystemVsModel(RuleBasedStateMachine):
         keys = self.rig.bucket_keys()
         markers = {k[:-1] for k in keys if k.endswith("/")}
         objects = {k: v for k, v in keys.items() if not k.endswith("/")}
-        stored = {p: n.target if isinstance(n, MLink) else n.data
-                  for p, n in self.model.nodes.items() if isinstance(n, MFile | MLink)}
+        stored = {p: n.target if isinstance(n, MLink) else b"" if isinstance(n, MSpecial) else
+                  n.data for p, n in self.model.nodes.items()
+                  if isinstance(n, MFile | MLink | MSpecial)}
         assert sorted(objects) == sorted(stored), "object keys differ from the model's files"
         for p, body in stored.items():
             assert objects[p] == hashlib.md5(body).hexdigest(), f"{p}: stored content"

@@ -458,10 +458,8 @@ class Filesystem(Namespace, FileData):
             await self._rename_dir(src.path, new_path)
             if (legacy := self.legacy_markers.pop(src.path, None)) is not None:
                 await self._run(self.store.delete, legacy)
-            kept = self.meta.dir_times(self.keys.dir_prefix(src.path))
-            self.meta.drop_dir_times(self.keys.dir_prefix(src.path))
-            if kept is not None:
-                self.meta.set_dir_times(self.keys.dir_prefix(new_path), kept[0], now)
+            self.meta.move_dir_times(self.keys.dir_prefix(src.path),
+                                     self.keys.dir_prefix(new_path))
             src.attrs.ctime_ns = now
         else:
             await self._rename_file(src, new_path, now)

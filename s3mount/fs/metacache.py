@@ -117,6 +117,14 @@ class MetaCache:
         if self._db is not None:
             self._dir_pending[key] = (mtime_ns, ctime_ns)
 
+    def move_dir_times(self, old: str, new: str) -> None:
+        """A directory was renamed: the kept times of it and every directory below it move."""
+        for key in [k for k in self._dir_times if k.startswith(old)]:
+            mtime, ctime = self._dir_times.pop(key)
+            if self._db is not None:
+                self._dir_pending[key] = None
+            self.set_dir_times(new + key[len(old):], mtime, ctime)
+
     def drop_dir_times(self, key: str) -> None:
         if self._dir_times.pop(key, None) is not None and self._db is not None:
             self._dir_pending[key] = None
