@@ -15,7 +15,16 @@ from s3mount.credentials.base import KeySet
 from s3mount.credentials.refresher import Refresher
 from s3mount.credentials.static import StaticProvider
 from s3mount.errors import FsError
-from s3mount.fs.attrs import Defaults, attrs_from_object, format_time_ns, metadata_for, parse_mode
+from s3mount.fs.attrs import (
+    Defaults,
+    attrs_from_object,
+    decode_xattrs,
+    encode_xattrs,
+    format_time_ns,
+    metadata_for,
+    parse_mode,
+    parse_time_ns,
+)
 from s3mount.fs.budget import Budget
 from s3mount.fs.paths import KeyMapper, decode_name
 from s3mount.fs.reader import MIN_PART, MiB, Reader
@@ -52,6 +61,8 @@ def test_names() -> None:
 @pytest.mark.parametrize("value,mode", [
     ("33188", 0o100644),     # s3fs: decimal with type bits
     ("16877", 0o40755),      # s3fs directory
+    ("4516", 0o10644),       # s3fs FIFO
+    ("8592", 0o20620),       # s3fs character device
     ("100640", 0o100640),    # rclone: octal
     ("0644", 0o644),         # octal permission bits only
     ("420", 420),            # decimal permission bits only (0o644)
@@ -75,6 +86,36 @@ def test_metadata_roundtrip_and_defaults() -> None:
                              metadata={"mode": str(stat.S_IFLNK | 0o777)}, defaults=d)
     assert stat.S_ISLNK(link.mode)
     assert format_time_ns(1_000_000_000) == "1"
+
+
+@pytest.mark.parametrize("ns,text", [
+    (0, "0"),
+    (-500_000_000, "-1.500000000"),  # s3fs's timespec: tv_sec, then tv_nsec after it
+    (-1_000_000_000, "-1"),
+    (2**33 * 1_000_000_000 + 7, "8589934592.000000007"),  # past 2038
+])
+def test_times_round_trip(ns: int, text: str) -> None:
+    assert format_time_ns(ns) == text and parse_time_ns(text) == ns
+
+
+def test_special_files_and_atime_in_metadata() -> None:
+    d = Defaults(uid=0, gid=0)
+    md = {"mode": str(stat.S_IFBLK | 0o600), "rdev": "2049", "mtime": "0", "atime": "-3"}
+    a = attrs_from_object(kind=stat.S_IFREG, size=0, last_modified=99.0, metadata=md, defaults=d)
+    assert (stat.S_ISBLK(a.mode), a.rdev, a.mtime_ns, a.atime_ns) == (True, 2049, 0, -3 * 10**9)
+    assert metadata_for(a)["rdev"] == "2049" and metadata_for(a)["atime"] == "-3"
+    # A directory object is a directory whatever its mode says.
+    b = attrs_from_object(kind=stat.S_IFDIR, size=0, last_modified=0, metadata=md, defaults=d)
+    assert stat.S_ISDIR(b.mode) and b.rdev == 0
+
+
+def test_xattr_format_is_s3fs() -> None:
+    x = {"user.a": b"\x00\xffbin", "user.b": b""}
+    assert decode_xattrs(encode_xattrs(x)) == x
+    assert encode_xattrs({"user.c": b"red"}) == "%7B%22user.c%22%3A%22cmVk%22%7D"
+    assert decode_xattrs('{"user.c":"cmVk"}') == {"user.c": b"red"}  # not escaped: read too
+    for junk in ("%7B", "[1]", '{"user.c":"***"}', None):
+        assert decode_xattrs(junk) == {}
 
 
 class FakeObject:

@@ -175,7 +175,7 @@ def decode_xattrs(value: str | None) -> dict[str, bytes]:
         raw = json.loads(urllib.parse.unquote(value))
         if not isinstance(raw, dict):
             return {}
-        return {str(k): base64.b64decode(v or "") for k, v in raw.items()}
+        return {str(k): base64.b64decode(v or "", validate=True) for k, v in raw.items()}
     except (ValueError, TypeError, binascii.Error):
         return {}
 
