@@ -17,6 +17,7 @@ from s3mount.credentials.static import StaticProvider
 from s3mount.errors import FsError
 from s3mount.fs.attrs import (
     Defaults,
+    acl_mode,
     attrs_from_object,
     decode_xattrs,
     encode_xattrs,
@@ -116,6 +117,21 @@ def test_xattr_format_is_s3fs() -> None:
     assert decode_xattrs('{"user.c":"cmVk"}') == {"user.c": b"red"}  # not escaped: read too
     for junk in ("%7B", "[1]", '{"user.c":"***"}', None):
         assert decode_xattrs(junk) == {}
+
+
+def _acl(*entries: tuple[int, int]) -> bytes:
+    return (2).to_bytes(4, "little") + b"".join(
+        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + (2**32 - 1).to_bytes(4, "little")
+        for tag, perm in entries)
+
+
+def test_access_acl_gives_mode() -> None:
+    """What ``cp -a`` sets (u::rw- g::--- o::r--) is a mode; a mask stands for the group bits."""
+    assert acl_mode(_acl((1, 6), (4, 0), (0x20, 4))) == (0o604, False)
+    assert acl_mode(_acl((1, 7), (2, 5), (4, 7), (0x10, 5), (0x20, 0))) == (0o750, True)
+    assert acl_mode(b"\x02\x00\x00\x00") is None  # no entries
+    assert acl_mode(_acl((1, 6), (0x20, 4))) is None  # no group entry
+    assert acl_mode(b"junk") is None
 
 
 class FakeObject:

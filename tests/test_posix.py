@@ -518,6 +518,7 @@ def test_xattrs_in_s3fs_format(mounter: Mounter, bucket: str, s3) -> None:
         ((1, 6, 0xFFFFFFFF), (2, 4, 1000), (4, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
          (0x20, 0, 0xFFFFFFFF)))
     os.setxattr(f, "system.posix_acl_access", acl)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o640  # owner, mask, other: as ext4 does
     assert os.getxattr(f, "user.color") == b"red"
     raw = json.loads(urllib.parse.unquote(_meta(s3, bucket, "f")["xattr"]))
     assert base64.b64decode(raw["user.color"]) == b"red"

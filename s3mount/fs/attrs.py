@@ -184,3 +184,28 @@ def encode_xattrs(xattrs: Mapping[str, bytes]) -> str:
     """The inverse of ``decode_xattrs``, spelt as s3fs spells it (compact JSON, then escaped)."""
     raw = {k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())}
     return urllib.parse.quote(json.dumps(raw, separators=(",", ":")), safe="")
+
+
+def acl_mode(value: bytes) -> tuple[int, bool] | None:
+    """The permission bits a POSIX access ACL (the kernel's xattr form) gives, and whether it
+    says more than they can (named users or groups, a mask); None if it is not such an ACL.
+
+    ``cp -a`` and ``setfacl`` set a file's mode by setting this attribute; as on a local
+    filesystem, an ACL that says no more than a mode is stored as that mode alone."""
+    if len(value) < 4 or (len(value) - 4) % 8 or int.from_bytes(value[:4], "little") != 2:
+        return None
+    perms: dict[int, int] = {}
+    extended = False
+    for i in range(4, len(value), 8):
+        tag = int.from_bytes(value[i:i + 2], "little")
+        perm = int.from_bytes(value[i + 2:i + 4], "little") & 0o7
+        if tag in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER):
+            perms[tag] = perm
+        extended = extended or tag not in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER)
+    if not {_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER} <= perms.keys():
+        return None
+    group = perms.get(_ACL_MASK, perms[_ACL_GROUP_OBJ])  # with a mask, the group bits are its
+    return perms[_ACL_USER_OBJ] << 6 | group << 3 | perms[_ACL_OTHER], extended
+
+
+_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x04, 0x10, 0x20

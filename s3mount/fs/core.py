@@ -44,6 +44,7 @@ from .attrs import (
     USER_METADATA_MAX,
     Attrs,
     Defaults,
+    acl_mode,
     attrs_from_object,
     decode_xattrs,
     encode_xattrs,
@@ -68,8 +69,10 @@ T = TypeVar("T")
 OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime", "rdev"})
 XATTR_KEY = "xattr"
 """s3fs's metadata name for extended attributes (kept in ``Inode.extra``, see ``setxattr``)."""
-ACL_XATTRS = frozenset({"system.posix_acl_access", "system.posix_acl_default"})
-"""POSIX ACLs are stored like other attributes (for tools that copy them), not enforced."""
+ACL_ACCESS = "system.posix_acl_access"
+ACL_XATTRS = frozenset({ACL_ACCESS, "system.posix_acl_default"})
+"""POSIX ACLs are stored like other attributes (for tools that copy them), not enforced; an access
+ACL sets the mode's permission bits, as it does on a local filesystem (see ``acl_mode``)."""
 HEAD_PARALLELISM = 32
 SYMLINK_MAX = 4096
 PEEKED_BYTES = 8 * 1024 * 1024
@@ -617,7 +620,15 @@ class Filesystem(Namespace, FileData):
         node = self._node(ino)
         xattrs = decode_xattrs(node.extra.get(XATTR_KEY))
         xattrs[name] = value
-        await self._store_xattrs(node, xattrs)
+        mode = None
+        if name == ACL_ACCESS:
+            parsed = acl_mode(value)
+            if parsed is None:
+                raise FsError("not a POSIX access ACL", errno=errno.EINVAL)
+            mode, extended = parsed
+            if not extended:
+                del xattrs[name]  # the mode says it all
+        await self._store_xattrs(node, xattrs, mode)
 
     async def removexattr(self, ino: int, raw_name: bytes) -> None:
         self._writable()
@@ -627,13 +638,17 @@ class Filesystem(Namespace, FileData):
             raise FsError("no such attribute", errno=errno.ENODATA)
         await self._store_xattrs(node, xattrs)
 
-    async def _store_xattrs(self, node: Inode, xattrs: dict[str, bytes]) -> None:
-        """Store the attributes with the object's other metadata (E2BIG past S3's limit)."""
+    async def _store_xattrs(self, node: Inode, xattrs: dict[str, bytes],
+                            perms: int | None = None) -> None:
+        """Store the attributes (and permission bits ``perms`` an ACL set) with the object's
+        other metadata (E2BIG past S3's limit)."""
         extra = {k: v for k, v in node.extra.items() if k != XATTR_KEY}
         if xattrs:
             extra[XATTR_KEY] = encode_xattrs(xattrs)
         new = Attrs(**node.attrs.__dict__)
         new.ctime_ns = time.time_ns()
+        if perms is not None:
+            new.mode = new.mode & ~0o777 | perms
         size = metadata_size({**extra, **metadata_for(new)})
         if size > USER_METADATA_MAX:
             raise FsError(f"extended attributes of {node.path!r} would take {size} bytes of "
