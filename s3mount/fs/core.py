@@ -490,13 +490,15 @@ class Filesystem(Namespace, FileData):
         old_key, new_key = self.keys.file_key(src.path), self.keys.file_key(new_path)
         if src.etag is None:
             return  # nothing in the bucket yet; the pending upload goes to the new name
-        md = {**src.extra, **metadata_for(src.attrs)}
+        # With no_posix_metadata the object's own metadata was never read: it is copied as it is.
+        md = {**src.extra, **metadata_for(src.attrs)} if self.cfg.posix_metadata else None
         # CopyObject replaces the target in one step, so a reader of the target sees the old or
         # the new content, never a missing or partial file.
         src.etag = await self._run(self.store.copy, old_key, new_key, metadata=md,
                                    size=src.attrs.size)
         src.s3_mtime = None
-        self.meta.put(new_key, src.etag, None, md)
+        if md is not None:
+            self.meta.put(new_key, src.etag, None, md)
         await self._run(self.store.delete, old_key)
         self.meta.drop(old_key)
 
