@@ -323,3 +323,24 @@ def test_leftovers_of_other_prefixes_and_endpoints(tmp_path: Path) -> None:
             f.close()
         found.release()
         own.close()
+
+
+def test_attributes_changed_while_pending_are_recovered(pmounter: Mounter, proxy: FaultProxy,
+                                                        sandbox: SandboxProcess, bucket: str,
+                                                        s3: Any) -> None:
+    """chmod, utimens and an xattr set on a closed file whose upload is still queued go up with
+    it, also when the mount is killed before the upload: the record says them too."""
+    m = pmounter(bucket, "async_upload")
+    proxy.set_faults([NO_PUTS])
+    (m.path / "f").write_bytes(b"pending")
+    os.chmod(m.path / "f", 0o600)
+    os.utime(m.path / "f", ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
+    os.setxattr(m.path / "f", "user.color", b"red")
+    m.kill9()
+    proxy.clear()
+    pmounter(bucket)
+    assert wait_for_object(s3, bucket, "f", 7, timeout=60) == b"pending"
+    meta = s3.head_object(Bucket=bucket, Key="f")["Metadata"]
+    assert int(meta["mode"]) & 0o7777 == 0o600, meta
+    assert meta["mtime"].startswith("1000000000.123456789"), meta
+    assert "xattr" in meta and "color" in meta["xattr"], meta

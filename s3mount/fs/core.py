@@ -564,6 +564,7 @@ class Filesystem(Namespace, FileData):
         of = self.open_files.get(ino)
         if of is not None and (of.dirty or node.etag is None):
             node.attrs = new  # goes up with the pending upload
+            await self._pending_metadata_changed(of)
             return node
         await self._write_metadata(node, new)
         return node
@@ -659,6 +660,7 @@ class Filesystem(Namespace, FileData):
         of = self.open_files.get(node.ino)
         if of is not None and (of.dirty or node.etag is None):
             node.attrs = new  # goes up with the pending upload
+            await self._pending_metadata_changed(of)
             return
         await self._write_metadata(node, new)
 

@@ -255,6 +255,17 @@ class FileData:
             log.warning("no space in the cache for the record of %r; its data would not "
                         "survive a crash before it is stored", of.node.path)
 
+    async def _pending_metadata_changed(self, of: OpenFile) -> None:
+        """Attributes or xattrs of a file whose upload is owed changed: its record carries the
+        metadata that upload stores, so a crash must not recover the old ones. A closed file
+        waiting in the queue had its record made durable; so is the new one."""
+        if not of.dirty:
+            return
+        if of.confirmed:
+            await self._persist(of)
+        else:
+            self._save_record(of)
+
     def _drop_record(self, of: OpenFile) -> None:
         """Nothing of the staging file is owed to the bucket any more (stored, or unwanted)."""
         if of.staging is not None:
