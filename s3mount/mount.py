@@ -211,6 +211,27 @@ def _limit_malloc_arenas() -> None:
         mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
+PR_SET_DUMPABLE = 4  # linux/prctl.h
+
+
+def protect_process(*, background: bool) -> None:
+    """Keep the keys out of core dumps, and a background mount out of the user's directory.
+
+    A crash of a dumpable mount process writes its memory, secret key and session token
+    included, to a core file in its working directory (the directory the mount was started from).
+    A non-dumpable process writes no core and cannot be read through ptrace or /proc/PID/mem by
+    other processes of the same user. A background process also changes to ``/`` (like every
+    daemon), so it neither keeps that directory busy nor writes anything there. Called before
+    the first keys are fetched; the foreground keeps its directory (the user started it there).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("cannot mark the mount process non-dumpable: %s",
+                    os.strerror(ctypes.get_errno()))
+    if background:
+        os.chdir("/")
+
+
 def _check_private_dir(path: str) -> None:
     """Staged data and crash-recovery records live here: the directory must be ours alone, or
     someone else could read what we stage or plant files for recovery to upload."""

@@ -4,7 +4,8 @@
 - TLS certificates are verified unless ``-o no_verify_ssl`` says otherwise (and that warns);
 - other users cannot use a mount without ``allow_other``; with it, the kernel still checks modes;
 - no secret in the log (even at debug), exceptions, ``ps``, ``/proc/PID/cmdline`` or ``status``;
-- nothing a user passes as a source, profile or option can add an option to the FUSE mount.
+- nothing a user passes as a source, profile or option can add an option to the FUSE mount;
+- a crash of the mount writes no core (the process is not dumpable; in the background it works in /).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import errno
 import json
 import os
 import pwd
+import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -449,3 +452,89 @@ def test_profile_cannot_inject_options(xdg: tuple[Path, dict[str, str]], mounter
     r = _cli(["mount", "work", str(mp), "-o", f"log_file={log_file}"], env)
     assert r.returncode == 0, r.stderr
     _assert_confined(mp)
+
+
+@contextlib.contextmanager
+def _core_dumps_on() -> Iterator[None]:
+    """Core dumps enabled for the processes started meanwhile (they inherit the limit)."""
+    old = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (old[1], old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, old)
+
+
+def _crash(pid: int, mountpoint: Path) -> None:
+    """SIGSEGV the mount process (a crash that dumps core), then detach its dead mount."""
+    os.kill(pid, signal.SIGSEGV)
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, timeout=30)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a core is written before the process becomes one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cores(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith("core")]
+
+
+@pytest.mark.skipif(not os.path.basename(
+    Path("/proc/sys/kernel/core_pattern").read_text().strip()).startswith("core"),
+    reason="core dumps go to a crash handler, not to the working directory")
+def test_background_mount_leaves_its_directory_and_dumps_no_core(
+        mounter: Mounter, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.10: a crash wrote a core holding the secret key into the directory the mount was
+    started from. The daemon works in / and is not dumpable."""
+    start = tmp_path / "started-here"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    root_core = Path("/core")
+    before = root_core.stat().st_mtime if root_core.exists() else None
+    with _core_dumps_on():
+        m = mounter(bucket, cache_dir=Path("cache"))  # relative: made absolute before chdir
+    assert m.pid is not None
+    assert os.readlink(f"/proc/{m.pid}/cwd") == "/"
+    (m.path / "f").write_text("x")
+    assert (start / "cache").is_dir()  # the cache is where the user meant it
+    _crash(m.pid, m.path)
+    assert _cores(start) == []
+    assert (root_core.stat().st_mtime if root_core.exists() else None) == before
+
+
+@pytest.mark.skipif(not os.path.basename(
+    Path("/proc/sys/kernel/core_pattern").read_text().strip()).startswith("core"),
+    reason="core dumps go to a crash handler, not to the working directory")
+def test_foreground_mount_dumps_no_core(mounter: Mounter, sandbox: SandboxProcess, bucket: str,
+                                        tmp_path: Path) -> None:
+    start = tmp_path / "started-here"
+    start.mkdir()
+    mp = tmp_path / "fg"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    with _core_dumps_on():
+        proc = subprocess.Popen(
+            [*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "-f", "--endpoint-url", sandbox.url,
+             "-o", f"cache_dir={tmp_path / 'cache'}"], cwd=start, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mp):
+            assert proc.poll() is None and time.monotonic() < deadline, "no mount"
+            time.sleep(0.1)
+        assert os.readlink(f"/proc/{proc.pid}/cwd") == str(start)  # foreground stays
+        _crash(proc.pid, mp)
+        assert proc.wait(30) == -signal.SIGSEGV
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True, timeout=30)
+    assert _cores(start) == []

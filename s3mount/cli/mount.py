@@ -21,7 +21,7 @@ from ..config import load_profile, profile_problems
 from ..credentials.build import FirstUseLogin, provider_from_profile
 from ..credentials.static import EnvironmentProvider
 from ..errors import S3MountError
-from ..mount import MountRunner, MountSpec, check_mountpoint, prepare
+from ..mount import MountRunner, MountSpec, check_mountpoint, prepare, protect_process
 from ..notify import notify
 from ..options import OPTIONS, check_endpoint_url, parse_options
 from ..sources import parse_source
@@ -119,8 +119,16 @@ def run(args: argparse.Namespace) -> int:
         return _start_background(args)
     from ..logsetup import setup_logging
 
+    # Started by _start_background: a daemon that leaves the user's directory, once the paths
+    # given relative to it are made absolute.
+    background = READY_FD_ENV in os.environ
     spec = build_spec(args)
     setup_logging(debug=spec.options.debug, log_file=None, log_size=spec.options.log_size)
+    if background:
+        spec.mountpoint = os.path.abspath(spec.mountpoint)
+        if spec.options.cache_dir:
+            spec.options.cache_dir = os.path.abspath(spec.options.cache_dir)
+    protect_process(background=background)
     return _serve(spec)
 
 
