@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from s3mount.credentials.base import ProviderError
 from s3mount.credentials.browser import http_browser
 from s3mount.credentials.build import provider_from_profile
 from s3mount.credentials.cleverbase import CleverbaseProvider
-from s3mount.credentials.refresher import Refresher
+from s3mount.credentials.refresher import Refresher, RefreshPolicy
 from s3mount.sandbox.cleverbase import CleverbaseEmulator, CleverbaseSettings
 
 xdg = pytest.fixture(xdg_home)
@@ -288,3 +289,58 @@ def test_refresher_renews_before_expiry_on_the_sandbox_clock(xdg, emu, info, san
         assert_keys_work(renewed, renewed.bucket)  # the mount would never have noticed
     finally:
         r.stop()
+
+
+def test_failed_renewal_is_one_fetch_shared_and_remembered(xdg, emu, info, request):
+    """Issue 16.9: 16 requests whose keys were refused, a provider that takes a second to fail.
+    One fetch reaches the provider, every waiter gets its outcome within that second, and the
+    failure is remembered briefly: later callers fail at once, without a fetch."""
+    path = "/v1/credentials"
+    offset = [0.0]
+    r = Refresher(logged_in(xdg, info), clock=lambda: time.time() + offset[0], rand=lambda: 0.0)
+    rejected = r.current()
+    emu.add_fault(path, 503, '{"title": "provisioning failed"}', delay=1.0, count=100)
+    request.addfinalizer(emu.clear_faults)
+    waiters = 16
+    start = threading.Barrier(waiters)
+    results: list[object] = []
+    took: list[float] = []
+
+    def renew() -> None:
+        start.wait()
+        t0 = time.monotonic()
+        results.append(r.renew_after_rejection(rejected))
+        took.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=renew) for _ in range(waiters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert 100 - emu.pending_faults(path) == 1, "one fetch for all waiters"
+    assert results == [None] * waiters
+    assert max(took) < 2.5, took  # one slow attempt (1 s), not sixteen in a row
+    t0 = time.monotonic()
+    assert r.renew_after_rejection(rejected) is None
+    assert time.monotonic() - t0 < 0.2 and 100 - emu.pending_faults(path) == 1
+    offset[0] += RefreshPolicy().failure_memory  # forgotten: the next caller asks again
+    assert r.renew_after_rejection(rejected) is None
+    assert 100 - emu.pending_faults(path) == 2
+    # The first keys of a mount (nobody has any yet) are single-flight the same way.
+    fresh = Refresher(logged_in(xdg, info, "cb2"), clock=time.time, rand=lambda: 0.0)
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        start.wait()
+        try:
+            fresh.current()
+        except ProviderError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first) for _ in range(waiters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(errors) == waiters and all("HTTP 503" in str(e) for e in errors), errors
+    assert 100 - emu.pending_faults(path) == 3

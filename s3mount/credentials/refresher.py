@@ -9,7 +9,10 @@ Protocol (what runs where, who holds which lock):
   exponentially (capped) and keeps serving the current keys while they are valid.
 * ``renew_after_rejection(rejected)`` is the request path's single flight: many store calls that saw
   the same keys rejected (ExpiredToken, InvalidAccessKeyId...) wait on one lock; the first renews, the
-  others find the keys already changed and return at once.
+  others share its outcome: they find the keys already changed, or the attempt failed, and return at
+  once. A failed attempt is remembered for ``failure_memory`` seconds, so callers in that time fail
+  at once (EACCES) instead of each asking the provider again: with a provider that takes its full
+  HTTP timeout to fail, N waiters would otherwise wait N timeouts.
 * Time is the wall clock (``clock()``), not a monotonic clock: expiry is a wall-clock deadline and must
   keep counting through a suspend. Both clock and wait are injectable so tests use a fake clock.
 """
@@ -46,6 +49,9 @@ class RefreshPolicy:
     """Keys obtained because the server rejected the previous ones, and rejected too within this
     many seconds, are not renewed again at once (a denial that renewal cannot fix must not turn
     every request into a provider call)."""
+    failure_memory: float = 5.0
+    """A failed fetch is remembered this long: callers that need new keys meanwhile get its error
+    at once instead of asking the provider again (the background renewal keeps its own backoff)."""
 
 
 def refresh_at(keys: KeySet, issued_at: float, policy: RefreshPolicy, rand: float) -> float:
@@ -90,13 +96,11 @@ class Refresher:
         policy: RefreshPolicy | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
-        on_change: Callable[[KeySet], None] | None = None,
     ) -> None:
         self.provider = provider
         self.policy = policy or RefreshPolicy()
         self._clock = clock
         self._rand = rand
-        self._on_change = on_change
         self._keys: KeySet | None = None
         self._issued_at = 0.0
         self._next_at: float | None = None
@@ -105,6 +109,7 @@ class Refresher:
         self._last_error: str | None = None
         self._login_required = False
         self._renewed_on_rejection_at: float | None = None
+        self._failed_at: float | None = None  # when the last fetch failed (None after a success)
         self._lock = threading.Lock()  # serialises fetches (single flight)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -118,7 +123,14 @@ class Refresher:
         if keys is None:
             with self._lock:
                 if self._keys is None:
-                    self._fetch_locked()
+                    if self._failed_recently():
+                        raise ProviderError(self._last_error or "the provider failed")
+                    try:
+                        self._fetch_locked()
+                    except Exception as exc:
+                        self._failed_at = self._clock()
+                        self._last_error = str(exc) or type(exc).__name__
+                        raise
                 keys = self._keys
         assert keys is not None
         return keys
@@ -133,6 +145,8 @@ class Refresher:
             keys = self._keys
             if keys is not None and keys != rejected:
                 return keys  # another caller already renewed
+            if self._failed_recently():
+                return None  # the attempt we waited for (or one just before) failed: share that
             if (self._renewed_on_rejection_at is not None and
                     self._clock() - self._renewed_on_rejection_at < self.policy.rejection_grace):
                 log.info("keys renewed after a rejection were rejected too within %.0fs; not "
@@ -191,23 +205,27 @@ class Refresher:
         self._failures = 0
         self._last_error = None
         self._login_required = False
+        self._failed_at = None
         self._next_at = refresh_at(new, now, self.policy, self._rand())
         if old is not None:
             self._renewals += 1
             changed = "new" if new.access_key != old.access_key else "same"
             log.info("credentials renewed (%s %s, %s)", changed, _key_hint(new),
                      _expiry(new, now))
-            if self._on_change is not None:
-                self._on_change(new)
         else:
             log.info("credentials obtained from %s (%s, %s)", self.provider.name,
                      _key_hint(new), _expiry(new, now))
+
+    def _failed_recently(self) -> bool:
+        return (self._failed_at is not None
+                and self._clock() - self._failed_at < self.policy.failure_memory)
 
     def _note_failure(self, exc: Exception) -> None:
         self._failures += 1
         self._last_error = str(exc) or type(exc).__name__
         self._login_required = bool(getattr(exc, "login_required", False))
         now = self._clock()
+        self._failed_at = now
         delay = backoff_delay(self._failures, self.policy, self._rand())
         keys = self._keys
         if self._login_required:

@@ -102,6 +102,15 @@ class EmulatorBase:
             self._faults.setdefault(path, []).extend(
                 [{"status": int(status), "body": body, "delay": float(delay)}] * int(count))
 
+    def pending_faults(self, path: str) -> int:
+        """Faults still queued for ``path``: a test counts the requests that took one."""
+        with self.lock:
+            return len(self._faults.get(path, []))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._faults.clear()
+
     def _injected_fault(self, path: str) -> Response | None:
         with self.lock:
             queue = self._faults.get(path)
