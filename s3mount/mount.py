@@ -3,8 +3,14 @@
 ``prepare()`` does everything that can fail for a reason the user can fix (credentials, bucket,
 mountpoint) before anything is mounted, so ``s3mount mount`` answers with one clear line.
 ``serve()`` runs the FUSE loop in trio with the background tasks (status publishing, leftover
-uploads, signal handling) in one nursery, and on the way out uploads what is still dirty,
-then unmounts. SIGTERM and SIGINT end the mount cleanly (flush, then unmount).
+uploads, signal handling) in one nursery, and on the way out uploads what is still dirty.
+
+The loop ends when the kernel ends the session: the mountpoint was unmounted (``s3mount umount``,
+``umount(8)``) and, after a lazy unmount, the last open file on it was closed. Until then every open
+descriptor keeps working, so a file being written when a lazy unmount came is still stored whole
+when it is closed. SIGTERM, SIGINT and SIGHUP (``systemctl stop``, Ctrl-C) unmount: normally when
+nothing is open, else lazily (the promise above holds), never by tearing the session down under a
+writer. SIGUSR1 says an outside lazy unmount happened (``s3mount umount --lazy``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ from .store.s3 import S3Store, StoreConfig
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 5.0
+STOP_STATUS_INTERVAL = 1.0
+"""While stopping: how often status (and progress) is published and systemd's stop timeout is
+extended (by EXTEND_FACTOR times this) as long as uploads remain."""
+EXTEND_FACTOR = 30
 MiB = 1024 * 1024
 
 
@@ -303,6 +313,8 @@ class MountRunner:
         self.started_at = time.time()
         self._status_changed = trio.Event()
         """Set to publish the status now rather than at the next interval."""
+        self.stopping = False
+        self.detached = False
 
     def mount(self) -> None:
         """Mount (raises MountError when the kernel refuses); the loop runs in ``serve``."""
@@ -344,6 +356,9 @@ class MountRunner:
                 if on_ready is not None:
                     on_ready()
                 await pyfuse3.main()
+                # Unmounted: upload what is left while the writeback and the streams' part
+                # uploads still run in this nursery.
+                await self._after_unmount()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -352,6 +367,20 @@ class MountRunner:
             pyfuse3.close(unmount=True)
             self._withdraw_status()
         return failed
+
+    async def _after_unmount(self) -> None:
+        self.stopping = self.detached = True
+        pending = self.fs.pending_uploads()
+        if not pending:
+            return
+        log.info("unmounted; uploading %d file(s) still pending", pending)
+        self._publish_once()  # under the detached name at once: the old one now reads as stale
+        failed = await self.fs.flush_all()
+        if failed:
+            log.error("uploads after the unmount finished; %d of %d file(s) could not be stored "
+                      "and stay in the cache for the next mount", failed, pending)
+        else:
+            log.info("uploads after the unmount finished: all %d file(s) stored", pending)
 
     async def _recover(self) -> None:
         """Upload what earlier runs left: this endpoint's first, then that of other endpoints
@@ -379,18 +408,44 @@ class MountRunner:
 
     async def _signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                        ) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                       signal.SIGUSR1) as sigs:
             task_status.started()
             async for sig in sigs:
-                log.info("received %s: uploading pending data and unmounting",
+                if sig == signal.SIGUSR1:
+                    self._note_detached("was detached by a lazy unmount")
+                    continue
+                if self.stopping:
+                    continue
+                log.info("received %s: unmounting, then uploading pending data",
                          signal.Signals(sig).name)
+                self.stopping = True
                 notify("STOPPING=1")
-                pending = self.fs.pending_uploads()
-                if pending:
-                    log.info("%d file(s) still to upload", pending)
-                await self.fs.flush_all()
-                pyfuse3.terminate()
-                return
+                await self._unmount()
+
+    async def _unmount(self) -> None:
+        """Unmount, lazily when files are open (the loop then ends when the last one closes)."""
+        mp = self.p.spec.mountpoint
+        r = await trio.run_process(["fusermount3", "-u", "--", mp], capture_stdout=True,
+                                   capture_stderr=True, check=False)
+        if r.returncode == 0:
+            return
+        r = await trio.run_process(["fusermount3", "-u", "-z", "--", mp], capture_stdout=True,
+                                   capture_stderr=True, check=False)
+        if r.returncode == 0:
+            self._note_detached("is busy, so it was detached lazily")
+            return
+        log.error("cannot unmount %s (%s); ending the session", mp,
+                  r.stderr.decode(errors="replace").strip())
+        pyfuse3.terminate()
+
+    def _note_detached(self, how: str) -> None:
+        self.stopping = self.detached = True
+        open_files = len(self.fs.handles)
+        if open_files:
+            log.info("%s %s: %d open file(s) keep working and each is stored when closed; the "
+                     "mount process exits after the last", self.p.spec.mountpoint, how, open_files)
+        self._publish_once()
 
     def status(self) -> dict[str, Any]:
         st = self.p.refresher.status()
@@ -414,25 +469,45 @@ class MountRunner:
             "read_only": self.p.spec.options.ro,
             "stranded_uploads": [asdict(s) | {"message": s.message()}
                                  for s in self.leftovers.stranded],
+            "uploads": self.fs.upload_progress(),
+            "open_files": len(self.fs.handles),
+            "detached": self.detached,
         }
+
+    def _publish_once(self) -> dict[str, Any]:
+        if not self.detached and self.p.spec.mountpoint not in runtime.mounted_paths():
+            self._note_detached("was unmounted")  # umount -l from outside
+        state = self.status()
+        try:
+            runtime.publish(self.p.spec.mountpoint, state)
+        except (OSError, S3MountError) as exc:
+            log.debug("could not publish status: %s", exc)
+        return state
 
     async def _publish_status(self) -> None:
         while True:
-            state = self.status()
-            try:
-                runtime.publish(self.p.spec.mountpoint, state)
-            except (OSError, S3MountError) as exc:
-                log.debug("could not publish status: %s", exc)
-            notify(f"STATUS=pending uploads {state['pending_uploads']}, "
-                   f"next key renewal {_when(state['next_renewal_at'])}")
+            state = self._publish_once()
+            if self.stopping:
+                # systemd would kill a stop that takes longer than TimeoutStopSec while uploads
+                # still make progress: extend it for as long as some remain.
+                lines = [f"STATUS=stopping: {runtime.progress_line(state['uploads'])}"]
+                if state["pending_uploads"]:
+                    lines.append(f"EXTEND_TIMEOUT_USEC="
+                                 f"{int(EXTEND_FACTOR * STOP_STATUS_INTERVAL * 1e6)}")
+                notify(*lines)
+            else:
+                notify(f"STATUS=pending uploads {state['pending_uploads']}, "
+                       f"next key renewal {_when(state['next_renewal_at'])}")
             self.meta.commit()
-            with trio.move_on_after(STATUS_INTERVAL):
+            with trio.move_on_after(STOP_STATUS_INTERVAL if self.stopping
+                                    else STATUS_INTERVAL):
                 await self._status_changed.wait()
             self._status_changed = trio.Event()
 
     def _withdraw_status(self) -> None:
         with contextlib.suppress(OSError, S3MountError):
             runtime.withdraw(self.p.spec.mountpoint)
+            runtime.withdraw(self.p.spec.mountpoint, detached=True)
 
 
 class _KeysFor:

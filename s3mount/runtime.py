@@ -4,7 +4,9 @@ Each mount process rewrites one small JSON file every few seconds in a per-user 
 ``status`` reads them all. The file name is a hash of the mountpoint, so two mounts never collide
 and a remount simply overwrites the previous entry. A mount that died without withdrawing its entry
 (SIGKILL, crash) leaves a stale file behind: readers recognise it by a dead ``pid`` or a mountpoint
-that is no longer mounted, and delete it.
+that is no longer mounted, and delete it. A mount process that is still uploading or serving open
+files after its mountpoint was unmounted publishes ``detached`` under a name of its own (the same
+mountpoint may be mounted again meanwhile), and is listed while its process lives.
 
 The directory is private (0700, owned by us; checked on every use, because ``/tmp`` is shared and
 somebody else could have created ``/tmp/s3mount-<uid>`` first), the files are 0600, and only the
@@ -33,6 +35,8 @@ from .errors import S3MountError
 
 log = logging.getLogger(__name__)
 
+MiB = 1024 * 1024
+
 # What a mount may publish: descriptions for the man page and for reviewers. Nothing secret.
 STATE_KEYS: dict[str, str] = {
     "mountpoint": "absolute path of the mountpoint",
@@ -48,6 +52,10 @@ STATE_KEYS: dict[str, str] = {
     "next_renewal_at": "epoch seconds of the next planned renewal, or null",
     "renewals": "number of successful credential renewals since the mount started",
     "pending_uploads": "files written but not yet stored in the bucket",
+    "uploads": "per pending file: path, stored (bytes of its current upload attempt), total "
+               "(bytes), rate (bytes/s, or null before its upload starts)",
+    "open_files": "open file descriptors on the mount",
+    "detached": "true once unmounted while the process still uploads or serves open files",
     "failed_uploads": "uploads that failed and are kept in the cache for a retry",
     "cache_bytes": "bytes used in the staging area",
     "started_at": "epoch seconds when the mount started",
@@ -133,8 +141,9 @@ def mountpoint_key(mountpoint: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def _entry_name(mountpoint: str) -> str:
-    return hashlib.sha256(mountpoint_key(mountpoint).encode()).hexdigest()[:16] + ".json"
+def _entry_name(mountpoint: str, detached_pid: int | None = None) -> str:
+    ident = mountpoint_key(mountpoint) + (f"\0{detached_pid}" if detached_pid else "")
+    return hashlib.sha256(ident.encode()).hexdigest()[:16] + ".json"
 
 
 def publish(mountpoint: str, state: dict[str, Any]) -> None:
@@ -147,20 +156,22 @@ def publish(mountpoint: str, state: dict[str, Any]) -> None:
     entry.setdefault("pid", os.getpid())
     entry["updated_at"] = time.time()
     directory = runtime_dir()
+    name = _entry_name(mountpoint, entry["pid"] if entry.get("detached") else None)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(entry, f)
-        os.replace(tmp, os.path.join(directory, _entry_name(mountpoint)))
+        os.replace(tmp, os.path.join(directory, name))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def withdraw(mountpoint: str) -> None:
-    """Remove the entry of ``mountpoint`` (on unmount); missing entries are fine."""
-    name = _entry_name(mountpoint)
+def withdraw(mountpoint: str, *, detached: bool = False) -> None:
+    """Remove the entry of ``mountpoint`` (on unmount), or with ``detached`` the one this process
+    published after the unmount; missing entries are fine."""
+    name = _entry_name(mountpoint, os.getpid() if detached else None)
     for directory in _existing_dirs():
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
@@ -228,22 +239,41 @@ def read_all() -> list[dict[str, Any]]:
                 _remove(path)
                 continue
             if (not isinstance(entry, dict) or not _pid_alive(entry.get("pid"))
-                    or entry.get("mountpoint") not in mounted):
+                    or (entry.get("mountpoint") not in mounted and not entry.get("detached"))):
                 log.debug("removing stale runtime entry %s", path)
                 _remove(path)
                 continue
-            prev = found.get(entry["mountpoint"])
+            key = (entry["mountpoint"], entry["pid"] if entry.get("detached") else 0)
+            prev = found.get(key)
             if prev is None or entry.get("updated_at", 0) > prev.get("updated_at", 0):
-                found[entry["mountpoint"]] = entry
+                found[key] = entry
     return [found[k] for k in sorted(found)]
 
 
 def find(mountpoint: str) -> dict[str, Any] | None:
-    """State of the live mount at ``mountpoint``, or None."""
+    """State of the live mount at ``mountpoint`` (not a detached one), or None."""
     key = mountpoint_key(mountpoint)
-    return next((e for e in read_all() if e["mountpoint"] == key), None)
+    return next((e for e in read_all() if e["mountpoint"] == key and not e.get("detached")),
+                None)
+
+
+def find_pid(pid: int) -> dict[str, Any] | None:
+    """The newest state published by mount process ``pid``, mounted or detached, or None."""
+    return max((e for e in read_all() if e.get("pid") == pid),
+               key=lambda e: e.get("updated_at", 0), default=None)
 
 
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def progress_line(uploads: list[dict[str, Any]]) -> str:
+    """``3 file(s) to upload: 120.0 of 300.0 MiB stored, 12.5 MiB/s`` (``umount``, systemd)."""
+    if not uploads:
+        return "no uploads pending"
+    stored = sum(u["stored"] for u in uploads)
+    total = sum(u["total"] for u in uploads)
+    rate = sum(u["rate"] or 0 for u in uploads)
+    return (f"{len(uploads)} file(s) to upload: {stored / MiB:.1f} of {total / MiB:.1f} MiB "
+            f"stored, {rate / MiB:.1f} MiB/s")

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
@@ -30,6 +30,7 @@ from .concurrency import gather
 from .inodes import Inode
 from .namespace import DirEntry
 from .paths import split
+from .progress import Progress
 from .reader import Reader
 from .staging import Record, StagingFile
 from .streaming import StreamingUpload
@@ -75,6 +76,8 @@ class OpenFile:
     whose stored parts were given back failed): none of it is stored, the bucket keeps its
     version, and writes, flush and fsync fail with ENOSPC until the file is truncated to zero
     or closed by everyone."""
+    progress: Progress | None = None
+    """The current upload attempt (streamed or whole), while there is one."""
 
 
 @dataclass
@@ -349,11 +352,12 @@ class FileData:
             return
         if of.stream is None:
             assert of.staging is not None and self.nursery is not None
+            of.progress = Progress()
             of.stream = StreamingUpload(
                 self.store, self._run, self.nursery, of.staging, self.upload_budget,
                 self.keys.file_key(of.node.path), self._stream_metadata(of),
                 part_size=self.cfg.part_size, parallel=STREAM_PARALLEL,
-                on_orphan=self.writeback.abandon)
+                on_orphan=self.writeback.abandon, progress=of.progress)
         await of.stream.advance(of.seq_end)
 
     async def _stop_stream(self, of: OpenFile) -> None:
@@ -577,7 +581,9 @@ class FileData:
                                   "are no longer in the cache: the file is not stored",
                                   errno=errno.EIO)
                 md = {**node.extra, **metadata_for(node.attrs)}
-                etag = await self._upload_staged(key, of.staging, md)
+                of.progress = Progress()
+                etag = await self._upload_staged(key, of.staging, md, of.progress)
+            of.progress = None
             of.dirty = False
             of.base_etag = etag
             of.base_size = node.attrs.size
@@ -591,7 +597,7 @@ class FileData:
             self._listing_add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
 
     async def _upload_staged(self, key: str, staging: StagingFile,
-                             md: dict[str, str]) -> str:
+                             md: dict[str, str], progress: Progress | None = None) -> str:
         """Upload a staging file whole. One of up to ``part_size`` goes in one PUT from memory,
         so it draws on the upload budget like a streamed part (larger ones are sent from disk
         part by part by the store)."""
@@ -599,7 +605,8 @@ class FileData:
         held = size if size <= self.cfg.part_size else 0
         await self.upload_budget.take(held)
         try:
-            return await self._run(self.store.upload, key, staging.path, metadata=md)
+            return await self._run(self.store.upload, key, staging.path, metadata=md,
+                                   progress=progress.add if progress else None)
         finally:
             self.upload_budget.give(held)
 
@@ -649,3 +656,10 @@ class FileData:
 
     def pending_uploads(self) -> int:
         return sum(1 for of in self.open_files.values() if of.dirty and of.node.path is not None)
+
+    def upload_progress(self) -> list[dict[str, Any]]:
+        """Per pending file: path, bytes stored in its current upload attempt, size, bytes/s."""
+        return [{"path": of.node.path, "stored": min(of.progress.stored, of.node.attrs.size)
+                 if of.progress else 0, "total": of.node.attrs.size,
+                 "rate": round(of.progress.rate()) if of.progress else None}
+                for of in self.open_files.values() if of.dirty and of.node.path is not None]

@@ -31,6 +31,7 @@ import trio
 from ..errors import S3MountError
 from ..store.base import ObjectStore
 from .budget import Budget
+from .progress import Progress
 from .staging import StagingFile
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class StreamingUpload:
     def __init__(self, store: ObjectStore, run: Callable[..., Awaitable[Any]],
                  nursery: trio.Nursery, staging: StagingFile, budget: Budget, key: str,
                  metadata: Mapping[str, str], *, part_size: int, parallel: int,
-                 on_orphan: Callable[[str, str], None]) -> None:
+                 on_orphan: Callable[[str, str], None], progress: Progress | None = None
+                 ) -> None:
         self._store = store
         self._run = run
         self._nursery = nursery
@@ -62,6 +64,7 @@ class StreamingUpload:
         self._stored: list[tuple[int, int]] = []  # (offset, length) of parts stored, not taken
         self._part_done = trio.Event()
         self._on_orphan = on_orphan
+        self._progress = progress
         self.cancelled = False
 
     async def advance(self, written_to: int) -> None:
@@ -120,6 +123,8 @@ class StreamingUpload:
         data = self._staging.pread(length, offset)
         self._staging.drop_cached(offset, length)  # starts writeback while the part is sent
         etag = self._store.upload_part(self.key, upload_id, number, data)
+        if self._progress is not None:
+            self._progress.add(length)
         self._staging.drop_cached(offset, length)  # written back by now: free the pages
         return etag
 

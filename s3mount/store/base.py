@@ -7,7 +7,7 @@ inodes or the mount's prefix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -78,9 +78,11 @@ class ObjectStore(Protocol):
         """A single PUT; returns the new ETag."""
 
     def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
-               content_type: str | None = None) -> str:
+               content_type: str | None = None,
+               progress: Callable[[int], None] | None = None) -> str:
         """Upload the file at ``path`` (multipart with parallel parts above the threshold);
-        returns the ETag. The caller keeps the file unchanged until this returns."""
+        returns the ETag. The caller keeps the file unchanged until this returns. ``progress``
+        is called (from worker threads) with each number of bytes sent."""
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str],
                          content_type: str | None = None) -> str:

@@ -204,11 +204,15 @@ class S3Store:
             key, k, t, data, metadata=metadata, content_type=content_type or _guess_type(key)))
 
     def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
-               content_type: str | None = None) -> str:
+               content_type: str | None = None,
+               progress: Callable[[int], None] | None = None) -> str:
         size = os.path.getsize(path)
         if size <= self.config.part_size:
             with open(path, "rb") as f:
-                return self.put(key, f.read(), metadata=metadata, content_type=content_type)
+                etag = self.put(key, f.read(), metadata=metadata, content_type=content_type)
+            if progress is not None:
+                progress(size)
+            return etag
         part_size = max(self.config.part_size, -(-size // MAX_PARTS))
         upload_id = self.create_multipart(key, metadata=metadata, content_type=content_type)
         # Each part is read from disk as it is sent: memory holds at most max_concurrency parts.
@@ -217,7 +221,10 @@ class S3Store:
 
             def send(n: int) -> tuple[int, str]:
                 data = os.pread(fd, part_size, (n - 1) * part_size)
-                return n, self.upload_part(key, upload_id, n, data)
+                etag = self.upload_part(key, upload_id, n, data)
+                if progress is not None:
+                    progress(len(data))
+                return n, etag
 
             try:
                 parts = self._parallel(send, range(1, -(-size // part_size) + 1))

@@ -1,0 +1,143 @@
+"""How a mount ends (issue 16.6) and what it shows meanwhile (issue 20.13), on real mounts.
+
+A mount in use is never torn down under a writer: ``s3mount umount`` refuses while a file is open,
+``--lazy`` and a stop by signal (systemd's) detach it but keep serving the open files, and each is
+still stored when it is closed. Pending uploads show their progress in ``status`` and, once they
+finish after an unmount, in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
+
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
+
+MiB = 1024 * 1024
+WRITER = "exec 3>{f}; echo first >&3; sleep 4; echo second >&3"
+"""The issue's reproduction: a writer holding a descriptor across the unmount."""
+
+
+def _writer(path: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["bash", "-c", WRITER.format(f=path)], stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(1.5)  # "first" is written, the descriptor open
+    return proc
+
+
+def _umount(m: Mount, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run([*S3MOUNT, "umount", *extra, str(m.path)], env=m.env, check=False, timeout=120)
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _statuses(env: dict[str, str]) -> list[dict[str, Any]]:
+    r = run([*S3MOUNT, "status", "--json"], env=env, timeout=60)
+    return list(json.loads(r.stdout))
+
+
+def test_umount_refuses_a_mount_in_use(mnt: Mount, s3) -> None:
+    writer = _writer(mnt.path / "w")
+    r = _umount(mnt)
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    # bash and its `sleep` both hold the descriptor: 2
+    assert len(lines) == 1 and "busy (2 open file(s))" in lines[0] and "--lazy" in lines[0], lines
+    assert os.path.ismount(mnt.path)
+    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""  # no ENOTCONN
+    r = _umount(mnt)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.ismount(mnt.path)
+    assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
+
+
+def test_lazy_umount_stores_the_open_file_when_it_is_closed(mnt: Mount, s3) -> None:
+    writer = _writer(mnt.path / "w")
+    t0 = time.monotonic()
+    r = _umount(mnt, "--lazy")
+    assert r.returncode == 0 and r.stderr == "", r
+    assert time.monotonic() - t0 < 10  # does not wait for the writer
+    assert not os.path.ismount(mnt.path)
+    assert mnt.pid is not None
+    (entry,) = [e for e in _statuses(mnt.env) if e["pid"] == mnt.pid]
+    assert entry["detached"] is True and entry["open_files"] == 1
+    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""
+    assert _exited(mnt.pid, 60), "the mount process did not exit after the last close"
+    assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
+    assert "1 open file(s) keep working" in mnt.log()
+
+
+def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3) -> None:
+    """systemd's stop is a SIGTERM to the mount process: it must keep the same promise."""
+    writer = _writer(mnt.path / "w")
+    assert mnt.pid is not None
+    os.kill(mnt.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while os.path.ismount(mnt.path):
+        assert time.monotonic() < deadline, "SIGTERM did not detach the mount"
+        time.sleep(0.1)
+    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""
+    assert _exited(mnt.pid, 60)
+    assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
+    assert "is busy, so it was detached lazily" in mnt.log()
+
+
+@pytest.fixture
+def slow_parts(proxy: FaultProxy) -> FaultProxy:
+    """Every part upload answers a second late: a 30 MiB file takes ~6 s to store."""
+    proxy.set_faults([Fault("delay", probability=1.0, delay=1.0, methods=("PUT",),
+                            path="partNumber=")])
+    return proxy
+
+
+def _write_out_of_order(path: Path, size: int) -> bytes:
+    """Written back to front, so it is not streamed while written: it is uploaded after close."""
+    data = os.urandom(size)
+    with open(path, "wb") as f:
+        f.seek(size - MiB)
+        f.write(data[-MiB:])
+        f.seek(0)
+        f.write(data[:-MiB])
+    return data
+
+
+def test_status_shows_upload_progress_and_the_log_when_it_ends(
+        pmounter: Mounter, slow_parts: FaultProxy, bucket: str, s3) -> None:
+    m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1")
+    size = 30 * MiB
+    data = _write_out_of_order(m.path / "big", size)
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while not any(0 < u["stored"] < size for u in seen):
+        assert time.monotonic() < deadline, f"no progress shown: {seen}"
+        seen = mount_status(m.path, m.env).get("uploads") or []
+        time.sleep(0.3)
+    (u,) = seen
+    assert u["path"] == "big" and u["total"] == size and u["rate"] > 0
+    # Unmount while it is still uploading: umount waits (quiet: not a terminal), the log says
+    # when the uploads finished.
+    r = _umount(m)
+    assert r.returncode == 0 and r.stderr == "", r
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
+    log = m.log()
+    assert "unmounted; uploading 1 file(s) still pending" in log
+    assert "uploads after the unmount finished: all 1 file(s) stored" in log
