@@ -489,9 +489,10 @@ class MountRunner:
             state = self._publish_once()
             if self.stopping:
                 # systemd would kill a stop that takes longer than TimeoutStopSec while uploads
-                # still make progress: extend it for as long as some remain.
+                # still make progress: extend it for as long as closed files remain to store
+                # (not for files held open: a program may hold one for ever).
                 lines = [f"STATUS=stopping: {runtime.progress_line(state['uploads'])}"]
-                if state["pending_uploads"]:
+                if any(not u["open"] for u in state["uploads"]):
                     lines.append(f"EXTEND_TIMEOUT_USEC="
                                  f"{int(EXTEND_FACTOR * STOP_STATUS_INTERVAL * 1e6)}")
                 notify(*lines)

@@ -53,7 +53,8 @@ STATE_KEYS: dict[str, str] = {
     "renewals": "number of successful credential renewals since the mount started",
     "pending_uploads": "files written but not yet stored in the bucket",
     "uploads": "per pending file: path, stored (bytes of its current upload attempt), total "
-               "(bytes), rate (bytes/s, or null before its upload starts)",
+               "(bytes), rate (bytes/s, or null before its upload starts), open (still being "
+               "written)",
     "open_files": "open file descriptors on the mount",
     "detached": "true once unmounted while the process still uploads or serves open files",
     "failed_uploads": "uploads that failed and are kept in the cache for a retry",

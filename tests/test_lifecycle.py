@@ -8,9 +8,11 @@ finish after an unmount, in the log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -38,16 +40,17 @@ def _umount(m: Mount, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def _exited(pid: int, timeout: float) -> bool:
+    """Whether ``pid`` is gone (or a zombie), waiting up to ``timeout`` seconds for it."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z":
+                return True
         except (OSError, IndexError):
             return True
-        if state == "Z":
-            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    return False
 
 
 def _statuses(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -103,7 +106,7 @@ def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3) -> None:
 
 @pytest.fixture
 def slow_parts(proxy: FaultProxy) -> FaultProxy:
-    """Every part upload answers a second late: a 30 MiB file takes ~6 s to store."""
+    """Every part upload answers a second late: a 20 MiB file takes ~4 s to store."""
     proxy.set_faults([Fault("delay", probability=1.0, delay=1.0, methods=("PUT",),
                             path="partNumber=")])
     return proxy
@@ -123,7 +126,7 @@ def _write_out_of_order(path: Path, size: int) -> bytes:
 def test_status_shows_upload_progress_and_the_log_when_it_ends(
         pmounter: Mounter, slow_parts: FaultProxy, bucket: str, s3) -> None:
     m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1")
-    size = 30 * MiB
+    size = 20 * MiB
     data = _write_out_of_order(m.path / "big", size)
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
@@ -141,3 +144,30 @@ def test_status_shows_upload_progress_and_the_log_when_it_ends(
     log = m.log()
     assert "unmounted; uploading 1 file(s) still pending" in log
     assert "uploads after the unmount finished: all 1 file(s) stored" in log
+
+
+def test_stop_tells_systemd_it_is_still_uploading(pmounter: Mounter, slow_parts: FaultProxy,
+                                                  bucket: str, s3, tmp_path: Path) -> None:
+    """A stop that uploads for longer than TimeoutStopSec must not be killed while it progresses:
+    the mount process extends the timeout (EXTEND_TIMEOUT_USEC) and says how far it is."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(1)
+    try:
+        env = dict(pmounter.env_for(pmounter.sandbox.issue_keys([bucket])),
+                   NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1", env=env)
+        data = _write_out_of_order(m.path / "big", 20 * MiB)
+        assert m.pid is not None
+        os.kill(m.pid, signal.SIGTERM)
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while not _exited(m.pid, 0) and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                got += listener.recv(4096).decode().splitlines()
+    finally:
+        listener.close()
+    assert "STOPPING=1" in got
+    assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in got), got
+    assert any(line.startswith("STATUS=stopping: 1 file(s) to upload: ") for line in got), got
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data

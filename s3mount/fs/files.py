@@ -658,8 +658,10 @@ class FileData:
         return sum(1 for of in self.open_files.values() if of.dirty and of.node.path is not None)
 
     def upload_progress(self) -> list[dict[str, Any]]:
-        """Per pending file: path, bytes stored in its current upload attempt, size, bytes/s."""
+        """Per pending file: path, bytes stored in its current upload attempt, size, bytes/s,
+        and whether it is still open (being written: its upload is not due yet)."""
         return [{"path": of.node.path, "stored": min(of.progress.stored, of.node.attrs.size)
                  if of.progress else 0, "total": of.node.attrs.size,
-                 "rate": round(of.progress.rate()) if of.progress else None}
+                 "rate": round(of.progress.rate()) if of.progress else None,
+                 "open": of.handles > 0}
                 for of in self.open_files.values() if of.dirty and of.node.path is not None]
