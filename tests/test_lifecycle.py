@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
@@ -170,4 +172,34 @@ def test_stop_tells_systemd_it_is_still_uploading(pmounter: Mounter, slow_parts:
     assert "STOPPING=1" in got
     assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in got), got
     assert any(line.startswith("STATUS=stopping: 1 file(s) to upload: ") for line in got), got
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
+
+
+def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts: FaultProxy,
+                                                  bucket: str, s3) -> None:
+    m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1")
+    data = _write_out_of_order(m.path / "big", 15 * MiB)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([*S3MOUNT, "umount", str(m.path)], env=m.env, stdin=slave,
+                                stdout=slave, stderr=slave)
+        os.close(slave)
+        out = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the command exited and closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        assert proc.wait(30) == 0, out
+    finally:
+        os.close(master)
+    text = out.decode()
+    assert f"\rs3mount: {m.path}: 1 file(s) to upload: " in text, text
+    assert "of 15.0 MiB stored" in text and text.endswith("\r\n"), text
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data

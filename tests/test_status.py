@@ -153,3 +153,20 @@ def test_status_and_umount_start_without_the_mount_machinery(argv, tmp_path) -> 
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                        timeout=60, env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)))
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
+
+
+def test_table_shows_each_pending_upload_and_detached_mounts(live, capsys):
+    uploads = [{"path": "big.iso", "stored": 100 * 1024 * 1024, "total": 400 * 1024 * 1024,
+                "rate": 5 * 1024 * 1024, "open": False},
+               {"path": "log.txt", "stored": 0, "total": 2048, "rate": None, "open": True}]
+    mp = live("a", credentials_expire_at=None, uploads=uploads, detached=True,
+              **{**STATE, "pending_uploads": 2})
+    rc, out, _ = run_status(capsys)
+    assert rc == 0
+    _, row, big, log = out.splitlines()
+    assert row.startswith(f"{mp} (detached)")
+    assert big == f"{mp}: uploading big.iso: 100.0MiB of 400.0MiB (25%), 5.0MiB/s"
+    assert log == f"{mp}: being written log.txt: 0B of 2.0KiB (0%)"
+    rc, out, _ = run_status(capsys, "--json")
+    (entry,) = json.loads(out)
+    assert entry["uploads"] == uploads and entry["detached"] is True

@@ -71,7 +71,26 @@ def format_table(entries: list[dict[str, Any]], now: float) -> str:
             lines.append(f"{e['mountpoint']}: last error: {e['last_error']}")
         for stranded in e.get("stranded_uploads") or []:  # see s3mount/recovery.py
             lines.append(f"{e['mountpoint']}: warning: {stranded['message']}")
+        lines += [f"{e['mountpoint']}: {_upload(u)}" for u in e.get("uploads") or []]
     return "\n".join(lines)
+
+
+def _upload(u: dict[str, Any]) -> str:
+    """``uploading big.iso: 120.0MiB of 300.0MiB (40%), 12.5MiB/s`` for one pending file."""
+    total = int(u.get("total") or 0)
+    stored = int(u.get("stored") or 0)
+    if u.get("open"):
+        state = "being written"
+    elif u.get("rate") is None:
+        state = "waiting"
+    else:
+        state = "uploading"
+    line = f"{state} {u.get('path')}: {_size(stored)} of {_size(total)}"
+    if total:
+        line += f" ({100 * stored // total}%)"
+    if u.get("rate") is not None:
+        line += f", {_size(int(u['rate']))}/s"
+    return line
 
 
 def _row(e: dict[str, Any], now: float) -> tuple[str, ...]:
@@ -81,7 +100,8 @@ def _row(e: dict[str, Any], now: float) -> tuple[str, ...]:
     provider = str(e.get("provider") or "-")
     if e.get("profile"):
         provider += f" ({e['profile']})"
-    return (str(e.get("mountpoint")), provider, bucket, str(e.get("endpoint") or "-"),
+    mountpoint = str(e.get("mountpoint")) + (" (detached)" if e.get("detached") else "")
+    return (mountpoint, provider, bucket, str(e.get("endpoint") or "-"),
             _expiry(e.get("credentials_expire_at"), now), str(e.get("renewals", 0)),
             str(e.get("pending_uploads", 0)), str(e.get("failed_uploads", 0)),
             _size(e.get("cache_bytes")))
