@@ -1,8 +1,9 @@
 """How far the upload of one file has got, for ``s3mount status`` and a stopping ``umount``.
 
 A large file can take minutes to store; without this, ``status`` shows only that it is pending.
-Parts of a streamed upload and the transfer manager's callbacks add to ``stored`` from worker
-threads, and the status task reads it from the event loop, hence the lock.
+Parts of a streamed upload and the parts of a whole upload (the store's ``progress`` callback) add
+to ``stored`` from worker threads, and the status task reads it from the event loop, hence the
+lock.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class Progress:
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
-        """``n`` more bytes reached the server (the transfer manager's ``Callback`` signature)."""
+        """``n`` more bytes reached the server."""
         with self._lock:
             self._stored += n
 
