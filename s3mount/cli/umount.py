@@ -26,6 +26,7 @@ from .. import runtime
 from . import CliError
 
 POLL = 0.2
+ACK_TIMEOUT = 5.0
 PROGRESS_EVERY = 0.5
 
 
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
         if pid is not None:
             with contextlib.suppress(OSError):  # gone, or not ours: it finds out by itself
                 os.kill(pid, signal.SIGUSR1)
+            # Until it says so, so a `status` right after this lists it as detached.
+            deadline = time.monotonic() + ACK_TIMEOUT
+            while time.monotonic() < deadline and _alive(pid):
+                if (runtime.find_pid(pid) or {}).get("detached"):
+                    break
+                time.sleep(POLL / 4)
         return 0
     try:
         _fusermount(mp, "-u")
