@@ -61,6 +61,7 @@ STOP_STATUS_INTERVAL = 1.0
 """While stopping: how often status (and progress) is published and systemd's stop timeout is
 extended (by EXTEND_FACTOR times this) as long as uploads remain."""
 EXTEND_FACTOR = 30
+UNMOUNT_TIMEOUT = 30.0
 MiB = 1024 * 1024
 
 
@@ -425,19 +426,22 @@ class MountRunner:
 
     async def _unmount(self) -> None:
         """Unmount, lazily when files are open (the loop then ends when the last one closes)."""
-        mp = self.p.spec.mountpoint
-        r = await trio.run_process(["fusermount3", "-u", "--", mp], capture_stdout=True,
-                                   capture_stderr=True, check=False)
-        if r.returncode == 0:
+        if (await self._fusermount("-u"))[0]:
             return
-        r = await trio.run_process(["fusermount3", "-u", "-z", "--", mp], capture_stdout=True,
-                                   capture_stderr=True, check=False)
-        if r.returncode == 0:
+        done, reason = await self._fusermount("-u", "-z")
+        if done:
             self._note_detached("is busy, so it was detached lazily")
             return
-        log.error("cannot unmount %s (%s); ending the session", mp,
-                  r.stderr.decode(errors="replace").strip())
+        log.error("cannot unmount %s (%s); ending the session", self.p.spec.mountpoint, reason)
         pyfuse3.terminate()
+
+    async def _fusermount(self, *flags: str) -> tuple[bool, str]:
+        """Run ``fusermount3 FLAGS -- MOUNTPOINT``: (succeeded, its error message)."""
+        with trio.move_on_after(UNMOUNT_TIMEOUT):
+            r = await trio.run_process(["fusermount3", *flags, "--", self.p.spec.mountpoint],
+                                       capture_stdout=True, capture_stderr=True, check=False)
+            return r.returncode == 0, r.stderr.decode(errors="replace").strip()
+        return False, f"fusermount3 did not finish within {UNMOUNT_TIMEOUT:.0f}s"
 
     def _note_detached(self, how: str) -> None:
         self.stopping = self.detached = True
