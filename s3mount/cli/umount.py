@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fusermount(mp: str, *flags: str) -> None:
+    # LC_ALL=C: "busy" is recognised in its message (strerror(EBUSY)).
     r = subprocess.run(["fusermount3", *flags, "--", mp], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, env=dict(os.environ, LC_ALL="C"))
     if r.returncode != 0:
         reason = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "fusermount3 failed"
         raise CliError(f"cannot unmount {mp}: {reason.removeprefix('fusermount3: ')}")
