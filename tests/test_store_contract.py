@@ -195,6 +195,15 @@ def test_upload_small_and_multipart(store: ObjectStore, tmp_path: Path) -> None:
     assert store.get_range("up/big.bin", PART - 2, 10) == body[PART - 2:PART + 8]
 
 
+def test_upload_reports_progress(store: ObjectStore, tmp_path: Path) -> None:
+    """``status`` shows how far an upload got from these calls (issue 20.13)."""
+    for name, body in (("small", b"x" * 100), ("big", b"y" * (PART + 5))):
+        (tmp_path / name).write_bytes(body)
+        sent: list[int] = []
+        store.upload(f"p/{name}", str(tmp_path / name), metadata={}, progress=sent.append)
+        assert sum(sent) == len(body) and all(n > 0 for n in sent), (name, sent)
+
+
 def test_multipart_by_parts(store: ObjectStore) -> None:
     first, last = b"a" * PART, b"the end"
     upload_id = store.create_multipart("mp", metadata={"Mode": "33188"},

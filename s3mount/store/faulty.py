@@ -163,9 +163,10 @@ class FaultyStore:
             key, data, metadata=metadata, content_type=content_type))
 
     def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
-               content_type: str | None = None) -> str:
+               content_type: str | None = None,
+               progress: Callable[[int], None] | None = None) -> str:
         return self._call("upload", key, lambda: self.store.upload(
-            key, path, metadata=metadata, content_type=content_type))
+            key, path, metadata=metadata, content_type=content_type, progress=progress))
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str],
                          content_type: str | None = None) -> str:

@@ -151,14 +151,19 @@ class MemoryStore:
         return self._store(key, bytes(data), _md5(data), metadata, content_type)
 
     def upload(self, key: str, path: str, *, metadata: Mapping[str, str],
-               content_type: str | None = None) -> str:
+               content_type: str | None = None,
+               progress: Callable[[int], None] | None = None) -> str:
         with open(path, "rb") as f:
             data = f.read()
         if len(data) <= self.part_size:
-            return self.put(key, data, metadata=metadata, content_type=content_type)
-        parts = [data[i:i + self.part_size] for i in range(0, len(data), self.part_size)]
-        return self._store(key, data, _multipart_etag([_md5(p) for p in parts]), metadata,
-                           content_type)
+            etag = self.put(key, data, metadata=metadata, content_type=content_type)
+        else:
+            parts = [data[i:i + self.part_size] for i in range(0, len(data), self.part_size)]
+            etag = self._store(key, data, _multipart_etag([_md5(p) for p in parts]), metadata,
+                               content_type)
+        if progress is not None:
+            progress(len(data))
+        return etag
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str],
                          content_type: str | None = None) -> str:
