@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 5.0
 STOP_STATUS_INTERVAL = 1.0
-"""While stopping: how often status (and progress) is published and systemd's stop timeout is
-extended (by EXTEND_FACTOR times this) as long as uploads remain."""
+"""While uploads run or the mount stops: how often status (and progress) is published; while
+stopping, systemd's stop timeout is extended (by EXTEND_FACTOR times this) as long as uploads
+remain."""
 EXTEND_FACTOR = 30
 UNMOUNT_TIMEOUT = 30.0
 MiB = 1024 * 1024
@@ -504,7 +505,9 @@ class MountRunner:
                 notify(f"STATUS=pending uploads {state['pending_uploads']}, "
                        f"next key renewal {_when(state['next_renewal_at'])}")
             self.meta.commit()
-            with trio.move_on_after(STOP_STATUS_INTERVAL if self.stopping
+            # Progress is worth showing live while uploads run (one small file a second).
+            uploading = any(u["rate"] is not None for u in state["uploads"])
+            with trio.move_on_after(STOP_STATUS_INTERVAL if self.stopping or uploading
                                     else STATUS_INTERVAL):
                 await self._status_changed.wait()
             self._status_changed = trio.Event()

@@ -108,9 +108,13 @@ def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3) -> None:
 
 @pytest.fixture
 def slow_parts(proxy: FaultProxy) -> FaultProxy:
-    """Every part upload answers a second late: a 20 MiB file takes ~4 s to store."""
+    """Every part upload answers a second late, and completing a multipart upload two: a file
+    of a few parts stays pending for 3 s or more, even when the parts go out in parallel, so a
+    command started after close() (a second on a loaded machine) still finds it pending."""
     proxy.set_faults([Fault("delay", probability=1.0, delay=1.0, methods=("PUT",),
-                            path="partNumber=")])
+                            path="partNumber="),
+                      Fault("delay", probability=1.0, delay=2.0, methods=("POST",),
+                            path="uploadId=")])
     return proxy
 
 
