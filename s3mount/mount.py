@@ -505,12 +505,20 @@ class MountRunner:
                 notify(f"STATUS=pending uploads {state['pending_uploads']}, "
                        f"next key renewal {_when(state['next_renewal_at'])}")
             self.meta.commit()
-            # Progress is worth showing live while uploads run (one small file a second).
-            uploading = any(u["rate"] is not None for u in state["uploads"])
-            with trio.move_on_after(STOP_STATUS_INTERVAL if self.stopping or uploading
-                                    else STATUS_INTERVAL):
-                await self._status_changed.wait()
-            self._status_changed = trio.Event()
+            await self._until_next_publish()
+
+    async def _until_next_publish(self) -> None:
+        """STATUS_INTERVAL; at once when something changed; after a second while uploads run
+        or wait, or the mount stops: progress is worth showing live (one small file a second)."""
+        with trio.move_on_after(STATUS_INTERVAL):
+            while True:
+                with trio.move_on_after(STOP_STATUS_INTERVAL):
+                    await self._status_changed.wait()
+                    break
+                if self.stopping or any(u["rate"] is not None or not u["open"]
+                                        for u in self.fs.upload_progress()):
+                    break
+        self._status_changed = trio.Event()
 
     def _withdraw_status(self) -> None:
         with contextlib.suppress(OSError, S3MountError):
