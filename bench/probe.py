@@ -6,9 +6,12 @@ line per request) and the CPU time of the mount process and of radosgw around ea
     python bench/probe.py --objects 10000                      # s3mount, default options
     python bench/probe.py --objects 10000 -o no_posix_metadata
     python bench/probe.py --objects 2000 --tool s3fs
+    python bench/probe.py --objects 2000 --rtt 20              # through latency.py's proxy
 
 Steps: ``ls -l`` on a fresh mount (empty cache dir), ``ls -l`` on the next mount (same cache dir;
 s3mount only), then ``rm -r`` in that mount, cut off after ``--rm-seconds`` (files gone are counted).
+With ``--rtt MS`` the mount reaches the gateway through the latency proxy, whose CPU is shown too
+(total and per request: what the proxy costs).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
+from latency import LatencyProxy, LatencyProxyError
 from mounts import Mount, MountError, Server, mounts_under
 from radosgw import Radosgw, RadosgwError, interrupt_on_signal
 
@@ -68,9 +73,9 @@ class RequestLog:
 
 
 def step(name: str, argv: list[str], m: Mount, gw_pid: int, reqs: RequestLog,
-         timeout: float) -> dict[str, object]:
+         timeout: float, proxy_pid: int | None = None) -> dict[str, object]:
     reqs.mark()
-    c0, g0 = cpu_seconds(m.pid), cpu_seconds(gw_pid)
+    c0, g0, p0 = cpu_seconds(m.pid), cpu_seconds(gw_pid), cpu_seconds(proxy_pid)
     t0 = time.monotonic()
     try:
         rc = subprocess.run(argv, capture_output=True, timeout=timeout,
@@ -81,7 +86,8 @@ def step(name: str, argv: list[str], m: Mount, gw_pid: int, reqs: RequestLog,
     wall = time.monotonic() - t0
     time.sleep(1)  # the gateway writes its log line after answering
     return {"step": name, "wall": wall, "note": note, "requests": reqs.counts(),
-            "mount_cpu": cpu_seconds(m.pid) - c0, "gateway_cpu": cpu_seconds(gw_pid) - g0}
+            "mount_cpu": cpu_seconds(m.pid) - c0, "gateway_cpu": cpu_seconds(gw_pid) - g0,
+            "proxy_cpu": cpu_seconds(proxy_pid) - p0}
 
 
 def main() -> int:
@@ -90,23 +96,31 @@ def main() -> int:
     ap.add_argument("--tool", default="s3mount", choices=["s3mount", "s3fs", "rclone"])
     ap.add_argument("-o", dest="options", default="", help="mount options (comma-separated)")
     ap.add_argument("--rm-seconds", type=float, default=60.0)
+    ap.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                    help="reach the gateway through a proxy adding this round-trip time")
     args = ap.parse_args()
+    if args.rtt < 0:
+        print("probe: --rtt must be >= 0", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     signal.signal(signal.SIGTERM, interrupt_on_signal)
     options = tuple(o for o in args.options.split(",") if o)
     work = Path(tempfile.mkdtemp(prefix="s3mount-probe-"))
     rows: list[dict[str, object]] = []
     try:
-        with Radosgw(block_gib=4) as gw:
+        with Radosgw(block_gib=4) as gw, \
+                (LatencyProxy(gw.url, args.rtt) if args.rtt else nullcontext()) as proxy:
             s3 = gw.client()
             bucket = "probe"
             s3.create_bucket(Bucket=bucket)
             with ThreadPoolExecutor(32) as pool:
                 list(pool.map(lambda i: s3.put_object(
                     Bucket=bucket, Key=f"many/f{i:05d}", Body=b"x" * 64), range(args.objects)))
-            server = Server(gw.url, gw.tester.access_key, gw.tester.secret_key)
+            server = Server(proxy.url if proxy else gw.url, gw.tester.access_key,
+                            gw.tester.secret_key)
             reqs = RequestLog(gw.request_log)
             gw_pid = gw.gateway_pid or 0
+            proxy_pid = proxy.pid if proxy else None
 
             def mount() -> Mount:
                 return Mount(args.tool, server, bucket, work / "mnt", options=options,
@@ -114,16 +128,16 @@ def main() -> int:
 
             ls = ["ls", "-l", str(work / "mnt" / "many")]
             with mount() as m:
-                rows.append(step("ls -l, fresh mount", ls, m, gw_pid, reqs, 600))
+                rows.append(step("ls -l, fresh mount", ls, m, gw_pid, reqs, 600, proxy_pid))
             with mount() as m:
                 if args.tool == "s3mount":
-                    rows.append(step("ls -l, next mount", ls, m, gw_pid, reqs, 600))
+                    rows.append(step("ls -l, next mount", ls, m, gw_pid, reqs, 600, proxy_pid))
                 rows.append(step("rm -r", ["rm", "-r", str(work / "mnt" / "many")], m, gw_pid,
-                                 reqs, args.rm_seconds))
+                                 reqs, args.rm_seconds, proxy_pid))
             left = sum(len(p.get("Contents", ())) for p in s3.get_paginator(
                 "list_objects_v2").paginate(Bucket=bucket, Prefix="many/"))
             rows[-1]["note"] = f"{rows[-1]['note']}; {args.objects - left} files gone".strip("; ")
-    except (RadosgwError, MountError) as exc:
+    except (RadosgwError, MountError, LatencyProxyError) as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -132,13 +146,18 @@ def main() -> int:
         if not mounts_under(str(work)):
             subprocess.run(["rm", "-rf", str(work)], timeout=120)
     what = f"{args.tool} {','.join(options)}".strip()
-    print(f"\n{what}, directory of {args.objects:,} plain objects\n")
-    print("| step | wall | requests | mount CPU | radosgw CPU | note |")
-    print("|---|---|---|---|---|---|")
+    where = f"RTT {args.rtt:g} ms through bench/latency.py" if args.rtt else "loopback"
+    print(f"\n{what}, directory of {args.objects:,} plain objects, {where}\n")
+    print("| step | wall | requests | mount CPU | radosgw CPU | proxy CPU (per request) | note |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        req = ", ".join(f"{n} {k}" for k, n in r["requests"].items())  # type: ignore[union-attr]
+        counts: dict[str, int] = r["requests"]  # type: ignore[assignment]
+        req = ", ".join(f"{n} {k}" for k, n in counts.items())
+        pc = float(r["proxy_cpu"])  # type: ignore[arg-type]
+        per = f"{pc:.2f} s ({pc / sum(counts.values()) * 1e6:.0f} µs)" \
+            if args.rtt and counts else "—"
         print(f"| {r['step']} | {r['wall']:.2f} s | {req} | {r['mount_cpu']:.2f} s | "
-              f"{r['gateway_cpu']:.2f} s | {r['note']} |")
+              f"{r['gateway_cpu']:.2f} s | {per} | {r['note']} |")
     return 0
 
 

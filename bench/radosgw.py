@@ -290,8 +290,10 @@ class Radosgw:
 
     # -- clients ------------------------------------------------------------------------------
 
-    def client(self, service: str = "s3", user: RgwUser | None = None, **kw: object):  # noqa: ANN201
-        """A boto3 client for this gateway (default: the ``tester`` user)."""
+    def client(self, service: str = "s3", user: RgwUser | None = None,  # noqa: ANN201
+               endpoint_url: str | None = None, **kw: object):
+        """A boto3 client for this gateway (default: the ``tester`` user), or for a proxy in front
+        of it (``endpoint_url``)."""
         import boto3
         from botocore.config import Config
 
@@ -302,7 +304,7 @@ class Radosgw:
                      # Ceph 16 predates the flexible checksums newer botocore sends by default.
                      request_checksum_calculation="when_required",
                      response_checksum_validation="when_required")
-        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1",
+        return boto3.client(service, endpoint_url=endpoint_url or self.url, region_name="us-east-1",
                             aws_access_key_id=u.access_key, aws_secret_access_key=u.secret_key,
                             config=cfg, **kw)
 

@@ -2,13 +2,19 @@
 
     python bench/run.py                 # full run: 3 runs, 1 GiB, 1,000 small files, 10,000 objects
     python bench/run.py --quick         # smoke run: 1 run, everything 16× smaller
+    python bench/run.py --rtt 20        # the WAN profile: the metadata rows, 20 ms from the server
 
 Every contender talks to the same gateway, each in its own bucket. What is timed (see README.md):
 a write counts as done when the object is in the bucket (polled with HEAD/LIST, so write-back caches
 are not flattered), reads go through a fresh mount (no local cache from the write), ``ls -l`` of a big
 directory is timed on a fresh mount and, for s3mount, again on the next mount of the unchanged
-directory. A contender's failure becomes a note in the table, never a crash; every mount is unmounted
-in a ``finally``.
+directory, and from a "second machine" (a mount with another, empty cache dir). A contender's failure
+becomes a note in the table, never a crash; every mount is unmounted in a ``finally``.
+
+With ``--rtt MS`` every contender reaches the gateway through ``latency.py``'s proxy (the bench's
+own checks of the bucket do not: they observe, they are not timed work). boto3 and s3mount run the
+sequential rows in alternating pairs first (``--pairs``), so that their ratio is settled within one
+run.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import mounts
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from fsops import small_content, small_name
+from latency import LatencyProxy, LatencyProxyError
 from mounts import Mount, MountError, Server
 from radosgw import Radosgw, RadosgwError, interrupt_on_signal
 from report import MIB, Results, Row, render
@@ -44,7 +51,14 @@ FSOPS = HERE / "fsops.py"
 GIB = 1 << 30
 
 ALL_TESTS = frozenset({"seq_write", "seq_read", "rss", "small_create", "small_read", "ls_cold",
-                       "ls_warm", "rm", "mv"})
+                       "ls_warm", "ls_fresh", "rm", "mv"})
+SEQ_TESTS = frozenset({"seq_write", "seq_read", "rss"})
+META_TESTS = ALL_TESTS - SEQ_TESTS
+"""The rows run by default under ``--rtt``: the proxy is Python, built for request latency, not for
+moving GiB (its CPU would decide a throughput row)."""
+SHARED_INDEX_OPTION = "no_shared_index"
+"""The mount option of issue #19's shared attribute index: while s3mount has no such option, it has
+no index, and the second-machine row is reported as n/a instead of timing another cold listing."""
 
 
 @dataclass(frozen=True)
@@ -78,16 +92,18 @@ class Contender:
 
 
 CONTENDERS = [
-    Contender("boto3", "boto3", ALL_TESTS - {"ls_warm", "rss"}),
+    Contender("boto3", "boto3", ALL_TESTS - {"ls_warm", "ls_fresh", "rss"}),
     Contender("s3mount", "s3mount", ALL_TESTS),
     Contender("s3mount no_posix_metadata", "s3mount",
               frozenset({"small_create", "small_read", "ls_cold", "ls_warm", "rm"}),
               ("no_posix_metadata",)),
     Contender("s3mount async_upload", "s3mount", frozenset({"seq_write", "small_create"}),
               ("async_upload",)),
-    Contender("s3fs", "s3fs", ALL_TESTS - {"ls_warm"}),
-    Contender("rclone", "rclone", ALL_TESTS - {"ls_warm"}),
+    Contender("s3fs", "s3fs", ALL_TESTS - {"ls_warm", "ls_fresh"}),
+    Contender("rclone", "rclone", ALL_TESTS - {"ls_warm", "ls_fresh"}),
 ]
+"""The peers keep nothing across mounts: their next mount and a second machine are as cold as their
+first mount, so those rows compare s3mount with the peers' cold time."""
 
 
 def rows_for(s: Sizes) -> list[Row]:
@@ -101,9 +117,21 @@ def rows_for(s: Sizes) -> list[Row]:
         Row("small_read", f"read {s.small_count:,} × {s.small_size // 1024} KiB (fresh mount)"),
         Row("ls_cold", f"ls -l of {s.many:,} objects, fresh mount"),
         Row("ls_warm", f"ls -l of {s.many:,} objects, next mount"),
+        Row("ls_fresh", f"ls -l of {s.many:,} objects, second machine (empty cache dir)"),
         Row("rm", f"rm -r of {s.many:,} objects (until gone)"),
         Row("mv", f"mv of a {ren} file (until moved)"),
     ]
+
+
+def shared_index_available() -> bool:
+    """Whether the s3mount under test has the shared attribute index (issue #19 part 3)."""
+    code = f"from s3mount.options import OPTIONS; print({SHARED_INDEX_OPTION!r} in OPTIONS)"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.stdout.strip() == "True"
 
 
 def _size(n: int) -> str:
@@ -135,21 +163,29 @@ class Bench:
     """Runs every test of one contender in one bucket, recording into ``results``."""
 
     def __init__(self, gw: Radosgw, sizes: Sizes, work: Path, results: Results,
-                 timeout_scale: float) -> None:
+                 timeout_scale: float, proxy: LatencyProxy | None = None) -> None:
         self.gw = gw
         self.s3 = gw.client()
-        self.server = Server(gw.url, gw.tester.access_key, gw.tester.secret_key)
+        """Direct to the gateway: setup and the checks of what is in the bucket (not timed work)."""
+        url = proxy.url if proxy else gw.url
+        self.s3_op = gw.client(endpoint_url=url) if proxy else self.s3
+        """The boto3 contender's client: through the latency proxy under ``--rtt``."""
+        self.server = Server(url, gw.tester.access_key, gw.tester.secret_key)
         self.sizes = sizes
         self.work = work
         self.results = results
+        self.pair: int | None = None
+        """The boto3/s3mount pair being run, if any (see ``Results.paired``)."""
         self.big_src = work / "src" / "big.bin"
         self.mv_src = work / "src" / "rename.bin"
         s = sizes
         k = timeout_scale
-        # Generous bounds (a slow contender is a result; a hung one must not stall the run).
+        rtt = proxy.rtt_ms / 1000 if proxy else 0.0
+        # Generous bounds (a slow contender is a result; a hung one must not stall the run); a
+        # sequential client pays a few RTTs per file.
         self.t_seq = k * (60 + s.big / (2 * MIB))
-        self.t_small = k * (60 + s.small_count * 0.5)
-        self.t_many = k * (60 + s.many * 0.1)
+        self.t_small = k * (60 + s.small_count * (0.5 + 10 * rtt))
+        self.t_many = k * (60 + s.many * (0.1 + 5 * rtt))
         self.t_mv = k * (60 + s.rename / (2 * MIB))
 
     # -- setup ---------------------------------------------------------------------------------
@@ -255,7 +291,7 @@ class Bench:
                 if t == "rss":
                     rss.append(v)
                     continue
-                self.results.add(c.name, t, v)
+                self.results.add(c.name, t, v, self.pair)
                 log.info("  %-28s %-13s %8.2f", c.name, t, v)
         if "rss" in c.tests:
             if rss:
@@ -266,8 +302,10 @@ class Bench:
 
     # -- mounts --------------------------------------------------------------------------------
 
-    def _mount(self, c: Contender, bucket: str, *, fresh: bool) -> Mount:
-        cache = self.work / "cache" / c.slug
+    def _mount(self, c: Contender, bucket: str, *, fresh: bool, machine: str = "") -> Mount:
+        """A mount of ``bucket``; ``fresh`` empties its cache dir first, ``machine`` names another
+        cache dir (another machine's mount of the same bucket)."""
+        cache = self.work / "cache" / f"{c.slug}{machine}"
         mp = self.work / "mnt" / c.slug
         if fresh and not mounts.mounts_under(str(mp)):
             shutil.rmtree(cache, ignore_errors=True)
@@ -339,18 +377,22 @@ class Bench:
             return {k: v for k, v in got.items() if k in wanted}
 
         def many(wanted: set[str]) -> dict[str, float]:
+            """ls -l cold, then on the next mount (same cache dir), then from a second machine
+            (another, empty cache dir: what it finds is what the first mount left in the bucket);
+            rm -r in the last of these mounts."""
             self.populate(bucket, "many/", s.many)
             got: dict[str, float] = {}
+            steps = [t for t in ("ls_warm", "ls_fresh") if t in wanted]
             try:
-                m = self._mount(c, bucket, fresh=True)
-                with m:
+                with self._mount(c, bucket, fresh=True) as m:
                     got["ls_cold"] = self._ls(m)
-                    if "ls_warm" not in wanted and "rm" in wanted:
+                    if not steps and "rm" in wanted:
                         got["rm"] = self._rm(m, bucket)
-                if "ls_warm" in wanted:
-                    with self._mount(c, bucket, fresh=False) as m:
-                        got["ls_warm"] = self._ls(m)
-                        if "rm" in wanted:
+                for t in steps:
+                    machine = "-second-machine" if t == "ls_fresh" else ""
+                    with self._mount(c, bucket, fresh=t == "ls_fresh", machine=machine) as m:
+                        got[t] = self._ls(m)
+                        if t == steps[-1] and "rm" in wanted:
                             got["rm"] = self._rm(m, bucket)
             except (OpError, MountError) as exc:
                 exc.partial = got  # type: ignore[attr-defined]
@@ -368,7 +410,7 @@ class Bench:
 
         return [(frozenset({"seq_write", "rss", "small_create"}), write),
                 (frozenset({"seq_read", "rss", "small_read"}), read),
-                (frozenset({"ls_cold", "ls_warm", "rm"}), many),
+                (frozenset({"ls_cold", "ls_warm", "ls_fresh", "rm"}), many),
                 (frozenset({"mv"}), mv)]
 
     def _ls(self, m: Mount) -> float:
@@ -390,7 +432,7 @@ class Bench:
 
     def _boto3_phases(self, bucket: str) -> list:
         s = self.sizes
-        s3 = self.s3
+        s3 = self.s3_op
         tc = TransferConfig()  # boto3's defaults: 8 MiB parts, 10 threads
 
         def write(wanted: set[str]) -> dict[str, float]:
@@ -440,7 +482,7 @@ class Bench:
             return got
 
         def mv(wanted: set[str]) -> dict[str, float]:
-            s3.upload_file(str(self.mv_src), bucket, "mv-src.bin", Config=tc)
+            self.s3.upload_file(str(self.mv_src), bucket, "mv-src.bin", Config=tc)
             t0 = time.monotonic()
             s3.copy({"Bucket": bucket, "Key": "mv-src.bin"}, bucket, "mv-dst.bin", Config=tc)
             s3.delete_object(Bucket=bucket, Key="mv-src.bin")
@@ -452,35 +494,73 @@ class Bench:
                 (frozenset({"mv"}), mv)]
 
 
-def _header(args: argparse.Namespace, sizes: Sizes, runs: int, started: datetime) -> list[str]:
+def _header(args: argparse.Namespace, sizes: Sizes, runs: int, pairs: int, started: datetime,
+            proxy: LatencyProxy | None, proxy_cpu: float, shared_index: bool) -> list[str]:
     rev = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, timeout=10).stdout.strip() or "?"
-    return [
-        f"## Benchmark, {started:%Y-%m-%d %H:%M} UTC",
+    where = "loopback"
+    if proxy is not None:
+        where = (f"loopback through bench/latency.py with an RTT of {proxy.rtt_ms:g} ms for every "
+                 f"contender (the proxy used {proxy_cpu:.1f} s of CPU; {proxy.totals or '?'})")
+    lines = [
+        f"## Benchmark, {started:%Y-%m-%d %H:%M} UTC, "
+        + (f"RTT {args.rtt:g} ms" if args.rtt else "loopback"),
         "",
         f"- command: `{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}`",
-        f"- medians of {runs} run(s); s3mount at {rev}; {os.cpu_count()} CPUs; load average "
+        f"- medians of {runs} run(s)"
+        + (f"; boto3 and s3mount ran the sequential rows in {pairs} alternating pairs"
+           if pairs else "")
+        + f"; s3mount at {rev}; {os.cpu_count()} CPUs; load average "
         f"at the end {os.getloadavg()[1]:.1f} (5 min; other work on the machine shows here)",
         f"- server: Ceph radosgw ({mounts.version('ceph')}), one bluestore OSD on a sparse file, "
-        "loopback",
+        f"{where}",
         f"- peers: {mounts.version('s3fs')}; {mounts.version('rclone')} "
         "(`--vfs-cache-mode writes`, default 5 s write-back delay)",
         f"- sizes: big file {_size(sizes.big)}, {sizes.small_count:,} small files of "
         f"{sizes.small_size:,} B, directory of {sizes.many:,} objects, rename of "
         f"{_size(sizes.rename)}",
     ]
+    if not shared_index:
+        lines.append("- second machine: n/a: this s3mount has no shared attribute index yet "
+                     f"(issue #19 part 3; looked for its `{SHARED_INDEX_OPTION}` mount option)")
+    return lines
+
+
+def _run_pairs(bench: Bench, contenders: list[Contender], pairs: int,
+               results: Results) -> None:
+    """The sequential rows of boto3 and s3mount, back to back, ``pairs`` times; odd pairs start
+    with boto3, even ones with s3mount, so a drift of the machine's speed during the run does not
+    always favour the same side."""
+    for i in range(pairs):
+        order = contenders if i % 2 == 0 else contenders[::-1]
+        bench.pair = i
+        for c in order:
+            log.info("pair %d/%d: %s", i + 1, pairs, c.name)
+            try:
+                bench.run(replace(c, tests=c.tests & SEQ_TESTS), f"bench-{c.slug}-pair{i}")
+            except (ClientError, BotoCoreError) as exc:
+                for t in c.tests & SEQ_TESTS:
+                    results.fail(c.name, t, f"setup: {exc}")
+    bench.pair = None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs per contender (median reported)")
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="boto3/s3mount pairs for the sequential rows, alternating, before the "
+                         "runs (default: --runs; 0: the sequential rows run within the runs)")
+    ap.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                    help="every contender reaches the gateway through a proxy adding this "
+                         "round-trip time (default 0: straight on loopback); the default tests "
+                         "are then the metadata rows")
     ap.add_argument("--size-scale", type=float, default=1.0,
                     help="multiply every size and count by this")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: --runs 1 --size-scale 0.0625 unless given")
     ap.add_argument("--only", help="comma-separated contender names (default: all)")
-    ap.add_argument("--tests", help="comma-separated tests to run (default: all): "
-                    + ", ".join(sorted(ALL_TESTS)))
+    ap.add_argument("--tests", help="comma-separated tests to run (default: all; with --rtt: "
+                    + ", ".join(sorted(META_TESTS)) + "): " + ", ".join(sorted(ALL_TESTS)))
     ap.add_argument("--out", default=str(HERE / "results.md"), help="Markdown report file")
     ap.add_argument("--workdir", help="where sources, mount points and caches go (default: /tmp)")
     ap.add_argument("--keep-logs", metavar="DIR",
@@ -488,6 +568,9 @@ def main() -> int:
     ap.add_argument("--timeout-scale", type=float, default=1.0,
                     help="multiply every operation's timeout by this")
     args = ap.parse_args()
+    if args.rtt < 0 or args.runs < 1 or (args.pairs is not None and args.pairs < 0):
+        print("run.py: --rtt and --pairs must be >= 0, --runs >= 1", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     signal.signal(signal.SIGTERM, interrupt_on_signal)
     runs = args.runs
@@ -495,6 +578,7 @@ def main() -> int:
     if args.quick:
         runs = 1 if "--runs" not in sys.argv else runs
         scale = 1 / 16 if "--size-scale" not in sys.argv else scale
+    pairs = runs if args.pairs is None else args.pairs
     sizes = Sizes.scaled(scale)
     contenders = CONTENDERS
     if args.only:
@@ -504,30 +588,52 @@ def main() -> int:
             print(f"run.py: unknown contender(s): {', '.join(sorted(unknown))}; known: "
                   f"{', '.join(c.name for c in CONTENDERS)}", file=sys.stderr)
             return 2
+    wanted = META_TESTS if args.rtt else ALL_TESTS
     if args.tests:
         wanted = frozenset(t.strip() for t in args.tests.split(","))
         if unknown := wanted - ALL_TESTS:
             print(f"run.py: unknown test(s): {', '.join(sorted(unknown))}; known: "
                   f"{', '.join(sorted(ALL_TESTS))}", file=sys.stderr)
             return 2
-        contenders = [replace(c, tests=c.tests & wanted) for c in contenders if c.tests & wanted]
+    shared_index = shared_index_available()
+    if not shared_index:
+        wanted -= {"ls_fresh"}
+    contenders = [replace(c, tests=c.tests & wanted) for c in contenders if c.tests & wanted]
+    paired = [c for c in contenders if c.name in ("boto3", "s3mount") and c.tests & SEQ_TESTS]
+    if len(paired) < 2:
+        pairs = 0
     started = datetime.now(UTC)
-    results = Results([c.name for c in contenders], {c.name: c.tests for c in contenders})
+    results = Results([c.name for c in contenders], {c.name: c.tests for c in contenders},
+                      pairs=pairs, paired_tests=SEQ_TESTS if pairs else frozenset())
     for c in contenders:
         if c.tool != "boto3" and (why := mounts.availability(c.tool)):
             results.skipped[c.name] = why
             log.warning("%s: skipped: %s", c.name, why)
+    if pairs and any(c.name in results.skipped for c in paired):
+        pairs = results.pairs = 0
+        results.paired_tests = frozenset()
     work = Path(tempfile.mkdtemp(prefix="s3mount-bench-", dir=args.workdir))
     interrupted = False
+    proxy: LatencyProxy | None = None
+    proxy_cpu = 0.0
     try:
         with Radosgw(base_dir=args.workdir) as gw:
-            bench = Bench(gw, sizes, work, results, args.timeout_scale)
+            if args.rtt:
+                proxy = LatencyProxy(gw.url, args.rtt)
+                proxy.start()
+            bench = Bench(gw, sizes, work, results, args.timeout_scale, proxy)
             bench.make_sources()
             bench.warm_up()
+            if pairs:
+                _run_pairs(bench, paired, pairs, results)
             for run in range(runs):
                 for c in contenders:
                     if c.name in results.skipped:
                         continue
+                    if pairs and c in paired:
+                        c = replace(c, tests=c.tests - SEQ_TESTS)
+                        if not c.tests:
+                            continue
                     log.info("run %d/%d: %s", run + 1, runs, c.name)
                     try:
                         bench.run(c, f"bench-{c.slug}-{run}")
@@ -537,10 +643,13 @@ def main() -> int:
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted; reporting what was measured")
-    except RadosgwError as exc:
-        print(f"run.py: radosgw: {exc}", file=sys.stderr)
+    except (RadosgwError, LatencyProxyError) as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
         return 1
     finally:
+        if proxy is not None:
+            proxy_cpu = proxy.cpu_seconds()
+            proxy.stop()
         left = mounts.mounts_under(str(work))
         if left:
             log.error("still mounted, not deleting %s: %s", work, ", ".join(left))
@@ -548,10 +657,10 @@ def main() -> int:
             if args.keep_logs and (work / "logs").is_dir():
                 shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
             shutil.rmtree(work, ignore_errors=True)
-    header = _header(args, sizes, runs, started)
+    header = _header(args, sizes, runs, pairs, started, proxy, proxy_cpu, shared_index)
     if interrupted:
         header.append("- **interrupted**: incomplete")
-    table = render(results, rows_for(sizes), runs, header)
+    table = render(results, rows_for(sizes), runs, header, args.rtt)
     print(table)
     Path(args.out).write_text(table)
     log.info("written to %s", args.out)
