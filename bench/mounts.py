@@ -62,6 +62,8 @@ def version(tool: str) -> str:
             "ceph": ["ceph", "--version"]}.get(tool)
     if argv is None:
         return ""
+    if shutil.which(argv[0]) is None:
+        return f"{tool} not installed"
     r = _run(argv, timeout=30, check=False)
     return (r.stdout.strip().splitlines() or ["?"])[0]
 

@@ -111,9 +111,12 @@ def render(results: Results, rows: list[Row], runs: int, header: list[str],
     out.append("")
     out.append("| target | measured | ok |")
     out.append("|---|---|---|")
-    for label, value, ok in targets(results, rtt_ms):
-        if value is not None:
-            out.append(f"| {label} | {value} | {'yes' if ok else '**no**'} |")
+    measured = [(label, value, ok) for label, value, ok in targets(results, rtt_ms)
+                if value is not None]
+    for label, value, ok in measured:
+        out.append(f"| {label} | {value} | {'yes' if ok else '**no**'} |")
+    if not measured:
+        out.append("| (none: this run lacks the numbers any target compares) | — | — |")
     if results.skipped or notes:
         out.append("")
         out.append("Notes:")

@@ -495,7 +495,8 @@ class Bench:
 
 
 def _header(args: argparse.Namespace, sizes: Sizes, runs: int, pairs: int, started: datetime,
-            proxy: LatencyProxy | None, proxy_cpu: float, shared_index: bool) -> list[str]:
+            proxy: LatencyProxy | None, proxy_cpu: float, shared_index: bool,
+            tools: set[str]) -> list[str]:
     rev = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, timeout=10).stdout.strip() or "?"
     where = "loopback"
@@ -514,8 +515,10 @@ def _header(args: argparse.Namespace, sizes: Sizes, runs: int, pairs: int, start
         f"at the end {os.getloadavg()[1]:.1f} (5 min; other work on the machine shows here)",
         f"- server: Ceph radosgw ({mounts.version('ceph')}), one bluestore OSD on a sparse file, "
         f"{where}",
-        f"- peers: {mounts.version('s3fs')}; {mounts.version('rclone')} "
-        "(`--vfs-cache-mode writes`, default 5 s write-back delay)",
+        "- peers: " + ("; ".join(
+            mounts.version(t) + (" (`--vfs-cache-mode writes`, default 5 s write-back delay)"
+                                 if t == "rclone" else "")
+            for t in ("s3fs", "rclone") if t in tools) or "none"),
         f"- sizes: big file {_size(sizes.big)}, {sizes.small_count:,} small files of "
         f"{sizes.small_size:,} B, directory of {sizes.many:,} objects, rename of "
         f"{_size(sizes.rename)}",
@@ -604,7 +607,7 @@ def main() -> int:
         pairs = 0
     started = datetime.now(UTC)
     results = Results([c.name for c in contenders], {c.name: c.tests for c in contenders},
-                      pairs=pairs, paired_tests=SEQ_TESTS if pairs else frozenset())
+                      pairs=pairs, paired_tests=SEQ_TESTS - {"rss"} if pairs else frozenset())
     for c in contenders:
         if c.tool != "boto3" and (why := mounts.availability(c.tool)):
             results.skipped[c.name] = why
@@ -657,7 +660,8 @@ def main() -> int:
             if args.keep_logs and (work / "logs").is_dir():
                 shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
             shutil.rmtree(work, ignore_errors=True)
-    header = _header(args, sizes, runs, pairs, started, proxy, proxy_cpu, shared_index)
+    header = _header(args, sizes, runs, pairs, started, proxy, proxy_cpu, shared_index,
+                     {c.tool for c in contenders})
     if interrupted:
         header.append("- **interrupted**: incomplete")
     table = render(results, rows_for(sizes), runs, header, args.rtt)
