@@ -107,6 +107,7 @@ def main() -> int:
     options = tuple(o for o in args.options.split(",") if o)
     work = Path(tempfile.mkdtemp(prefix="s3mount-probe-"))
     rows: list[dict[str, object]] = []
+    proxy: LatencyProxy | None = None
     try:
         with Radosgw(block_gib=4) as gw, \
                 (LatencyProxy(gw.url, args.rtt) if args.rtt else nullcontext()) as proxy:
@@ -158,6 +159,8 @@ def main() -> int:
             if args.rtt and counts else "—"
         print(f"| {r['step']} | {r['wall']:.2f} s | {req} | {r['mount_cpu']:.2f} s | "
               f"{r['gateway_cpu']:.2f} s | {per} | {r['note']} |")
+    if proxy is not None:
+        print(f"\nlatency proxy, whole run (setup direct, not through it): {proxy.totals}")
     return 0
 
 
