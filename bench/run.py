@@ -598,6 +598,7 @@ def main() -> int:
             print(f"run.py: unknown test(s): {', '.join(sorted(unknown))}; known: "
                   f"{', '.join(sorted(ALL_TESTS))}", file=sys.stderr)
             return 2
+    shown = [r for r in rows_for(sizes) if r.test in wanted]
     shared_index = shared_index_available()
     if not shared_index:
         wanted -= {"ls_fresh"}
@@ -664,7 +665,7 @@ def main() -> int:
                      {c.tool for c in contenders})
     if interrupted:
         header.append("- **interrupted**: incomplete")
-    table = render(results, rows_for(sizes), runs, header, args.rtt)
+    table = render(results, shown, runs, header, args.rtt)
     print(table)
     Path(args.out).write_text(table)
     log.info("written to %s", args.out)
