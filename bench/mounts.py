@@ -57,6 +57,18 @@ def availability(tool: str) -> str | None:
     return None
 
 
+def s3mount_has_option(name: str) -> bool:
+    """Whether the s3mount of the running interpreter's environment knows mount option ``name``
+    (how the bench tells which features the code under test has)."""
+    code = f"from s3mount.options import OPTIONS; print({name!r} in OPTIONS)"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.stdout.strip() == "True"
+
+
 def version(tool: str) -> str:
     argv = {"s3fs": ["s3fs", "--version"], "rclone": ["rclone", "version"],
             "ceph": ["ceph", "--version"]}.get(tool)

@@ -8,7 +8,8 @@ line per request) and the CPU time of the mount process and of radosgw around ea
     python bench/probe.py --objects 2000 --tool s3fs
     python bench/probe.py --objects 2000 --rtt 20              # through latency.py's proxy
 
-Steps: ``ls -l`` on a fresh mount (empty cache dir), ``ls -l`` on the next mount (same cache dir;
+Steps: ``ls -l`` on a fresh mount (empty cache dir), from a second machine (another empty cache dir;
+s3mount once it has issue #19's shared index), on the next mount (same cache dir as the first;
 s3mount only), then ``rm -r`` in that mount, cut off after ``--rm-seconds`` (files gone are counted).
 With ``--rtt MS`` the mount reaches the gateway through the latency proxy, whose CPU is shown too
 (total and per request: what the proxy costs).
@@ -31,7 +32,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from latency import LatencyProxy, LatencyProxyError
-from mounts import Mount, MountError, Server, mounts_under
+from mounts import Mount, MountError, Server, mounts_under, s3mount_has_option
 from radosgw import Radosgw, RadosgwError, interrupt_on_signal
 
 log = logging.getLogger("probe")
@@ -123,13 +124,18 @@ def main() -> int:
             gw_pid = gw.gateway_pid or 0
             proxy_pid = proxy.pid if proxy else None
 
-            def mount() -> Mount:
+            def mount(cache: str = "cache") -> Mount:
                 return Mount(args.tool, server, bucket, work / "mnt", options=options,
-                             cache_dir=work / "cache", log_dir=work)
+                             cache_dir=work / cache, log_dir=work)
 
             ls = ["ls", "-l", str(work / "mnt" / "many")]
             with mount() as m:
                 rows.append(step("ls -l, fresh mount", ls, m, gw_pid, reqs, 600, proxy_pid))
+            if args.tool == "s3mount" and s3mount_has_option("no_shared_index"):
+                # Issue #19's shared index: another machine (empty cache dir) after the first.
+                with mount(cache="cache-second-machine") as m:
+                    rows.append(step("ls -l, second machine", ls, m, gw_pid, reqs, 600,
+                                     proxy_pid))
             with mount() as m:
                 if args.tool == "s3mount":
                     rows.append(step("ls -l, next mount", ls, m, gw_pid, reqs, 600, proxy_pid))

@@ -125,13 +125,7 @@ def rows_for(s: Sizes) -> list[Row]:
 
 def shared_index_available() -> bool:
     """Whether the s3mount under test has the shared attribute index (issue #19 part 3)."""
-    code = f"from s3mount.options import OPTIONS; print({SHARED_INDEX_OPTION!r} in OPTIONS)"
-    try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return False
-    return r.stdout.strip() == "True"
+    return mounts.s3mount_has_option(SHARED_INDEX_OPTION)
 
 
 def _size(n: int) -> str:
