@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 from radosgw import Radosgw
 from rgw_sts_expiry import StsMinter
 
-from s3mount.credentials.base import KeySet
 from s3mount.credentials.refresher import Refresher
+from s3mount.store.base import KeySet
 from s3mount.store.s3 import S3Store, StoreConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -32,7 +32,7 @@ import trio
 
 from . import runtime
 from .config import config_path
-from .credentials.base import KeySet, Provider, ProviderError
+from .credentials.base import Provider, ProviderError
 from .credentials.refresher import Refresher, RefreshPolicy
 from .errors import AccessDenied, NotFound, S3MountError, Unavailable
 from .fs.attrs import Defaults
@@ -52,6 +52,7 @@ from .recovery import (
     sort_elsewhere,
 )
 from .sources import SourceError, parse_source
+from .store.base import KeySet
 from .store.s3 import S3Store, StoreConfig
 
 log = logging.getLogger(__name__)

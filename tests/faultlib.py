@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mountlib import Mounter
 
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.client import SandboxProcess
+from s3mount.store.base import KeySet
 
 
 class ThroughProxy:

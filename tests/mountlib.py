@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.client import SandboxProcess
+from s3mount.store.base import KeySet
 
 S3MOUNT = [sys.executable, "-m", "s3mount"]
 MOUNT_DEADLINE = float(os.environ.get("S3MOUNT_TEST_MOUNT_DEADLINE", "600"))

@@ -20,8 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from s3mount import cli
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.s3server import S3Sandbox
+from s3mount.store.base import KeySet
 
 _SANDBOX: S3Sandbox | None = None
 

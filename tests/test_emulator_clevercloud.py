@@ -11,8 +11,8 @@ from botocore.exceptions import ClientError
 from oauthlib.oauth1 import Client
 from provider_support import emulator_fixtures, s3_client
 
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.clevercloud import CleverCloudEmulator, CleverCloudSettings
+from s3mount.store.base import KeySet
 
 CALLBACK = "http://127.0.0.1:1/callback"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

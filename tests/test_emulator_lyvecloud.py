@@ -9,8 +9,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from provider_support import emulator_fixtures, s3_client
 
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.lyvecloud import LyveCloudEmulator, LyveSettings
+from s3mount.store.base import KeySet
 
 started, emu, info = emulator_fixtures(LyveCloudEmulator, LyveSettings)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from provider_support import assert_one_line_error, python_m_s3mount, write_config
 
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.client import SandboxProcess
 from s3mount.sandbox.emubase import admin_call
+from s3mount.store.base import KeySet
 
 
 @pytest.fixture(scope="module")

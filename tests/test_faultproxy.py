@@ -25,7 +25,6 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from s3mount.credentials.base import KeySet
 from s3mount.sandbox.faultproxy import (
     ADMIN_PREFIX,
     TOKEN_HEADER,
@@ -34,6 +33,7 @@ from s3mount.sandbox.faultproxy import (
     FaultProxyClient,
     FaultProxyProcess,
 )
+from s3mount.store.base import KeySet
 
 MiB = 1024 * 1024
 

@@ -11,7 +11,6 @@ import pytest
 import trio
 import trio.testing
 
-from s3mount.credentials.base import KeySet
 from s3mount.credentials.refresher import Refresher
 from s3mount.credentials.static import StaticProvider
 from s3mount.errors import FsError
@@ -32,6 +31,7 @@ from s3mount.fs.reader import MIN_PART, MiB, Reader
 from s3mount.fs.staging import Record, StagingArea
 from s3mount.mount import MountRunner, MountSpec, Prepared
 from s3mount.options import MountOptions
+from s3mount.store.base import KeySet
 from s3mount.store.s3 import S3Store, StoreConfig
 
 

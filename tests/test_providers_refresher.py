@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from s3mount.credentials.base import KeySet, ProviderError
+from s3mount.credentials.base import ProviderError
 from s3mount.credentials.refresher import Refresher, RefreshPolicy, backoff_delay, refresh_at
+from s3mount.store.base import KeySet
 
 POLICY = RefreshPolicy()
 

@@ -62,7 +62,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from provider_support import shared_sandbox
 
-from s3mount.credentials.base import KeySet
 from s3mount.credentials.refresher import Refresher
 from s3mount.credentials.static import StaticProvider
 from s3mount.errors import AccessDenied, NotFound, S3MountError, Unavailable
@@ -72,7 +71,7 @@ from s3mount.fs.inodes import ROOT_INODE, Inode
 from s3mount.fs.metacache import MetaCache
 from s3mount.fs.paths import KeyMapper
 from s3mount.fs.staging import StagingArea
-from s3mount.store.base import ObjectStore
+from s3mount.store.base import KeySet, ObjectStore
 from s3mount.store.faulty import FaultyStore
 from s3mount.store.lean import Attempt, LeanS3
 from s3mount.store.memory import MemoryStore

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from s3mount.credentials.base import KeySet
 from s3mount.errors import AccessDenied, NotFound, S3MountError, Unavailable
+from s3mount.store.base import KeySet
 from s3mount.store.s3 import S3Store, StoreConfig
 
 LAST_MODIFIED = "Wed, 02 Dec 2026 10:00:00 GMT"

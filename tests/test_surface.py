@@ -405,8 +405,8 @@ def test_renewal_log_lines_read_right(caplog: pytest.LogCaptureFixture) -> None:
     import logging
     import time
 
-    from s3mount.credentials.base import KeySet
     from s3mount.credentials.refresher import Refresher
+    from s3mount.store.base import KeySet
 
     class Rotating:
         name = "rotating"

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_profile
-from ..credentials.base import KeySet
 from ..credentials.browser import http_browser
 from ..credentials.build import LoginProvider, provider_from_profile
 from ..runtime import mounted_paths
+from ..store.base import KeySet
 from . import CliError
 
 PROFILE = "demo"

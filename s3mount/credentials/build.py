@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import ConfigError, TokenStore
-from .base import KeySet, Provider, ProviderError
+from ..store.base import KeySet
+from .base import Provider, ProviderError
 from .static import EnvironmentProvider, StaticProvider
 
 log = logging.getLogger(__name__)

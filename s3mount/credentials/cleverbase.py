@@ -29,7 +29,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
 from ..config import TokenStore
-from .base import KeySet, ProviderError
+from ..store.base import KeySet
+from .base import ProviderError
 from .browser import Opener, run_consent
 from .wire import call, error_text, json_body, parse_time
 

@@ -30,7 +30,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import requests
 
 from ..config import TokenStore
-from .base import KeySet, ProviderError
+from ..store.base import KeySet
+from .base import ProviderError
 from .browser import Opener, run_consent
 from .oauth1 import OAuth1Auth
 from .wire import call, error_text, json_body, parse_time

@@ -28,8 +28,9 @@ from typing import Any
 import requests
 
 from ..config import ConfigError, TokenStore
+from ..store.base import KeySet
 from .aws import assume_role
-from .base import KeySet, ProviderError
+from .base import ProviderError
 from .wire import TIMEOUT, call
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .base import KeySet, Provider, ProviderError
+from ..store.base import KeySet
+from .base import Provider, ProviderError
 
 log = logging.getLogger(__name__)
 

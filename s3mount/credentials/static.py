@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..store.base import KeySet
 from .aws import keys_from_chain
-from .base import KeySet
 
 
 class StaticProvider:

@@ -49,7 +49,7 @@ from oauthlib.common import Request as OAuthRequest
 from oauthlib.oauth1.rfc5849 import signature as oauth_sig
 from oauthlib.oauth1.rfc5849.utils import filter_oauth_params
 
-from ..credentials.base import KeySet
+from ..store.base import KeySet
 from .emubase import EmulatorBase
 from .s3server import S3Sandbox
 

@@ -13,7 +13,7 @@ import boto3
 import requests
 from botocore.config import Config
 
-from ..credentials.base import KeySet
+from ..store.base import KeySet
 from . import procs
 from .s3server import keys_from_json
 

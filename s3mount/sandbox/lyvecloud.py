@@ -44,7 +44,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from flask import Response, jsonify, request
 
-from ..credentials.base import KeySet
+from ..store.base import KeySet
 from .emubase import EmulatorBase
 from .s3server import S3Sandbox
 

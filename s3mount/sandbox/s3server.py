@@ -26,7 +26,7 @@ from botocore.config import Config
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from ..credentials.base import KeySet
+from ..store.base import KeySet
 from .clock import SandboxClock
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ inodes or the mount's prefix.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -18,6 +19,33 @@ operation_started: ContextVar[float | None] = ContextVar("operation_started", de
 """When (``time.monotonic()``) the filesystem operation that makes the store call started. The
 caller sets it before handing the call to a worker thread (which copies the context), so the
 call's ``timeout`` counts from there: time spent queued behind other calls counts too."""
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """One set of S3 credentials plus where to use them. Secrets never appear in ``repr``, so a
+    stray log line or traceback cannot leak them.
+
+    ``expires_at`` is wall-clock epoch seconds (not a monotonic clock: it must keep counting through a
+    suspend); None means the keys do not expire on their own.
+    """
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds until expiry (``inf`` for keys that do not expire)."""
+        if self.expires_at is None:
+            return float("inf")
+        return self.expires_at - (time.time() if now is None else now)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.remaining(now) <= 0
 
 
 @dataclass(frozen=True)

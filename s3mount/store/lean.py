@@ -44,8 +44,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 
-from ..credentials.base import KeySet
-from .base import ListPage, ObjectInfo
+from .base import KeySet, ListPage, ObjectInfo
 
 META = "x-amz-meta-"
 ADDRESSING_STYLES = ("auto", "path", "virtual")

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from ..credentials.base import KeySet
 from ..errors import (
     AccessDenied,
     CredentialsExpired,
@@ -38,7 +37,7 @@ from ..errors import (
     S3MountError,
     Unavailable,
 )
-from .base import operation_started
+from .base import KeySet, operation_started
 from .lean import Attempt, HttpError, TlsError, TransportError
 
 log = logging.getLogger(__name__)

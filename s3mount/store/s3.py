@@ -32,9 +32,8 @@ from typing import BinaryIO, TypeVar
 import botocore.httpsession
 import botocore.session
 
-from ..credentials.base import KeySet
 from ..errors import AccessDenied, NotFound, S3MountError, Unavailable
-from .base import ListPage, ObjectInfo, operation_started
+from .base import KeySet, ListPage, ObjectInfo, operation_started
 from .lean import Attempt, HttpError, LeanS3
 from .policy import KeySource, RequestPolicy
 
