@@ -7,6 +7,7 @@ requests, which these tests pin (the kinds are the proxy's: ``req GET``, ``req L
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 
 from mountlib import Mounter
@@ -58,3 +59,35 @@ def test_kept_pages_give_way_to_a_new_version(pmounter: Mounter, bucket: str, s3
     time.sleep(1.5)
     assert (m.path / "f").read_bytes() == b"B" * 5000
     assert (m.path / "f").read_bytes() == b"B" * 5000
+
+
+def _foreign(s3, bucket: str, n: int, prefix: str = "d/") -> None:
+    for i in range(n):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}f{i:03d}", Body=b"x" * (i + 1),
+                      Metadata={"mode": "33152", "uid": "4242"})  # 0o100600
+
+
+def _ls_l(path) -> list[str]:
+    return subprocess.run(["ls", "-ln", str(path)], capture_output=True, text=True, timeout=60,
+                          check=True).stdout.splitlines()[1:]
+
+
+def test_names_only_listing_costs_lists_and_ls_l_waits_for_metadata(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """``ls | wc -l`` (names only) of foreign objects costs LISTs and no HEAD; ``ls -l`` then
+    fetches each file's metadata once (batched) and shows the stored mode and owner, not the
+    listing's guess: the names-only reply did not pin wrong attributes in the kernel."""
+    n = 40
+    _foreign(s3, bucket, n)
+    m = pmounter(bucket, "attr_timeout=300", "dir_timeout=300", "no_shared_index")
+    (m.path / "d").stat()
+    before = _requests(proxy)
+    names = sorted(p.name for p in (m.path / "d").iterdir())
+    assert names == [f"f{i:03d}" for i in range(n)]
+    assert set(_delta(_requests(proxy), before)) == {"LIST"}
+    before = _requests(proxy)
+    out = _ls_l(m.path / "d")
+    assert len(out) == n
+    assert all(line.startswith("-rw------- 1 4242 ") for line in out), out[:3]
+    cost = _delta(_requests(proxy), before)
+    assert cost.get("HEAD", 0) + cost.get("GET", 0) == n and cost.get("LIST", 0) <= 1, cost

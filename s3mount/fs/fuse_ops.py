@@ -65,8 +65,8 @@ class FuseOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        e.entry_timeout = self.fs.cfg.attr_timeout
-        e.attr_timeout = self.fs.cfg.attr_timeout
+        # Guessed attributes (listedattrs) must not be kept by the kernel: a stat asks again.
+        e.entry_timeout = e.attr_timeout = 0 if node.provisional else self.fs.cfg.attr_timeout
         e.st_mode = a.mode
         e.st_nlink = self.fs.nlink(node)
         e.st_uid = a.uid
