@@ -16,6 +16,7 @@ A mixin of ``core.Filesystem``, like ``namespace``.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import TYPE_CHECKING
 
@@ -72,13 +73,16 @@ class ListedAttrs:
                 and not node.provisional:
             return True
         walk = self._walks.get(parent)
-        if walk is None or walk[0] is not lst:
-            self._walks[parent] = (lst, BATCH_MIN)
+        if walk is None or walk[0] != id(lst):
+            self._walks[parent] = (id(lst), BATCH_MIN, [])
             return False  # a first lookup: maybe ``cat`` after ``ls``, not a walk
-        size = walk[1]
-        self._walks[parent] = (lst, min(size * 2, BATCH_MAX))
+        _, size, names = walk
+        names = names or sorted(lst.entries)  # sorted once per walk, not once per batch
+        self._walks[parent] = (id(lst), min(size * 2, BATCH_MAX), names)
         todo: list[tuple[str, DirEntry]] = []
-        for n in sorted(n for n in lst.entries if n >= name):
+        for n in names[bisect.bisect_left(names, name):]:
+            if n not in lst.entries:
+                continue
             child = self.inodes.at(join(parent, n))
             if child is not None and child.provisional and join(parent, n) not in self._describing:
                 todo.append((n, lst.entries[n]))

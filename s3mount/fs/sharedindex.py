@@ -76,10 +76,12 @@ class SharedIndex:
         self.meta = meta
         self.mode = mode
         self._read_for: dict[str, int] = {}  # dir key -> id of the listing it was read for
+        # (an id reused by a later listing only means one index read skipped: HEADs instead)
         self._published: dict[str, tuple[str, int]] = {}  # key -> version the index has
         self._dirty: dict[str, float] = {}  # dir key -> monotonic time of its last change
         self._written: dict[str, float] = {}  # dir key -> monotonic time of its last write
         self._warned: set[str] = set()
+        self._write_failed = False
 
     @staticmethod
     def shard_key(dir_key: str, shard: int) -> str:
@@ -180,8 +182,10 @@ class SharedIndex:
         async def one(d: str) -> None:
             try:
                 await self._write(d)
-            except S3MountError as exc:
-                log.warning("could not publish the shared index of %r: %s", d or "/", exc)
+            except S3MountError as exc:  # e.g. keys that may not write there: say it once
+                log.log(logging.DEBUG if self._write_failed else logging.WARNING,
+                        "could not publish the shared index of %r: %s", d or "/", exc)
+                self._write_failed = True
 
         await gather([lambda d=d: one(d) for d in dir_keys], limit=PARALLEL)
 
