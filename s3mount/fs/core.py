@@ -171,8 +171,7 @@ class Filesystem(Namespace, ListedAttrs, FileData):
             mode="off" if not config.shared_index else "ro" if config.read_only else "rw")
         self.meta.listener = self.shared.changed
         self._describing: dict[str, trio.Event] = {}  # provisional path -> its batch (listedattrs)
-        # dir -> (id of its listing, next batch size, its names sorted) (listedattrs)
-        self._walks: dict[str, tuple[int, int, list[str]]] = {}
+        self._walks: dict[str, int] = {}  # dir -> id of the listing a walk began in (listedattrs)
         self._space = trio.Event()
 
     # -- plumbing ------------------------------------------------------------------------------

@@ -6,17 +6,16 @@ entry whose metadata no cache knows as *provisional*: attributes guessed from th
 LastModified, the mount's default mode and owner), handed to the kernel with zero timeouts so they
 are never trusted there. The first ``stat`` of such an entry costs what a lookup costs (one HEAD,
 or one GET for a small file, which a following read then uses); a second one in the same directory
-means somebody walks it (``ls -l``, a file manager's details view), and the provisional entries
-from that name on are described together: first from the shared index in the bucket
-(``sharedindex``), the rest by HEADs in parallel, in batches that double in size so the first
-answers come quickly and a big directory still costs few hand-offs.
+means somebody walks it (``ls -l``, a file manager's details view), and all the provisional
+entries from that name on are described: first from the shared index in the bucket
+(``sharedindex``), the rest by HEADs in parallel, in chunks described one after the other in
+the background, each lookup waiting only for its own chunk.
 
 A mixin of ``core.Filesystem``, like ``namespace``.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 from typing import TYPE_CHECKING
 
@@ -31,9 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BATCH_MIN = 64
-BATCH_MAX = 4096
-"""Entries described by one batch: the first batch of a walk, and the bound of its doubling."""
+CHUNK_MIN = 64
+CHUNK_MAX = 512
+"""Entries described by one hand-off of HEADs to the store: the first chunk of a walk is small
+so its first answers come soon, the next ones double (fewer hand-offs and batch tails)."""
 
 
 class ListedAttrs:
@@ -72,32 +72,44 @@ class ListedAttrs:
         if await self._from_shared_index(parent, lst) and node is not None \
                 and not node.provisional:
             return True
-        walk = self._walks.get(parent)
-        if walk is None or walk[0] != id(lst):
-            self._walks[parent] = (id(lst), BATCH_MIN, [])
+        if self._walks.get(parent) != id(lst):
+            self._walks[parent] = id(lst)
             return False  # a first lookup: maybe ``cat`` after ``ls``, not a walk
-        _, size, names = walk
-        names = names or sorted(lst.entries)  # sorted once per walk, not once per batch
-        self._walks[parent] = (id(lst), min(size * 2, BATCH_MAX), names)
         todo: list[tuple[str, DirEntry]] = []
-        for n in names[bisect.bisect_left(names, name):]:
-            if n not in lst.entries:
-                continue
+        for n in sorted(n for n in lst.entries if n >= name):
             child = self.inodes.at(join(parent, n))
             if child is not None and child.provisional and join(parent, n) not in self._describing:
                 todo.append((n, lst.entries[n]))
-                if len(todo) >= size:
-                    break
-        done = trio.Event()
-        for n, _ in todo:
-            self._describing[join(parent, n)] = done
-        try:
-            await self._stat_listed(parent, todo)
-        finally:
-            for n, _ in todo:
-                self._describing.pop(join(parent, n), None)
-            done.set()
+        chunks: list[tuple[list[tuple[str, DirEntry]], trio.Event]] = []
+        size = CHUNK_MIN
+        while todo:
+            chunks.append((todo[:size], trio.Event()))
+            del todo[:size]
+            size = min(size * 2, CHUNK_MAX)
+        for chunk, done in chunks:
+            for n, _ in chunk:
+                self._describing[join(parent, n)] = done
+        if self.nursery is not None and len(chunks) > 1:
+            self.nursery.start_soon(self._describe_chunks, parent, chunks[1:])
+            chunks = chunks[:1]
+        await self._describe_chunks(parent, chunks)
         return True
+
+    async def _describe_chunks(self: Filesystem, parent: str,
+                               chunks: list[tuple[list[tuple[str, DirEntry]], trio.Event]]
+                               ) -> None:
+        """Describe ``chunks`` one after the other, each a batch of requests in parallel, and
+        wake the lookups waiting for each as it is done (failures leave entries provisional:
+        their lookups then ask alone)."""
+        for chunk, done in chunks:
+            try:
+                await self._stat_listed(parent, chunk)
+            except Exception as exc:  # noqa: BLE001 - the waiting lookups ask again alone
+                log.debug("describing %d entries of %r failed: %s", len(chunk), parent, exc)
+            finally:
+                for n, _ in chunk:
+                    self._describing.pop(join(parent, n), None)
+                done.set()
 
     async def _from_shared_index(self: Filesystem, parent: str, lst: Listing) -> bool:
         """Describe what the shared index knows of ``parent``'s provisional entries (read once per

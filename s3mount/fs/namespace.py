@@ -478,6 +478,8 @@ class Namespace:
         """The inode at ``parent/name`` if it exists (fresh enough), else None."""
         path = join(parent_path, name)
         node = self.inodes.at(path)
+        if node is not None and node.provisional and path in self._describing:
+            await self._describing[path].wait()  # a walk is describing it (listedattrs)
         if node is not None and (node.valid_until > trio.current_time() or
                                  node.open_count or node.etag is None and not node.is_dir):
             return node
