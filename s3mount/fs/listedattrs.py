@@ -17,6 +17,7 @@ A mixin of ``core.Filesystem``, like ``namespace``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -42,7 +43,8 @@ class ListedAttrs:
         An inode known before keeps its mode and owner as the guess."""
         old = self.inodes.at(path)
         attrs = self._attrs_for(is_dir=entry.is_dir, size=entry.size,
-                                last_modified=entry.last_modified or 0.0, metadata=None)
+                                last_modified=entry.last_modified or time.time(),
+                                metadata=None)  # (a listed directory has no LastModified)
         if old is not None and old.is_dir == entry.is_dir and not old.is_symlink:
             attrs.mode, attrs.uid, attrs.gid = old.attrs.mode, old.attrs.uid, old.attrs.gid
             if entry.is_dir:
