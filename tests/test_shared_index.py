@@ -13,7 +13,7 @@ import time
 import pytest
 from mountlib import Mounter
 
-from s3mount.sandbox.faultproxy import FaultProxy
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
 INDEX = ".s3mount/index/"
 
@@ -116,3 +116,18 @@ def test_rw_mount_publishes_after_changes_settle_ro_and_no_shared_index_never(
     with pytest.raises(OSError) as exc:
         os.stat(m.path / ".s3mount" / "index")
     assert exc.value.errno == errno.ENOENT
+
+
+def test_index_the_server_refuses_costs_heads_never_attributes(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3, tmp_path) -> None:
+    """Every request for the index fails (500): ``ls -l`` shows the right attributes by HEADs,
+    publishing gives up with a warning, and the mount unmounts normally."""
+    _written(pmounter, bucket)
+    proxy.set_faults([Fault("internal", probability=1.0, path=r"/\.s3mount/index/")])
+    m = pmounter(bucket, "timeout=5", cache_dir=tmp_path / "c2")
+    out = _ls_l(m.path / "d")
+    assert len(out) == 12 and all(line.startswith("-rw-r----- 0 ") for line in out), out
+    assert proxy.stats().get("req HEAD", 0) >= 11
+    m.unmount()  # publishing what the HEADs learnt fails: logged, not fatal
+    assert "could not read the shared index" in m.log()
+    assert "could not publish the shared index" in m.log()
