@@ -171,7 +171,7 @@ class Filesystem(Namespace, ListedAttrs, FileData):
             mode="off" if not config.shared_index else "ro" if config.read_only else "rw")
         self.meta.listener = self.shared.changed
         self._describing: dict[str, trio.Event] = {}  # provisional path -> its batch (listedattrs)
-        self._walks: dict[str, int] = {}  # dir -> id of the listing a walk began in (listedattrs)
+        self._walks: dict[str, float] = {}  # dir -> time of its last provisional lookup
         self._space = trio.Event()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -550,9 +550,8 @@ class Filesystem(Namespace, ListedAttrs, FileData):
 
     async def setattr(self, ino: int, ch: AttrChanges, fh: int | None) -> Inode:
         self._writable()
+        await self.described(ino)  # the attributes not changed here must be the stored ones
         node = self._node(ino)
-        if node.provisional:
-            await self.getattr(ino)  # the attributes not changed here must be the stored ones
         of = self.open_files.get(ino)
         if ch.size is not None:
             if node.is_dir:
@@ -634,6 +633,7 @@ class Filesystem(Namespace, ListedAttrs, FileData):
 
     async def setxattr(self, ino: int, raw_name: bytes, value: bytes) -> None:
         self._writable()
+        await self.described(ino)  # its other xattrs are written back with it
         name = self._xattr_name(raw_name)
         if name is None:
             raise FsError(f"attribute {raw_name!r} cannot be stored", errno=errno.ENOTSUP)
@@ -652,6 +652,7 @@ class Filesystem(Namespace, ListedAttrs, FileData):
 
     async def removexattr(self, ino: int, raw_name: bytes) -> None:
         self._writable()
+        await self.described(ino)  # its other xattrs are written back with it
         node = self._node(ino)
         xattrs = decode_xattrs(node.extra.get(XATTR_KEY))
         if xattrs.pop(self._xattr_name(raw_name) or "", None) is None:

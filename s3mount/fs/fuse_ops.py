@@ -222,10 +222,12 @@ class FuseOperations(pyfuse3.Operations):
     # security.capability before each write and ``ls -l``'s two per file cost no request.
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        await self.fs.described(inode)
         return self.fs.getxattr(inode, name)
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        await self.fs.described(inode)
         return self.fs.listxattr(inode)
 
     @_errors

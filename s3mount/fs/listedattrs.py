@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+WALK_GAP = 5.0
+"""Seconds between two lookups of provisional entries of a directory that make them a walk."""
 CHUNK_MIN = 64
 CHUNK_MAX = 512
 """Entries described by one hand-off of HEADs to the store: the first chunk of a walk is small
@@ -57,6 +59,12 @@ class ListedAttrs:
         node.provisional = True
         return node
 
+    async def described(self: Filesystem, ino: int) -> None:
+        """Make sure inode ``ino`` has its stored attributes, not a listing's guess: for what
+        reads them without a lookup first (setattr, the extended attributes)."""
+        if self._node(ino).provisional:
+            await self.getattr(ino)
+
     async def _describe_provisional(self: Filesystem, parent: str, name: str) -> bool:
         """Called by a lookup of a provisional entry: describe it from the shared index, or
         together with the provisional entries after it when this is not the first such lookup
@@ -74,8 +82,9 @@ class ListedAttrs:
         if await self._from_shared_index(parent, lst) and node is not None \
                 and not node.provisional:
             return True
-        if self._walks.get(parent) != id(lst):
-            self._walks[parent] = id(lst)
+        now = trio.current_time()
+        last, self._walks[parent] = self._walks.get(parent), now
+        if last is None or now - last > WALK_GAP:
             return False  # a first lookup: maybe ``cat`` after ``ls``, not a walk
         todo: list[tuple[str, DirEntry]] = []
         for n in sorted(n for n in lst.entries if n >= name):

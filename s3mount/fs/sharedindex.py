@@ -50,6 +50,9 @@ INTERVAL = 5.0
 UNMOUNT_BUDGET = 20.0
 """Seconds unmount spends publishing what is left; the rest only costs other mounts HEADs."""
 PARALLEL = 4
+RETRY_AFTER = 30.0
+"""Seconds a directory whose index could not be read is not asked again (each try would cost
+its lookups the server's retries)."""
 
 Entry = tuple[str, float, dict[str, str]]
 """(ETag, LastModified, metadata) of one name."""
@@ -81,6 +84,7 @@ class SharedIndex:
         self._dirty: dict[str, float] = {}  # dir key -> monotonic time of its last change
         self._written: dict[str, float] = {}  # dir key -> monotonic time of its last write
         self._warned: set[str] = set()
+        self._failed: dict[str, float] = {}  # dir key -> monotonic time its read failed
         self._write_failed = False
 
     @staticmethod
@@ -94,13 +98,15 @@ class SharedIndex:
         """Put into the metadata cache the entries of ``dir_path``'s index that match the listed
         ``versions`` (name -> (ETag, LastModified)); once per ``listing``. Whether it read."""
         dir_key = self.keys.dir_prefix(dir_path)
-        if self.mode == "off" or self._read_for.get(dir_key) == id(listing):
+        if self.mode == "off" or self._read_for.get(dir_key) == id(listing) or \
+                self._failed.get(dir_key, -math.inf) > time.monotonic() - RETRY_AFTER:
             return False
         self._read_for[dir_key] = id(listing)
         try:
             entries, _ = await self._fetch(dir_key)
         except S3MountError as exc:
             log.warning("could not read the shared index of %r: %s", dir_path or "/", exc)
+            self._failed[dir_key] = time.monotonic()
             return True
         for name, (etag, lm, md) in entries.items():
             listed = versions.get(name)
