@@ -309,7 +309,8 @@ class MountRunner:
                      neg_timeout=o.neg_timeout, posix_metadata=not o.no_posix_metadata,
                      part_size=o.part_size * MiB, async_upload=o.async_upload,
                      cache_limit=o.cache_size * MiB, buffer_limit=o.buffer_size * MiB,
-                     store_concurrency=p.store.config.max_pool_connections),
+                     store_concurrency=p.store.config.max_pool_connections,
+                     shared_index=not o.no_shared_index),
             self.staging, self.meta,
         )
         self.ops = FuseOperations(self.fs)
@@ -355,6 +356,7 @@ class MountRunner:
                 await nursery.start(self._signals)
                 nursery.start_soon(self._publish_status)
                 nursery.start_soon(self.fs.writeback.run)
+                nursery.start_soon(self.fs.shared.run)
                 nursery.start_soon(self._recover)
                 if on_ready is not None:
                     on_ready()
@@ -366,6 +368,7 @@ class MountRunner:
         finally:
             with trio.CancelScope(shield=True):
                 failed = await self.fs.flush_all()
+                await self.fs.shared.flush_all()
                 self.meta.commit()
             pyfuse3.close(unmount=True)
             self._withdraw_status()

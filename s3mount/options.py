@@ -55,6 +55,9 @@ OPTIONS: dict[str, Option] = {
                                  "background and survive a crash in cache_dir"),
     "no_posix_metadata": Option(bool, "serve attributes from listings only (no HEAD per file); "
                                       "chmod/chown/utimens still write metadata"),
+    "no_shared_index": Option(bool, "neither read nor write the shared attribute index "
+                                    "(.s3mount/index/ in the bucket), which lets other mounts "
+                                    "show ls -l without a HEAD per file"),
     "endpoint_url": Option(str, "S3 endpoint URL (default: from the profile or AWS config)"),
     "region": Option(str, "S3 signing region (default us-east-1)"),
     "profile": Option(str, "s3mount profile (config.toml) to take credentials and bucket from; "
@@ -115,6 +118,7 @@ class MountOptions:
     neg_timeout: float = 1.0
     async_upload: bool = False
     no_posix_metadata: bool = False
+    no_shared_index: bool = False
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None

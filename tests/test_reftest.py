@@ -413,6 +413,10 @@ class Kernel:
         for _, child in entries:
             child.lookups += 1
             self.held.append(child.ino)
+        for i, (name, child) in enumerate(entries):
+            if child.provisional:  # handed out with zero timeouts: the kernel looks it up again
+                entries[i] = (name, await self.fs.lookup(node.ino, name.encode()))
+                self.held.append(entries[i][1].ino)
         return entries
 
     async def snapshot(self, known: dict[str, tuple[str, bytes]]) -> dict[str, Seen]:

@@ -55,9 +55,11 @@ from .budget import Budget
 from .concurrency import gather
 from .files import FileData, Handle, OpenFile
 from .inodes import ROOT_INODE, Inode, InodeTable
+from .listedattrs import ListedAttrs
 from .metacache import MetaCache
 from .namespace import DirEntry, Listing, Namespace, Scan, Window
 from .paths import KeyMapper, decode_name, join, split
+from .sharedindex import SharedIndex, hidden
 from .staging import StagingArea
 from .writeback import Writeback
 
@@ -101,6 +103,8 @@ class FsConfig:
     parts in flight (see ``budget``). At the default, uploads get what the connection pool lets
     be in flight anyway (32 parts of 8 MiB), so they are bounded without being slowed: a
     half-size upload budget made eight files written at once 30% slower."""
+    shared_index: bool = True
+    """Read the shared attribute index in the bucket, and write it unless read-only."""
 
 
 @dataclass
@@ -122,7 +126,7 @@ class AttrChanges:
     atime_ns: int | None = None
 
 
-class Filesystem(Namespace, FileData):
+class Filesystem(Namespace, ListedAttrs, FileData):
     """POSIX semantics over one ``ObjectStore`` (see module docstring)."""
 
     def __init__(self, store: ObjectStore, mapper: KeyMapper, config: FsConfig,
@@ -162,6 +166,12 @@ class Filesystem(Namespace, FileData):
         # deleted with the directory.
         self.legacy_markers: dict[str, str] = {}
         self.writeback = Writeback(self)
+        self.shared = SharedIndex(
+            self._run, store, mapper, self.meta,
+            mode="off" if not config.shared_index else "ro" if config.read_only else "rw")
+        self.meta.listener = self.shared.changed
+        self._describing: dict[str, trio.Event] = {}  # provisional path -> its batch (listedattrs)
+        self._walks: dict[str, float] = {}  # dir -> time of its last provisional lookup
         self._space = trio.Event()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -221,6 +231,7 @@ class Filesystem(Namespace, FileData):
         node.s3_mtime = last_modified
         node.valid_until = self._fresh_until()
         node.extra = {k: v for k, v in (metadata or {}).items() if k not in OWN_METADATA}
+        node.provisional = False
         if not node.is_symlink:
             node.symlink_target = None
         if self.negative:  # (a TTLCache pop costs more than all the rest of this method)
@@ -305,6 +316,8 @@ class Filesystem(Namespace, FileData):
         name = decode_name(raw_name)
         path = join(parent_path, name)
         self.keys.check_length(path, is_dir=is_dir)
+        if hidden(self.keys, path):
+            raise FsError("name reserved for the shared index", errno=errno.EPERM)
         if await self._resolve(parent_path, name) is not None:
             raise FsError("file exists", errno=errno.EEXIST)
         return parent_path, path
@@ -441,6 +454,8 @@ class Filesystem(Namespace, FileData):
         if new_path == src.path:
             return
         self.keys.check_length(new_path, is_dir=src.is_dir)
+        if hidden(self.keys, new_path):
+            raise FsError("name reserved for the shared index", errno=errno.EPERM)
         if src.is_dir and (new_path + "/").startswith(src.path + "/"):
             raise FsError("cannot move a directory into itself", errno=errno.EINVAL)
         dst = await self._resolve(new_parent, new_name)
@@ -535,6 +550,7 @@ class Filesystem(Namespace, FileData):
 
     async def setattr(self, ino: int, ch: AttrChanges, fh: int | None) -> Inode:
         self._writable()
+        await self.described(ino)  # the attributes not changed here must be the stored ones
         node = self._node(ino)
         of = self.open_files.get(ino)
         if ch.size is not None:
@@ -617,6 +633,7 @@ class Filesystem(Namespace, FileData):
 
     async def setxattr(self, ino: int, raw_name: bytes, value: bytes) -> None:
         self._writable()
+        await self.described(ino)  # its other xattrs are written back with it
         name = self._xattr_name(raw_name)
         if name is None:
             raise FsError(f"attribute {raw_name!r} cannot be stored", errno=errno.ENOTSUP)
@@ -635,6 +652,7 @@ class Filesystem(Namespace, FileData):
 
     async def removexattr(self, ino: int, raw_name: bytes) -> None:
         self._writable()
+        await self.described(ino)  # its other xattrs are written back with it
         node = self._node(ino)
         xattrs = decode_xattrs(node.extra.get(XATTR_KEY))
         if xattrs.pop(self._xattr_name(raw_name) or "", None) is None:
@@ -697,11 +715,14 @@ class Filesystem(Namespace, FileData):
                 continue
             todo.append((name, e))
         # Files whose metadata is known (cached by version, or not wanted) are installed here
-        # and now; only the rest cost a request each, in parallel.
+        # and now; the rest get attributes guessed from the listing, and their metadata is
+        # fetched when something asks for it (listedattrs): a names-only readdir costs LISTs.
         self.meta.load([self.keys.file_key(join(path, name)) for name, e in todo if not e.is_dir])
-        todo = [(name, e) for name, e in todo
-                if e.is_dir or self._install_known(join(path, name), e) is None]
-        await self._stat_listed(path, todo)
+        for name, e in todo:
+            if e.is_dir and not self.cfg.posix_metadata:
+                self._install_dir(join(path, name), None)
+            elif e.is_dir or self._install_known(join(path, name), e) is None:
+                self._install_provisional(join(path, name), e)
         for name in sorted(lst.entries):
             node = self.inodes.at(join(path, name))
             if node is not None:

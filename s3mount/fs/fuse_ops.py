@@ -65,8 +65,8 @@ class FuseOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        e.entry_timeout = self.fs.cfg.attr_timeout
-        e.attr_timeout = self.fs.cfg.attr_timeout
+        # Guessed attributes (listedattrs) must not be kept by the kernel: a stat asks again.
+        e.entry_timeout = e.attr_timeout = 0 if node.provisional else self.fs.cfg.attr_timeout
         e.st_mode = a.mode
         e.st_nlink = self.fs.nlink(node)
         e.st_uid = a.uid
@@ -222,10 +222,12 @@ class FuseOperations(pyfuse3.Operations):
     # security.capability before each write and ``ls -l``'s two per file cost no request.
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        await self.fs.described(inode)
         return self.fs.getxattr(inode, name)
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        await self.fs.described(inode)
         return self.fs.listxattr(inode)
 
     @_errors

@@ -35,6 +35,9 @@ class Inode:
     """ETag of the content the kernel's page cache holds for this inode (keep_cache decision)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Foreign user metadata we do not interpret; kept across our own rewrites of the object."""
+    provisional: bool = False
+    """``attrs`` are guessed from a listing: the object's POSIX metadata is not known yet
+    (see ``listedattrs``)."""
 
     @property
     def is_dir(self) -> bool:

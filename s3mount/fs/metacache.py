@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cachetools import LRUCache
 
@@ -40,6 +40,9 @@ class MetaCache:
         self._pending: dict[str, tuple[str, float | None, str] | None] = {}
         self._dir_times: dict[str, tuple[int, int]] = {}
         self._dir_pending: dict[str, tuple[int, int] | None] = {}
+        self.listener: Callable[[str, str | None, float | None], None] | None = None
+        """Told of every put (key, ETag, LastModified) and drop (key, None, None): the shared
+        index publishes what changed."""
         if path is not None:
             try:
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -91,6 +94,8 @@ class MetaCache:
             metadata: Mapping[str, str]) -> None:
         md = dict(metadata)
         self._mem[key] = (etag, last_modified, md)
+        if self.listener is not None:
+            self.listener(key, etag, last_modified)
         if self._db is not None:
             self._pending[key] = (etag, last_modified, json.dumps(md))
             if len(self._pending) >= 500:
@@ -105,6 +110,8 @@ class MetaCache:
 
     def drop(self, key: str) -> None:
         self._mem.pop(key, None)
+        if self.listener is not None:
+            self.listener(key, None, None)
         if self._db is not None:
             self._pending[key] = None
 

@@ -33,6 +33,7 @@ from .concurrency import gather
 from .inodes import Inode
 from .metacache import same_time
 from .paths import join, split
+from .sharedindex import hidden
 
 if TYPE_CHECKING:
     from .files import OpenFile
@@ -293,14 +294,14 @@ class Namespace:
         for page in pages:
             for p in page.prefixes:
                 name = self.keys.child_name(prefix, p)
-                if name is not None:
+                if name is not None and not hidden(self.keys, join(path, name)):
                     if name in entries and not entries[name].is_dir:
                         self._warn_conflict(join(path, name))
                     entries[name] = DirEntry(name, True)
             for o in page.objects:
                 name = self.keys.child_name(prefix, o.key)
-                if name is None:
-                    if o.key != prefix:
+                if name is None or hidden(self.keys, join(path, name)):
+                    if name is None and o.key != prefix:
                         log.debug("skipping key %r: not representable as a path", o.key)
                     continue
                 if name.endswith(FOLDER_SUFFIX) and o.size == 0 and name != FOLDER_SUFFIX:
@@ -386,6 +387,7 @@ class Namespace:
         if (marker is None and existing is not None and existing.is_dir
                 and existing.etag is None):
             existing.valid_until = self._fresh_until()  # implicit before, implicit still
+            existing.provisional = False
             return existing
         md = dict(marker.metadata or {}) if marker else None
         lm = marker.last_modified if marker else time.time()
@@ -459,6 +461,8 @@ class Namespace:
         """Whether a listing entry shows the same object version as ``node`` (see metacache on
         versions). For a directory only whether it is still one: a listing carries nothing of
         its marker, whose attributes opendir of the parent refreshes."""
+        if node.provisional:
+            return False  # its metadata is still to be fetched
         if entry.is_dir or node.is_dir:
             return entry.is_dir == node.is_dir
         if entry.etag is None or entry.etag != node.etag:
@@ -474,10 +478,12 @@ class Namespace:
         """The inode at ``parent/name`` if it exists (fresh enough), else None."""
         path = join(parent_path, name)
         node = self.inodes.at(path)
+        if node is not None and node.provisional and path in self._describing:
+            await self._describing[path].wait()  # a walk is describing it (listedattrs)
         if node is not None and (node.valid_until > trio.current_time() or
                                  node.open_count or node.etag is None and not node.is_dir):
             return node
-        if path in self.negative:
+        if path in self.negative or hidden(self.keys, path):
             return None
         lst = await self._listing_for_lookup(parent_path, name)
         if lst is None:
@@ -487,6 +493,9 @@ class Namespace:
         elif node is not None and self._unchanged(node, entry):
             node.valid_until = self._fresh_until()
             found = node
+        elif node is not None and node.provisional and await self._describe_provisional(
+                parent_path, name) and not node.provisional and node is self.inodes.at(path):
+            found = node  # described by the shared index or with its neighbours
         else:
             found = await self._stat_path(path, entry)
         if found is None:
