@@ -130,7 +130,9 @@ def test_mount_against_a_dead_server_fails_in_one_line(mounter: Mounter, proxy: 
     elapsed = time.monotonic() - started
     assert r.returncode != 0 and not os.path.ismount(mp)
     assert r.stderr.count("\n") == 1 and "cannot reach" in r.stderr, r.stderr
-    assert elapsed < 60, f"{elapsed:.0f}s with timeout=3"
+    # The check obeys timeout (issue #16 item 8): its 3 s and two Python start-ups (the CLI
+    # and the mount process), not a retry policy of its own.
+    assert elapsed < 3 + 6, f"{elapsed:.1f}s with timeout=3"
 
 
 def test_write_while_down_fails_at_close_and_arrives_later(pmounter: Mounter, proxy: FaultProxy,

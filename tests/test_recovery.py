@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from faultlib import through
-from mountlib import S3MOUNT, Mounter, mount_status, run
+from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 from test_durability import wait_for_object
 
 from s3mount.fs.staging import StagingArea
@@ -154,12 +154,11 @@ def _write_unclosed(path: Path, data: bytes) -> Any:
     return f
 
 
-def test_unclosed_file_never_replaces_the_object(pmounter: Mounter, proxy: FaultProxy,
-                                                 bucket: str, s3: Any, tmp_path: Path) -> None:
-    """A file being rewritten (and streamed) when the mount is killed: the bucket keeps the
-    closed version, the partial goes to lost+found/, the multipart upload is aborted."""
-    s3.put_object(Bucket=bucket, Key="doc", Body=b"closed version")
-    m = pmounter(bucket, "async_upload,part_size=5")
+def _crash_while_streaming(pmounter: Mounter, bucket: str, s3: Any, tmp_path: Path,
+                           keys: Any = None) -> tuple[bytes, Mount]:
+    """12 MiB written to ``doc`` and never closed, killed once a part has been streamed; the
+    next mount is up and has put the partial in lost+found/. Returns (partial, next mount)."""
+    m = pmounter(bucket, "async_upload,part_size=5", keys=keys)
     partial = os.urandom(12 * MiB)
     f = _write_unclosed(m.path / "doc", partial)
     try:
@@ -171,11 +170,20 @@ def test_unclosed_file_never_replaces_the_object(pmounter: Mounter, proxy: Fault
     finally:
         with contextlib.suppress(OSError):
             f.close()
-    m2 = pmounter(bucket, path=tmp_path / "again")
+    m2 = pmounter(bucket, path=tmp_path / "again", keys=keys)
     deadline = time.monotonic() + 60
     while not keys_in(s3, bucket, "lost+found/"):
         assert time.monotonic() < deadline, m2.log()
         time.sleep(0.2)
+    return partial, m2
+
+
+def test_unclosed_file_never_replaces_the_object(pmounter: Mounter, proxy: FaultProxy,
+                                                 bucket: str, s3: Any, tmp_path: Path) -> None:
+    """A file being rewritten (and streamed) when the mount is killed: the bucket keeps the
+    closed version, the partial goes to lost+found/, the multipart upload is aborted."""
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"closed version")
+    partial, m2 = _crash_while_streaming(pmounter, bucket, s3, tmp_path)
     (lost,) = keys_in(s3, bucket, "lost+found/")
     assert lost.startswith("lost+found/doc.")
     assert s3.get_object(Bucket=bucket, Key=lost)["Body"].read() == partial
@@ -220,24 +228,10 @@ def test_upload_the_keys_cannot_abort_is_logged(pmounter: Mounter, proxy: FaultP
     """Keys without AbortMultipartUpload (Cleverbase's policy): the crashed upload stays for the
     bucket's lifecycle rule, one line in the log says so, and the data is still recovered."""
     keys = sandbox.issue_keys([bucket], actions=list(CLEVERBASE_ACTIONS))
-    m = pmounter(bucket, "async_upload,part_size=5", keys=keys)
-    partial = os.urandom(12 * MiB)
-    f = _write_unclosed(m.path / "doc", partial)
-    try:
-        deadline = time.monotonic() + 30
-        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
-            assert time.monotonic() < deadline, "no part was streamed"
-            time.sleep(0.2)
-        m.kill9()
-    finally:
-        with contextlib.suppress(OSError):
-            f.close()
-    m2 = pmounter(bucket, path=tmp_path / "again", keys=keys)
-    deadline = time.monotonic() + 60
-    while not keys_in(s3, bucket, "lost+found/"):
-        assert time.monotonic() < deadline, m2.log()
-        time.sleep(0.2)
+    partial, m2 = _crash_while_streaming(pmounter, bucket, s3, tmp_path, keys=keys)
     assert m2.log().count("lifecycle rule") == 1, m2.log()
+    (lost,) = keys_in(s3, bucket, "lost+found/")
+    assert s3.get_object(Bucket=bucket, Key=lost)["Body"].read() == partial
 
 
 # -- without a mount: which staging areas a mount finds ---------------------------------------

@@ -225,12 +225,7 @@ class S3Store:
                     progress(len(data))
                 return n, etag
 
-            try:
-                parts = self._parallel(send, range(1, -(-size // part_size) + 1))
-            except S3MountError:
-                self.abort_multipart(key, upload_id)
-                raise
-        return self.complete_multipart(key, upload_id, parts)
+            return self._assemble(key, upload_id, -(-size // part_size), send)
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str],
                          content_type: str | None = None) -> str:
@@ -301,17 +296,23 @@ class S3Store:
             return n, self._call("copy-part", src, lambda w, k, t: w.upload_part_copy(
                 src, dst, k, t, upload_id, n, first, last), slow=True)
 
-        try:
-            parts = self._parallel(one, range(1, -(-size // part_size) + 1))
-        except S3MountError:
-            self.abort_multipart(dst, upload_id)
-            raise
-        return self.complete_multipart(dst, upload_id, parts)
+        return self._assemble(dst, upload_id, -(-size // part_size), one)
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda w, k, t: w.delete(key, k, t))
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _assemble(self, key: str, upload_id: str, count: int,
+                  part: Callable[[int], tuple[int, str]]) -> str:
+        """Parts 1..count made by ``part`` in parallel, then completed; a failed part abandons
+        the upload (its parts would otherwise stay in the bucket, billed)."""
+        try:
+            parts = self._parallel(part, range(1, count + 1))
+        except S3MountError:
+            self.abort_multipart(key, upload_id)
+            raise
+        return self.complete_multipart(key, upload_id, parts)
 
     def _parallel(self, fn: Callable[[int], T], items: range) -> list[T]:
         """``fn`` of every item, ``max_concurrency`` at a time; the first error stops the rest."""
