@@ -120,7 +120,13 @@ def test_demo_refuses_a_bad_mountpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "s3mount", "demo", str(tmp_path / "missing")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
-    assert r.stderr == f"s3mount: mountpoint {tmp_path / 'missing'} is not a directory\n"
+    assert r.stderr == (f"s3mount: mountpoint {tmp_path / 'missing'} does not exist (create it, "
+                        "or give no mountpoint for ~/s3mount-demo)\n")
+    (tmp_path / "file").write_text("")
+    r = subprocess.run([sys.executable, "-m", "s3mount", "demo", str(tmp_path / "file")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"s3mount: mountpoint {tmp_path / 'file'} is not a directory\n"
 
 
 def test_demo_without_the_sandbox_extra(tmp_path: Path) -> None:

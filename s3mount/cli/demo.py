@@ -147,6 +147,9 @@ def _mountpoint(given: str | None) -> Iterator[Path]:
     if given is None and not path.exists():
         path.mkdir()
         created = True
+    if not path.exists():
+        raise CliError(f"mountpoint {path} does not exist (create it, or give no mountpoint "
+                       "for ~/s3mount-demo)")
     if not path.is_dir():
         raise CliError(f"mountpoint {path} is not a directory")
     try:
