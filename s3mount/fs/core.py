@@ -53,11 +53,12 @@ from .attrs import (
 )
 from .budget import Budget
 from .concurrency import gather
-from .files import FileData, Handle, OpenFile
+from .files import FileData
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .listedattrs import ListedAttrs
 from .metacache import MetaCache
 from .namespace import DirEntry, Listing, Namespace, Scan, Window
+from .openfile import Handle, OpenFile
 from .paths import KeyMapper, decode_name, join, split
 from .sharedindex import SharedIndex, hidden
 from .staging import StagingArea

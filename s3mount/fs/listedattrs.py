@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import trio
 
 from .inodes import Inode
 from .namespace import DirEntry, Listing
 from .paths import join
-
-if TYPE_CHECKING:
-    from .core import Filesystem
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +36,7 @@ so its first answers come soon, the next ones double (fewer hand-offs and batch 
 
 
 class ListedAttrs:
-    def _install_provisional(self: Filesystem, path: str, entry: DirEntry) -> Inode:
+    def _install_provisional(self, path: str, entry: DirEntry) -> Inode:
         """Install a listed entry with attributes guessed from the listing (see module doc).
         An inode known before keeps its mode and owner as the guess."""
         old = self.inodes.at(path)
@@ -59,13 +55,13 @@ class ListedAttrs:
         node.provisional = True
         return node
 
-    async def described(self: Filesystem, ino: int) -> None:
+    async def described(self, ino: int) -> None:
         """Make sure inode ``ino`` has its stored attributes, not a listing's guess: for what
         reads them without a lookup first (setattr, the extended attributes)."""
         if self._node(ino).provisional:
             await self.getattr(ino)
 
-    async def _describe_provisional(self: Filesystem, parent: str, name: str) -> bool:
+    async def _describe_provisional(self, parent: str, name: str) -> bool:
         """Called by a lookup of a provisional entry: describe it from the shared index, or
         together with the provisional entries after it when this is not the first such lookup
         in ``parent`` (see module doc). False when it did nothing (a first lookup that the
@@ -106,7 +102,7 @@ class ListedAttrs:
         await self._describe_chunks(parent, chunks)
         return True
 
-    async def _describe_chunks(self: Filesystem, parent: str,
+    async def _describe_chunks(self, parent: str,
                                chunks: list[tuple[list[tuple[str, DirEntry]], trio.Event]]
                                ) -> None:
         """Describe ``chunks`` one after the other, each a batch of requests in parallel, and
@@ -122,7 +118,7 @@ class ListedAttrs:
                     self._describing.pop(join(parent, n), None)
                 done.set()
 
-    async def _from_shared_index(self: Filesystem, parent: str, lst: Listing) -> bool:
+    async def _from_shared_index(self, parent: str, lst: Listing) -> bool:
         """Describe what the shared index knows of ``parent``'s provisional entries (read once per
         listing); whether it was read just now."""
         files = {n: e for n, e in lst.entries.items() if not e.is_dir and e.etag is not None}

@@ -22,7 +22,6 @@ import logging
 import stat
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,11 +31,9 @@ from .attrs import parse_mode
 from .concurrency import gather
 from .inodes import Inode
 from .metacache import same_time
+from .openfile import OpenFile
 from .paths import join, split
 from .sharedindex import hidden
-
-if TYPE_CHECKING:
-    from .files import OpenFile
 
 log = logging.getLogger(__name__)
 

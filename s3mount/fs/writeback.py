@@ -23,18 +23,51 @@ import hashlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from ..errors import NotFound, S3MountError
-from ..store.base import ObjectInfo
+from ..store.base import ObjectInfo, ObjectStore
+from .openfile import OpenFile
+from .paths import KeyMapper
 from .staging import Record, StagingFile
 
-if TYPE_CHECKING:
-    from .core import Filesystem, OpenFile
-
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Settings(Protocol):
+    part_size: int
+
+
+class UploadHost(Protocol):
+    """What the queue needs of the filesystem core (``core.Filesystem`` is one): its open
+    files, its store and how it runs store calls, and how it stores, persists and settles a
+    file (each taking the file's lock like any other writer)."""
+
+    store: ObjectStore
+    keys: KeyMapper
+    cfg: _Settings
+    open_files: dict[int, OpenFile]
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def _upload(self, of: OpenFile) -> None: ...
+
+    async def _persist(self, of: OpenFile) -> None: ...
+
+    async def _settle(self, of: OpenFile) -> None: ...
+
+    async def _upload_staged(self, key: str, staging: StagingFile,
+                             md: dict[str, str]) -> str: ...
+
+    def space_freed(self) -> None: ...
+
+    def invalidate_key(self, key: str) -> None: ...
+
 
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
@@ -46,7 +79,7 @@ CHUNK = 1024 * 1024
 class Writeback:
     """Uploads that happen after (or instead of before) close() returns."""
 
-    def __init__(self, fs: Filesystem, *, parallel: int = 8) -> None:
+    def __init__(self, fs: UploadHost, *, parallel: int = 8) -> None:
         self.fs = fs
         self.parallel = parallel
         self._due: dict[int, float] = {}  # inode -> trio time when to (re)try
