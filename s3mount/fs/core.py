@@ -578,13 +578,18 @@ class Filesystem(Namespace, ListedAttrs, FileData):
             new.ctime_ns = ch.ctime_ns or time.time_ns()
         if new == node.attrs:
             return node
-        of = self.open_files.get(ino)
-        if of is not None and (of.dirty or node.etag is None):
-            node.attrs = new  # goes up with the pending upload
-            await self._pending_metadata_changed(of)
-            return node
-        await self._write_metadata(node, new)
+        await self._set_attrs(node, new)
         return node
+
+    async def _set_attrs(self, node: Inode, new: Attrs) -> None:
+        """New attributes (``node.extra`` already changed too): with the upload a file still owes
+        (its record says them at once), else written to the object's metadata now."""
+        of = self.open_files.get(node.ino)
+        if of is not None and (of.dirty or node.etag is None):
+            node.attrs = new
+            await self._pending_metadata_changed(of)
+            return
+        await self._write_metadata(node, new)
 
     async def _write_metadata(self, node: Inode, new: Attrs) -> None:
         """Persist changed attributes of a clean object: a copy onto itself, or a new marker."""
@@ -676,12 +681,7 @@ class Filesystem(Namespace, ListedAttrs, FileData):
             raise FsError(f"extended attributes of {node.path!r} would take {size} bytes of "
                           f"user metadata; S3 allows {USER_METADATA_MAX}", errno=errno.E2BIG)
         node.extra = extra
-        of = self.open_files.get(node.ino)
-        if of is not None and (of.dirty or node.etag is None):
-            node.attrs = new  # goes up with the pending upload
-            await self._pending_metadata_changed(of)
-            return
-        await self._write_metadata(node, new)
+        await self._set_attrs(node, new)
 
     async def statfs(self) -> dict[str, int]:
         # S3 has no capacity to report; answer "plenty" so tools that check free space proceed.

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ..errors import NotFound, S3MountError
-from ..store.base import ObjectInfo, ObjectStore
+from ..store.base import ObjectInfo, ObjectStore, multipart_etag
 from .openfile import OpenFile
 from .paths import KeyMapper
 from .staging import Record, StagingFile
@@ -262,6 +262,5 @@ def _our_etags(staging: StagingFile, part_size: int) -> set[str]:
             offset += len(chunk)
         if n == 0:
             break
-        parts.append(part.digest())
-    md5s = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
-    return {whole.hexdigest(), f"{md5s}-{len(parts)}"}
+        parts.append(part.hexdigest())
+    return {whole.hexdigest(), multipart_etag(parts)}

@@ -7,6 +7,7 @@ inodes or the mount's prefix.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -133,3 +134,9 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error (S3 semantics)."""
+
+
+def multipart_etag(part_etags: list[str]) -> str:
+    """The ETag S3 servers give an object completed from these parts (unencrypted)."""
+    digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import NotFound, PreconditionFailed, S3MountError
-from .base import ListPage, ObjectInfo
+from .base import ListPage, ObjectInfo, multipart_etag
 
 MiB = 1024 * 1024
 S3_MIN_PART = 5 * MiB
@@ -159,7 +159,7 @@ class MemoryStore:
             etag = self.put(key, data, metadata=metadata, content_type=content_type)
         else:
             parts = [data[i:i + self.part_size] for i in range(0, len(data), self.part_size)]
-            etag = self._store(key, data, _multipart_etag([_md5(p) for p in parts]), metadata,
+            etag = self._store(key, data, multipart_etag([_md5(p) for p in parts]), metadata,
                                content_type)
         if progress is not None:
             progress(len(data))
@@ -200,7 +200,7 @@ class MemoryStore:
                 chunks.append(have[0])
             del self._uploads[upload_id]
             return self._put_locked(key, b"".join(chunks),
-                                    _multipart_etag([e for _, e in parts]), up.metadata,
+                                    multipart_etag([e for _, e in parts]), up.metadata,
                                     up.content_type)
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
@@ -255,12 +255,6 @@ class MemoryStore:
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _multipart_etag(part_etags: list[str]) -> str:
-    """S3's ETag of an object made of these parts: the MD5 of their MD5s, and their count."""
-    digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
-    return f"{_md5(digests)}-{len(part_etags)}"
 
 
 def _lower(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -135,9 +135,7 @@ class RequestPolicy:
         ``time.monotonic()`` value) ends it earlier, for calls made of many requests."""
         where = f"{what} {key!r}" if key else what
         log.debug("%s", where)
-        now = time.monotonic()
-        started = operation_started.get()
-        end = (started if started is not None and started < now else now) + self.timeout
+        end = self.deadline()
         if deadline is not None:
             end = min(end, deadline)
         per_attempt = max(self.timeout / (3 if slow else 6), 1.0)
@@ -172,6 +170,13 @@ class RequestPolicy:
                 raise Unavailable(f"{err} (gave up after {number} attempt(s) within "
                                   f"timeout={self.timeout:g}s)")
             time.sleep(pause)
+
+    def deadline(self) -> float:
+        """When (``time.monotonic()``) the operation making this call runs out of time:
+        ``timeout`` after it started (``base.operation_started``), or from now."""
+        now = time.monotonic()
+        started = operation_started.get()
+        return (started if started is not None and started < now else now) + self.timeout
 
     def _usable_keys(self, where: str) -> KeySet:
         keys = self._keys.current()

@@ -18,12 +18,10 @@ request are the key source's current ones at that attempt: one source, read once
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mimetypes
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ import botocore.httpsession
 import botocore.session
 
 from ..errors import AccessDenied, NotFound, S3MountError, Unavailable
-from .base import KeySet, ListPage, ObjectInfo, operation_started
+from .base import KeySet, ListPage, ObjectInfo, multipart_etag
 from .lean import Attempt, HttpError, LeanS3
 from .policy import KeySource, RequestPolicy
 
@@ -136,7 +134,7 @@ class S3Store:
         caller's event loop would otherwise spend as much CPU per HEAD on handing each one to a
         thread and back as the request itself costs. One deadline for all: the operation that
         asked is one ``readdir``."""
-        deadline = _start() + self.config.timeout
+        deadline = self.policy.deadline()
 
         def one(key: str) -> ObjectInfo | S3MountError:
             try:
@@ -331,18 +329,6 @@ class S3Store:
         # of their own (a long transfer is many operations, not one).
         with ThreadPoolExecutor(max(1, min(self.config.max_concurrency, len(items)))) as pool:
             return list(pool.map(guarded, items))
-
-
-def _start() -> float:
-    started = operation_started.get()
-    now = time.monotonic()
-    return started if started is not None and started < now else now
-
-
-def multipart_etag(part_etags: list[str]) -> str:
-    """The ETag S3 servers give an object completed from these parts (unencrypted)."""
-    digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
-    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"
 
 
 def _guess_type(key: str) -> str:
