@@ -48,6 +48,7 @@ from .recovery import (
     find_leftovers,
     label_roots,
     normalize_endpoint,
+    private_dir,
     same_bucket,
     sort_elsewhere,
 )
@@ -248,15 +249,11 @@ def protect_process(*, background: bool) -> None:
 def _check_private_dir(path: str) -> None:
     """Staged data and crash-recovery records live here: the directory must be ours alone, or
     someone else could read what we stage or plant files for recovery to upload."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+    if not os.path.lexists(path) or private_dir(path):
         return
-    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
-            or stat.S_IMODE(st.st_mode) & 0o077):
-        raise MountError(f"cache directory {path} is not private to you (owner uid {st.st_uid}, "
-                         f"mode {stat.S_IMODE(st.st_mode):o}); remove it or use another "
-                         "cache_dir")
+    st = os.lstat(path)
+    raise MountError(f"cache directory {path} is not private to you (owner uid {st.st_uid}, "
+                     f"mode {stat.S_IMODE(st.st_mode):o}); remove it or use another cache_dir")
 
 
 @contextlib.contextmanager

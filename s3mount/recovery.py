@@ -86,7 +86,7 @@ def label_roots(cache_dir: str, ident: Identity, raw_endpoint: str | None) -> No
     spellings = {raw_endpoint, f"{ident.endpoint}/"} - {None, ident.endpoint}
     for spelling in spellings:
         old = os.path.join(cache_dir, ident.digest(spelling))
-        if _private_dir(old) and not os.path.exists(os.path.join(old, IDENTITY)):
+        if private_dir(old) and not os.path.exists(os.path.join(old, IDENTITY)):
             _label(old, ident)
 
 
@@ -183,7 +183,7 @@ def _roots(cache_dir: str, bucket: str) -> list[tuple[str, Identity]]:
         return []
     for name in names:
         root = os.path.join(cache_dir, name)
-        if not _private_dir(root):
+        if not private_dir(root):
             continue  # someone else's: not a source of files to upload
         try:
             with open(os.path.join(root, IDENTITY)) as f:
@@ -195,7 +195,9 @@ def _roots(cache_dir: str, bucket: str) -> list[tuple[str, Identity]]:
     return out
 
 
-def _private_dir(path: str) -> bool:
+def private_dir(path: str) -> bool:
+    """A directory of ours alone (owner, no group or other bits): staged data and recovery
+    records are trusted only there, or someone else could read them or plant files to upload."""
     try:
         st = os.lstat(path)
     except OSError:

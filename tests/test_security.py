@@ -538,3 +538,16 @@ def test_foreground_mount_dumps_no_core(mounter: Mounter, sandbox: SandboxProces
             proc.wait(30)
         subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True, timeout=30)
     assert _cores(start) == []
+
+
+def test_cache_root_others_can_read_is_refused(mounter: Mounter, bucket: str) -> None:
+    """Staged data and recovery records are trusted only in a directory of ours alone: one that
+    others may read or write refuses the mount in one line (nothing from it is uploaded)."""
+    m = mounter(bucket)
+    m.unmount()
+    (root,) = [p for p in mounter.cache_dir.iterdir() if p.is_dir()]
+    root.chmod(0o755)
+    with pytest.raises(AssertionError, match="is not private to you"):
+        mounter(bucket)
+    root.chmod(0o700)
+    mounter(bucket).unmount()
