@@ -36,10 +36,11 @@ from .credentials.base import Provider, ProviderError
 from .credentials.refresher import Refresher, RefreshPolicy
 from .errors import AccessDenied, NotFound, S3MountError, Unavailable
 from .fs.attrs import Defaults
-from .fs.core import Filesystem, FsConfig
+from .fs.core import Filesystem
 from .fs.fuse_ops import FuseOperations
 from .fs.metacache import MetaCache
 from .fs.paths import KeyMapper
+from .fs.settings import FsConfig
 from .fs.staging import StagingArea
 from .notify import notify
 from .options import MountOptions
@@ -447,7 +448,7 @@ class MountRunner:
 
     def _note_detached(self, how: str) -> None:
         self.stopping = self.detached = True
-        open_files = len(self.fs.handles)
+        open_files = len(self.fs.registry.handles)
         if open_files:
             log.info("%s %s: %d open file(s) keep working and each is stored when closed; the "
                      "mount process exits after the last", self.p.spec.mountpoint, how, open_files)
@@ -476,7 +477,7 @@ class MountRunner:
             "stranded_uploads": [asdict(s) | {"message": s.message()}
                                  for s in self.leftovers.stranded],
             "uploads": self.fs.upload_progress(),
-            "open_files": len(self.fs.handles),
+            "open_files": len(self.fs.registry.handles),
             "detached": self.detached,
         }
 

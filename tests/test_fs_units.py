@@ -305,7 +305,7 @@ def test_store_calls_in_flight_follow_the_connection_pool(tmp_path: Path) -> Non
                      MountOptions(cache_dir=str(tmp_path / "cache")))
     runner = MountRunner(Prepared(spec, Refresher(StaticProvider(keys)), store, keys, "b"))
     try:
-        assert runner.fs.limiter.total_tokens == 5
+        assert runner.fs.runner.limiter.total_tokens == 5
     finally:
         runner.staging.close()
         runner.meta.close()

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import stat
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -209,3 +210,9 @@ def acl_mode(value: bytes) -> tuple[int, bool] | None:
 
 
 _ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x04, 0x10, 0x20
+
+
+def new_attrs(kind: int, mode: int, uid: int, gid: int, size: int = 0) -> Attrs:
+    """The attributes of an entry made now (mkdir, create, symlink, mknod)."""
+    now = time.time_ns()
+    return Attrs(kind | (mode & 0o7777), uid, gid, size, now, now)

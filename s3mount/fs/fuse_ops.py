@@ -10,14 +10,14 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
 
 from ..errors import S3MountError
-from .core import AttrChanges, Filesystem
+from .attrops import AttrChanges
+from .core import Filesystem
 from .inodes import Inode
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,7 @@ class FuseOperations(pyfuse3.Operations):
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid,
-                                                   ctx.gid))
-        fh, node = await self.fs.create(parent_inode, name, mode, 0, ctx.uid, ctx.gid)
-        await self.fs.flush(fh)
-        await self.fs.release(fh)
-        return self._entry(node)
+        return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
 
     @_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
@@ -198,11 +192,8 @@ class FuseOperations(pyfuse3.Operations):
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for name, node, next_id in self.fs.readdir(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._entry(node),
-                                         next_id):
-                break
-            node.lookups += 1
+        self.fs.readdir(fh, start_id, lambda name, node, next_id: pyfuse3.readdir_reply(
+            token, name.encode("utf-8"), self._entry(node), next_id))
 
     async def releasedir(self, fh: int) -> None:
         self.fs.releasedir(fh)
@@ -218,7 +209,7 @@ class FuseOperations(pyfuse3.Operations):
         return s
 
     # Extended attributes: user.* and the POSIX ACL names, in the object's metadata (see
-    # Filesystem.setxattr). get and list answer from memory, so the kernel's getxattr of
+    # AttrOps.setxattr). get and list answer from memory, so the kernel's getxattr of
     # security.capability before each write and ``ls -l``'s two per file cost no request.
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

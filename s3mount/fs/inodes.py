@@ -2,17 +2,19 @@
 
 An inode number is handed out the first time a path is seen and follows the object through
 renames (``move``), so ``stat`` before and after ``mv`` agree. The kernel's lookup count decides
-when an inode may be forgotten; an inode whose path was unlinked or replaced is *detached*
-(``path is None``) but lives on while the kernel or an open file still refers to it.
+when an inode may be forgotten (see ``InodeTable``); an inode whose path was unlinked or replaced
+is *detached* (``path is None``) but lives on while the kernel or an open file still refers to it.
 """
 
 from __future__ import annotations
 
 import itertools
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .attrs import Attrs
+from .paths import PathTree
 
 ROOT_INODE = 1
 
@@ -49,14 +51,27 @@ class Inode:
 
 
 class InodeTable:
-    """Inodes by number and by path. Paths are relative to the mount root (``""`` = root)."""
+    """Inodes by number and by path, and by directory (``children``, ``move`` and ``forget``
+    touch only the entries concerned, never every cached path). Paths are relative to the mount
+    root (``""`` = root).
 
-    def __init__(self, root_attrs: Attrs) -> None:
+    The kernel's lookup count decides how long an inode is remembered: once it has forgotten
+    every lookup (``forget``) and nothing else holds the inode, it is dropped, named or not; the
+    next lookup of its path installs it again (with a new number, which is fine: the kernel
+    holds none). ``held`` says what else holds one: an open file still in the open-files
+    registry, even closed (a dirty file waiting for its upload must keep its inode and path, or
+    a lookup of it would ask the bucket, which does not have it yet)."""
+
+    def __init__(self, root_attrs: Attrs, held: Callable[[int], bool]) -> None:
         self._next = itertools.count(ROOT_INODE + 1)
+        self._held = held
         root = Inode(ROOT_INODE, "", root_attrs, valid_until=float("inf"))
         root.lookups = 1
         self.by_ino: dict[int, Inode] = {ROOT_INODE: root}
-        self.by_path: dict[str, Inode] = {"": root}
+        self.by_path: dict[str, Inode] = {}
+        self._paths = PathTree()
+        """The paths of ``by_path``, by directory."""
+        self._name(root)
 
     def get(self, ino: int) -> Inode | None:
         return self.by_ino.get(ino)
@@ -75,13 +90,12 @@ class InodeTable:
             self.detach(node)
         node = Inode(next(self._next), path, attrs, etag=etag)
         self.by_ino[node.ino] = node
-        self.by_path[path] = node
+        self._name(node)
         return node
 
     def detach(self, node: Inode) -> None:
         """The path of ``node`` is gone (unlinked or replaced); the inode lives while referenced."""
-        if node.path is not None and self.by_path.get(node.path) is node:
-            del self.by_path[node.path]
+        self._unname(node)
         node.path = None
         self._maybe_drop(node)
 
@@ -90,13 +104,15 @@ class InodeTable:
         target = self.by_path.get(new)
         if target is not None:
             self.detach(target)
-        moved = [(p, n) for p, n in self.by_path.items()
-                 if p == old or p.startswith(old + "/")]
-        for p, _ in moved:
-            del self.by_path[p]
-        for p, n in moved:
-            n.path = new + p[len(old):]
-            self.by_path[n.path] = n
+        moved = [self.by_path[p] for p in self._paths.under(old)]
+        for n in moved:
+            self._unname(n)
+        for n in moved:
+            assert n.path is not None
+            n.path = new + n.path[len(old):]
+            if (shadowed := self.by_path.get(n.path)) is not None:
+                self.detach(shadowed)  # a stale inode below the replaced target
+            self._name(n)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)
@@ -105,15 +121,47 @@ class InodeTable:
         node.lookups = max(node.lookups - count, 0)
         self._maybe_drop(node)
 
-    def _maybe_drop(self, node: Inode) -> None:
-        # A still-named inode with no references stays cached: its number must remain stable for
-        # the path while we may hand it out again.
-        if (node.lookups == 0 and node.open_count == 0 and node.ino != ROOT_INODE
-                and node.path is None):
-            self.by_ino.pop(node.ino, None)
+    def release(self, node: Inode) -> None:
+        """Whatever held ``node`` besides the kernel let go of it (an open file was settled):
+        drop it if the kernel holds it no more either."""
+        self._maybe_drop(node)
+
+    def remember(self, node: Inode, path: str | None) -> Inode:
+        """The inode to hand the kernel for ``node``, an entry of a directory listing taken
+        earlier (readdirplus) and now at ``path`` (None: the directory is gone): ``node`` itself,
+        registered again if it was dropped meanwhile (the kernel must never hold a number we do
+        not know: it would get ESTALE), or the inode installed at ``path`` since."""
+        if self.by_ino.get(node.ino) is node:
+            return node
+        current = self.by_path.get(path) if path is not None else None
+        if current is not None:
+            return current
+        node.path = path if node.path is not None else None  # (an unlinked one stays so)
+        self.by_ino[node.ino] = node
+        if node.path is not None:
+            self._name(node)
+        return node
 
     def children(self, path: str) -> list[Inode]:
         """Cached inodes directly under directory ``path``."""
-        pre = f"{path}/" if path else ""
-        return [n for p, n in self.by_path.items()
-                if p and p.startswith(pre) and "/" not in p[len(pre):]]
+        return [self.by_path[p] for p in self._paths.children(path)]
+
+    def _name(self, node: Inode) -> None:
+        assert node.path is not None
+        self.by_path[node.path] = node
+        self._paths.add(node.path)
+
+    def _unname(self, node: Inode) -> None:
+        if node.path is not None and self.by_path.get(node.path) is node:
+            del self.by_path[node.path]
+            self._paths.discard(node.path)
+
+    def _maybe_drop(self, node: Inode) -> None:
+        """Forget ``node`` once nothing refers to it: the kernel (lookups), open handles, the
+        open-files registry (``held``). It keeps its path, so a directory listing that still
+        holds it can hand it out again (``remember``)."""
+        if (node.lookups == 0 and node.open_count == 0 and node.ino != ROOT_INODE
+                and not self._held(node.ino)):
+            if self.by_ino.get(node.ino) is node:
+                del self.by_ino[node.ino]
+            self._unname(node)

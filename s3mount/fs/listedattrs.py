@@ -11,19 +11,26 @@ entries from that name on are described: first from the shared index in the buck
 (``sharedindex``), the rest by HEADs in parallel, in chunks described one after the other in
 the background, each lookup waiting only for its own chunk.
 
-A mixin of ``core.Filesystem``, like ``namespace``.
+The ``Describer`` owns the state of walks under way; what it learns it installs through the
+namespace's ``Installer`` functions, handed to it with each call (the namespace asks it, so it
+cannot import the namespace).
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from typing import Protocol
 
 import trio
 
-from .inodes import Inode
-from .namespace import DirEntry, Listing
-from .paths import join
+from ..errors import NotFound, S3MountError
+from ..store.base import ObjectInfo
+from .inodes import Inode, InodeTable
+from .listing import DirEntry, Listing, Listings
+from .paths import KeyMapper, join
+from .runner import StoreRunner
+from .settings import FsConfig
+from .sharedindex import SharedIndex
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +42,36 @@ CHUNK_MAX = 512
 so its first answers come soon, the next ones double (fewer hand-offs and batch tails)."""
 
 
-class ListedAttrs:
-    def _install_provisional(self, path: str, entry: DirEntry) -> Inode:
-        """Install a listed entry with attributes guessed from the listing (see module doc).
-        An inode known before keeps its mode and owner as the guess."""
-        old = self.inodes.at(path)
-        attrs = self._attrs_for(is_dir=entry.is_dir, size=entry.size,
-                                last_modified=entry.last_modified or time.time(),
-                                metadata=None)  # (a listed directory has no LastModified)
-        if old is not None and old.is_dir == entry.is_dir and not old.is_symlink:
-            attrs.mode, attrs.uid, attrs.gid = old.attrs.mode, old.attrs.uid, old.attrs.gid
-            if entry.is_dir:
-                attrs.mtime_ns, attrs.ctime_ns = old.attrs.mtime_ns, old.attrs.ctime_ns
-        extra = dict(old.extra) if old is not None else {}
-        node = self._install(path, attrs, old.etag if entry.is_dir and old else entry.etag,
-                             None, None if entry.is_dir else entry.last_modified)
-        node.extra = extra
-        node.valid_until = 0.0
-        node.provisional = True
-        return node
+class Installer(Protocol):
+    """How described entries become inodes (``namespace.Namespace`` is one)."""
 
-    async def described(self, ino: int) -> None:
-        """Make sure inode ``ino`` has its stored attributes, not a listing's guess: for what
-        reads them without a lookup first (setattr, the extended attributes)."""
-        if self._node(ino).provisional:
-            await self.getattr(ino)
+    def install_known(self, path: str, entry: DirEntry) -> Inode | None: ...
 
-    async def _describe_provisional(self, parent: str, name: str) -> bool:
+    def install_dir(self, path: str, marker: ObjectInfo | None) -> Inode: ...
+
+    def install_info(self, path: str, info: ObjectInfo) -> Inode: ...
+
+
+class Describer:
+    """Describes the provisional entries of directories being walked, in chunks."""
+
+    def __init__(self, runner: StoreRunner, keys: KeyMapper, cfg: FsConfig, inodes: InodeTable,
+                 listings: Listings, shared: SharedIndex) -> None:
+        self._runner = runner
+        self.keys = keys
+        self.cfg = cfg
+        self.inodes = inodes
+        self.listings = listings
+        self.shared = shared
+        self._describing: dict[str, trio.Event] = {}  # provisional path -> its batch
+        self._walks: dict[str, float] = {}  # dir -> time of its last provisional lookup
+
+    async def wait(self, path: str) -> None:
+        """Until the batch describing ``path`` is done, if one is under way."""
+        if (busy := self._describing.get(path)) is not None:
+            await busy.wait()
+
+    async def describe_provisional(self, parent: str, name: str, installer: Installer) -> bool:
         """Called by a lookup of a provisional entry: describe it from the shared index, or
         together with the provisional entries after it when this is not the first such lookup
         in ``parent`` (see module doc). False when it did nothing (a first lookup that the
@@ -75,7 +85,7 @@ class ListedAttrs:
         if lst is None:
             return False
         node = self.inodes.at(path)
-        if await self._from_shared_index(parent, lst) and node is not None \
+        if await self._from_shared_index(parent, lst, installer) and node is not None \
                 and not node.provisional:
             return True
         now = trio.current_time()
@@ -96,21 +106,21 @@ class ListedAttrs:
         for chunk, done in chunks:
             for n, _ in chunk:
                 self._describing[join(parent, n)] = done
-        if self.nursery is not None and len(chunks) > 1:
-            self.nursery.start_soon(self._describe_chunks, parent, chunks[1:])
+        if self._runner.nursery is not None and len(chunks) > 1:
+            self._runner.nursery.start_soon(self._describe_chunks, parent, chunks[1:], installer)
             chunks = chunks[:1]
-        await self._describe_chunks(parent, chunks)
+        await self._describe_chunks(parent, chunks, installer)
         return True
 
     async def _describe_chunks(self, parent: str,
-                               chunks: list[tuple[list[tuple[str, DirEntry]], trio.Event]]
-                               ) -> None:
+                               chunks: list[tuple[list[tuple[str, DirEntry]], trio.Event]],
+                               installer: Installer) -> None:
         """Describe ``chunks`` one after the other, each a batch of requests in parallel, and
         wake the lookups waiting for each as it is done (failures leave entries provisional:
         their lookups then ask alone)."""
         for chunk, done in chunks:
             try:
-                await self._stat_listed(parent, chunk)
+                await self._stat_listed(parent, chunk, installer)
             except Exception as exc:  # noqa: BLE001 - the waiting lookups ask again alone
                 log.debug("describing %d entries of %r failed: %s", len(chunk), parent, exc)
             finally:
@@ -118,7 +128,7 @@ class ListedAttrs:
                     self._describing.pop(join(parent, n), None)
                 done.set()
 
-    async def _from_shared_index(self, parent: str, lst: Listing) -> bool:
+    async def _from_shared_index(self, parent: str, lst: Listing, installer: Installer) -> bool:
         """Describe what the shared index knows of ``parent``'s provisional entries (read once per
         listing); whether it was read just now."""
         files = {n: e for n, e in lst.entries.items() if not e.is_dir and e.etag is not None}
@@ -128,5 +138,32 @@ class ListedAttrs:
         for n, e in files.items():
             child = self.inodes.at(join(parent, n))
             if child is not None and child.provisional:
-                self._install_known(join(parent, n), e)
+                installer.install_known(join(parent, n), e)
         return True
+
+    async def _stat_listed(self, path: str, todo: list[tuple[str, DirEntry]],
+                           installer: Installer) -> None:
+        """Attributes for listed entries no cache could give: one batch of HEADs (the file
+        objects, and the directory markers when POSIX metadata is on)."""
+        heads: dict[str, tuple[str, DirEntry]] = {}
+        for name, e in todo:
+            child = join(path, name)
+            if not e.is_dir:
+                heads[self.keys.file_key(child)] = (child, e)
+            elif self.cfg.posix_metadata:
+                heads[self.keys.dir_prefix(child)] = (child, e)
+            else:
+                installer.install_dir(child, None)
+        if not heads:
+            return
+        for key, info in (await self._runner.run(self._runner.store.head_many, list(heads))).items():
+            child, e = heads[key]
+            if isinstance(info, NotFound):
+                if e.is_dir:
+                    installer.install_dir(child, None)  # a prefix without a marker object
+            elif isinstance(info, S3MountError):
+                log.warning("cannot stat %r while listing: %s", child, info)
+            elif e.is_dir:
+                installer.install_dir(child, info)
+            else:
+                installer.install_info(child, info)

@@ -1,263 +1,230 @@
-"""The namespace half of the core: what a path is, answered from listings where possible.
+"""The namespace: what a path is, answered from listings where possible, and the inodes the
+kernel is handed for it.
 
-A lookup asks S3 as little as it can. A directory that fits in one LIST page is listed whole, and
-that one listing answers every lookup in it, hit or miss, for ``dir_timeout`` seconds (our own
-changes update it in place). A larger directory is asked name by name (a HEAD of the key and a
-LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing showed as
-a file) and listed again, in parallel ranges, only once many of its names have been asked; a scan
-up through its names is answered by LISTs that look ahead of it. File metadata comes from the
-metadata cache by (key, ETag) when it can, else from a HEAD (a GET, for a small file looked up by
-name: see ``_describe_listed``). An object that is both a file and a prefix is shown as the
-directory, with one warning. Other tools' directory objects count as directories: old s3fs's
-empty ``dir`` with Content-Type ``application/x-directory`` (or a directory mode) and
-Hadoop/s3n's ``dir_$folder$`` (see ``legacy_markers``).
+A lookup asks S3 as little as it can. Listed names are answered from the directory's listing
+(``listing``); a name in a big directory whose listing has expired is asked alone (a HEAD of the
+key and a LIST of ``key/`` together tell file from directory; one HEAD for a name its last listing
+showed as a file). File metadata comes from the metadata cache by (key, ETag) when it can, else
+from a HEAD (a GET, for a small file looked up by name: see ``_describe_listed``). An object that
+is both a file and a prefix is shown as the directory, with one warning. Old s3fs's empty ``dir``
+object with Content-Type ``application/x-directory`` (or a directory mode) counts as the
+directory (see ``listing.Listings.legacy_markers``).
 
-This is a mixin of ``core.Filesystem`` (it uses the store, inode table and caches set up there).
+Entries a directory listing installed without their metadata (*provisional*, see
+``listedattrs``) are described when a lookup asks for one: alone, or with the rest of a walk by the
+``Describer``, which gets this namespace to install what it learns.
+
+Each lookup counts one reference of the kernel's on the inode (``Inode.lookups``); ``forget``
+gives them back, and the inode table drops what nobody holds any more (``inodes``).
 """
 
 from __future__ import annotations
 
-import functools
+import errno
 import logging
 import stat
 import time
-from dataclasses import dataclass
 
 import trio
+from cachetools import TTLCache
 
-from ..errors import NotFound
-from ..store.base import ListPage, ObjectInfo
-from .attrs import parse_mode
+from ..errors import FsError, NotFound
+from ..store.base import ObjectInfo
+from .attrs import Attrs, attrs_from_object, parse_mode
 from .concurrency import gather
-from .inodes import Inode
-from .metacache import same_time
-from .openfile import OpenFile
-from .paths import join, split
+from .inodes import ROOT_INODE, Inode, InodeTable
+from .listedattrs import Describer
+from .listing import DirEntry, Listings
+from .metacache import MetaCache, same_time
+from .paths import KeyMapper, decode_name, join, split
+from .runner import StoreRunner
+from .settings import FsConfig
 from .sharedindex import hidden
 
 log = logging.getLogger(__name__)
 
-FOLDER_SUFFIX = "_$folder$"
-"""Hadoop/s3n's directory marker: an empty object ``dir_$folder$`` beside the directory's keys."""
 LEGACY_DIR_TYPE = "application/x-directory"
-
-RELIST_RATIO = 10
-RELIST_MIN = 20
-"""A big directory is listed again after lookups of a tenth of its names, or of 20 names."""
-
-LIST_PARALLELISM = 16
-"""Ranges of one directory listed at once (see ``_list_dir``)."""
 
 PEEK_MAX = 64 * 1024
 """A listed file up to this size is looked up with a GET of its first ``PEEK_MAX`` bytes instead
 of a HEAD (see ``_describe_listed``)."""
+PEEKED_BYTES = 8 * 1024 * 1024
+"""Bound of ``Namespace.peeked``: a body dropped costs its reader the GET it would have made."""
+SYMLINK_MAX = 4096
 
-JOURNAL_MAX = 10_000
-"""Changes remembered per directory; a listing that takes longer than this many of our own
-changes to it may miss the oldest (they are then seen at the next listing)."""
-
-
-@dataclass
-class DirEntry:
-    """One name in a directory listing, as S3 (or our own pending work) reports it."""
-
-    name: str
-    is_dir: bool
-    size: int = 0
-    etag: str | None = None
-    last_modified: float = 0.0
-
-
-@dataclass
-class Listing:
-    entries: dict[str, DirEntry]
-    expires: float
-
-
-WINDOW_MIN = 32
-"""Names in the first look-ahead LIST of an ascending scan (see ``_window_for``)."""
-
-
-@dataclass
-class Window:
-    """A stretch of a big directory listed again by a look-ahead LIST: the keys in
-    (``after``, ``upto``] (``upto`` None: to the end) are fresh in the listing until ``expires``."""
-
-    after: str
-    upto: str | None
-    expires: float
-    size: int
-    served: int = 0
-    """Lookups answered from it: how many names the scan takes per ``dir_timeout``."""
-
-    def covers(self, file_key: str, dir_key: str) -> bool:
-        return file_key > self.after and (self.upto is None or dir_key <= self.upto)
-
-
-@dataclass
-class Scan:
-    """The last name looked up in a big directory, and how many lookups in a row went up."""
-
-    last_key: str
-    ascending: int = 0
+OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime", "rdev"})
+"""Metadata names we interpret; everything else on an object is carried along untouched."""
 
 
 class Namespace:
-    LIST_PAGE = 1000
-    """Names per LIST page (S3's maximum); a class attribute so tests can make pages small."""
+    """Paths to inodes: lookups, attributes, the negative cache and the bodies lookups fetched."""
 
-    def _cached_listing(self, path: str) -> Listing | None:
-        lst = self.listings.get(path)
-        if lst is not None and lst.expires > trio.current_time():
-            return lst
-        return None
+    def __init__(self, runner: StoreRunner, keys: KeyMapper, cfg: FsConfig, meta: MetaCache,
+                 inodes: InodeTable, listings: Listings, describer: Describer) -> None:
+        self._runner = runner
+        self.keys = keys
+        self.cfg = cfg
+        self.meta = meta
+        self.inodes = inodes
+        self.listings = listings
+        self.describer = describer
+        self.negative: TTLCache[str, bool] = TTLCache(maxsize=65536, ttl=cfg.neg_timeout,
+                                                       timer=trio.current_time)
+        # Small files fetched whole by a lookup, until their reader takes them (by key and ETag),
+        # for as long as the attributes that lookup gave are trusted.
+        self.peeked: TTLCache[tuple[str, str], bytes] = TTLCache(
+            maxsize=PEEKED_BYTES, ttl=cfg.attr_timeout, timer=trio.current_time, getsizeof=len)
 
-    def _listing_add(self, parent: str, entry: DirEntry) -> None:
-        self._journal(parent, entry.name, entry)
-        lst = self.listings.get(parent)
-        if lst is not None:
-            lst.entries[entry.name] = entry
+    def node(self, ino: int) -> Inode:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise FsError(f"stale inode {ino}", errno=errno.ESTALE)
+        return node
 
-    def _listing_remove(self, parent: str, name: str) -> None:
-        self._journal(parent, name, None)
-        lst = self.listings.get(parent)
-        if lst is not None:
-            lst.entries.pop(name, None)
+    def dir_path(self, ino: int) -> str:
+        node = self.node(ino)
+        if not node.is_dir:
+            raise FsError("not a directory", errno=errno.ENOTDIR)
+        if node.path is None:
+            raise FsError("directory was removed", errno=errno.ENOENT)
+        return node.path
 
-    def _journal(self, parent: str, name: str, entry: DirEntry | None) -> None:
-        """Remember our own change to ``parent``: a LIST under way may have missed it (an upload
-        that completes while the directory is being listed is in neither the listing nor the
-        pending files), so ``_remember_listing`` replays what happened since the LIST began."""
-        self._seq += 1
-        changes = self._changes.setdefault(parent, [])
-        changes.append((self._seq, name, entry))
-        if len(changes) > JOURNAL_MAX:
-            del changes[: len(changes) - JOURNAL_MAX]
+    def fresh_until(self) -> float:
+        return trio.current_time() + self.cfg.attr_timeout
 
-    async def _list_dir(self, path: str) -> Listing:
-        """The entries of directory ``path`` (all pages), cached for ``dir_timeout``.
+    def _attrs_for(self, *, is_dir: bool, size: int, last_modified: float,
+                   metadata: dict[str, str] | None) -> Attrs:
+        return attrs_from_object(kind=stat.S_IFDIR if is_dir else stat.S_IFREG, size=size,
+                                 last_modified=last_modified, metadata=metadata,
+                                 defaults=self.cfg.defaults)
 
-        A directory listed before is listed again in parallel: the previous listing's page
-        boundaries split the names into ranges, each listed from its start (StartAfter) up to
-        the next boundary, so 10,000 names cost the latency of one page instead of ten in a row.
-        Each range is followed until it passes its end, so names added since are not missed."""
-        cached = self._cached_listing(path)
-        if cached is not None:
-            return cached
-        prefix = self.keys.dir_prefix(path)
-        since = self._seq
-        starts: list[str | None] = [None, *self._page_bounds(path, self.listings.get(path))]
-        ranges: list[list[ListPage]] = [[] for _ in starts]
+    def install(self, path: str, attrs: Attrs, etag: str | None,
+                 metadata: dict[str, str] | None, last_modified: float | None = None) -> Inode:
+        kept = self.meta.dir_times(self.keys.dir_prefix(path)) \
+            if attrs.kind == stat.S_IFDIR else None
+        if kept is not None and kept[0] >= attrs.mtime_ns:
+            # Changes made in it here are newer than its marker says (see touch_dir), unless
+            # the marker was written since.
+            attrs.mtime_ns, attrs.ctime_ns = kept[0], max(kept[1], attrs.ctime_ns)
+        old = self.inodes.at(path)
+        if old is not None and old.etag != etag:
+            old.symlink_target = None  # another object now: read its target again
+        node = self.inodes.put(path, attrs, etag=etag)
+        node.s3_mtime = last_modified
+        node.valid_until = self.fresh_until()
+        node.extra = {k: v for k, v in (metadata or {}).items() if k not in OWN_METADATA}
+        node.provisional = False
+        if not node.is_symlink:
+            node.symlink_target = None
+        if self.negative:  # (a TTLCache pop costs more than all the rest of this method)
+            self.negative.pop(path, None)
+        return node
 
-        async def list_range(i: int) -> None:
-            ranges[i] = await self._list_range(
-                prefix, starts[i], starts[i + 1] if i + 1 < len(starts) else None)
+    def touch_dir(self, path: str, now: int | None = None) -> None:
+        """An entry of directory ``path`` was made, removed or renamed: its mtime and ctime move.
 
-        await gather([functools.partial(list_range, i) for i in range(len(starts))],
-                     limit=LIST_PARALLELISM)
-        return self._remember_listing(path, [p for pages in ranges for p in pages], since)
+        Kept in memory and in the metadata cache, not in the bucket: rewriting the marker would
+        cost a request per file created, and an implicit directory has no object to keep them."""
+        now = now or time.time_ns()
+        node = self.inodes.at(path)
+        if node is not None:
+            node.attrs.mtime_ns = node.attrs.ctime_ns = now
+        self.meta.set_dir_times(self.keys.dir_prefix(path), now, now)
 
-    def _page_bounds(self, path: str, old: Listing | None) -> list[str]:
-        """Every ``LIST_PAGE``-th name (as a key) of a previous listing: where ranges split."""
-        if old is None or len(old.entries) <= self.LIST_PAGE:
-            return []
-        keys = sorted(self.keys.dir_prefix(join(path, name)) if e.is_dir else
-                      self.keys.file_key(join(path, name)) for name, e in old.entries.items())
-        return keys[self.LIST_PAGE - 1:len(keys) - 1:self.LIST_PAGE]
+    def nlink(self, node: Inode) -> int:
+        """Link count: 1 for a file (0 once unlinked); 2 and one per known subdirectory for a
+        directory (from its latest listing and our own changes to it, no request)."""
+        if node.path is None:
+            return 0
+        if not node.is_dir:
+            return 1
+        return 2 + self.listings.subdirs(node.path)
 
-    async def _list_range(self, prefix: str, after: str | None, upto: str | None) -> list[ListPage]:
-        """Pages of the listing from after ``after`` until past ``upto`` (None: the start, the
-        end). They may overlap the next range's; the caller's merge by name absorbs that."""
-        pages = []
-        token = None
-        while True:
-            page = await self._run(self.store.list_page, prefix, token=token,
-                                   start_after=None if token else after, max_keys=self.LIST_PAGE)
-            pages.append(page)
-            if not page.next_token or upto is not None and any(
-                    k > upto for k in (*(o.key for o in page.objects), *page.prefixes)):
-                break  # the listing, or the range, is complete
-            token = page.next_token
-        return pages
+    async def lookup(self, parent: int, raw_name: bytes) -> Inode:
+        if raw_name == b".":
+            return self.node(parent)
+        if raw_name == b"..":
+            p = self.dir_path(parent)
+            return self.inodes.at(split(p)[0]) or self.node(ROOT_INODE)
+        parent_path = self.dir_path(parent)
+        name = decode_name(raw_name)
+        self.keys.check_length(join(parent_path, name))
+        node = await self.resolve(parent_path, name)
+        if node is None:
+            raise FsError("no such file or directory", errno=errno.ENOENT)
+        node.lookups += 1
+        return node
 
-    async def _listing_for_lookup(self, path: str, name: str) -> Listing | None:
-        """A listing of ``path`` fresh enough to answer a lookup of ``name`` from, if one LIST
-        page holds the directory or the lookup is part of an ascending scan.
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, count in items:
+            self.inodes.forget(ino, count)
 
-        One LIST answers a lookup (hit or miss) and refreshes every sibling at once. A directory
-        larger than one page is looked up name by name (see ``_stat_name``) until a tenth of its
-        names have been: then it is listed whole again. Each re-listing of a big directory costs
-        a LIST per thousand names and parsing them all, so doing it every ``dir_timeout`` would
-        cost more than the lookups it saves. Lookups that go up name after name (``rm -r``,
-        ``cp -r`` or ``rsync`` walking it after its listing expired) are answered by LISTs that
-        look ahead instead (``_window_for``): one request per stretch of names, not one each.
-        """
-        cached = self._cached_listing(path)
-        if cached is not None:
-            return cached
-        if path in self.large_dirs:
-            old = self.listings.get(path)
-            if old is not None and (window := await self._window_for(path, name, old)):
-                return window
-            allowance = max(len(old.entries) // RELIST_RATIO if old else 0, RELIST_MIN)
-            self.large_dir_lookups[path] = spent = self.large_dir_lookups.get(path, 0) + 1
-            if spent <= allowance:
-                return None
-            return await self._list_dir(path)
-        since = self._seq
-        page = await self._run(self.store.list_page, self.keys.dir_prefix(path))
-        if page.next_token:
-            self.large_dirs.add(path)
-            return None
-        return self._remember_listing(path, [page], since)
+    async def getattr(self, ino: int) -> Inode:
+        node = self.node(ino)
+        if (ino == ROOT_INODE or node.path is None or node.open_count
+                or node.valid_until > trio.current_time()):
+            return node
+        parent, name = split(node.path)
+        fresh = await self.resolve(parent, name)
+        if fresh is None:
+            raise FsError("file was removed", errno=errno.ENOENT)
+        if fresh is not node:
+            # The path now holds a different kind of object; this inode is gone.
+            raise FsError("file was replaced", errno=errno.ESTALE)
+        return node
 
-    async def _window_for(self, path: str, name: str, old: Listing) -> Listing | None:
-        """``old`` (the expired listing of big directory ``path``) if a look-ahead LIST has made
-        its entries around ``name`` fresh, else None (the caller asks for the name alone).
+    async def readlink(self, ino: int) -> bytes:
+        node = self.node(ino)
+        if not node.is_symlink:
+            raise FsError("not a symlink", errno=errno.EINVAL)
+        if node.symlink_target is None:
+            assert node.path is not None
+            key = self.keys.file_key(node.path)
+            # The lookup that found the link has usually fetched its target already.
+            data = self.take_peeked(key, node.etag)
+            if data is None:
+                data = await self._runner.run(self._runner.store.get_range, key, 0, SYMLINK_MAX)
+            node.symlink_target = data.decode("utf-8", "surrogateescape")
+        return node.symlink_target.encode("utf-8", "surrogateescape")
 
-        The third lookup in a row whose key is above the previous one's starts a look-ahead:
-        a LIST from just after the previous name. Its answer replaces that stretch of the
-        listing (names gone from the bucket go, new ones come), our own changes made while it
-        was under way are replayed, and it is trusted for ``dir_timeout`` like a listing. It
-        asks for 32 names; a scan that runs past the end gets twice as many next time, and one
-        that outlives it (``rm -r`` takes a few milliseconds a name) twice as many as it took
-        from the last, up to a full page: parsing names nobody asks for before they expire
-        costs CPU and holds the interpreter's lock that every other request waits on.
-        """
-        file_key = self.keys.file_key(join(path, name))
-        dir_key = self.keys.dir_prefix(join(path, name))
-        scan = self.scans.get(path)
-        ascending = scan.ascending + 1 if scan is not None and scan.last_key < file_key else 0
-        self.scans[path] = Scan(file_key, ascending)
-        window = self.windows.get(path)
-        live = window is not None and window.expires > trio.current_time()
-        if live and window is not None and window.covers(file_key, dir_key):
-            window.served += 1
-            return old
-        if scan is None or ascending < 2:
-            return None
-        size = WINDOW_MIN if window is None else window.size * 2 if live else 2 * window.served
-        size = min(max(size, WINDOW_MIN), self.LIST_PAGE)
-        since = self._seq
-        page = await self._run(self.store.list_page, self.keys.dir_prefix(path),
-                               start_after=scan.last_key, max_keys=size)
-        upto = max((*(o.key for o in page.objects), *page.prefixes), default=scan.last_key) \
-            if page.next_token else None  # None: the listing is complete up to the end
-        window = Window(scan.last_key, upto, trio.current_time() + self.cfg.dir_timeout, size,
-                        served=1)
-        for n in [n for n, e in old.entries.items() if self._entry_in(path, window, e)]:
-            del old.entries[n]
-        for n, e in self._entries_from(path, [page]).items():
-            if e.is_dir or not (cur := old.entries.get(n)) or not cur.is_dir:  # a directory wins
-                old.entries[n] = e
-        self._replay(path, old.entries, since)
-        self.windows[path] = window
-        return old if window.covers(file_key, dir_key) else None
+    async def check_new_name(self, parent: int, raw_name: bytes, *, is_dir: bool = False
+                              ) -> tuple[str, str]:
+        """Validate a name about to be created; EEXIST if taken. Returns (parent path, path)."""
+        self.cfg.check_writable()
+        parent_path = self.dir_path(parent)
+        name = decode_name(raw_name)
+        path = join(parent_path, name)
+        self.keys.check_length(path, is_dir=is_dir)
+        if hidden(self.keys, path):
+            raise FsError("name reserved for the shared index", errno=errno.EPERM)
+        if await self.resolve(parent_path, name) is not None:
+            raise FsError("file exists", errno=errno.EEXIST)
+        return parent_path, path
 
-    def _entry_in(self, path: str, window: Window, entry: DirEntry) -> bool:
-        key = (self.keys.dir_prefix if entry.is_dir else self.keys.file_key)(
-            join(path, entry.name))
-        return key > window.after and (window.upto is None or key <= window.upto)
+    def install_provisional(self, path: str, entry: DirEntry) -> Inode:
+        """Install a listed entry with attributes guessed from the listing (see module doc).
+        An inode known before keeps its mode and owner as the guess."""
+        old = self.inodes.at(path)
+        attrs = self._attrs_for(is_dir=entry.is_dir, size=entry.size,
+                                last_modified=entry.last_modified or time.time(),
+                                metadata=None)  # (a listed directory has no LastModified)
+        if old is not None and old.is_dir == entry.is_dir and not old.is_symlink:
+            attrs.mode, attrs.uid, attrs.gid = old.attrs.mode, old.attrs.uid, old.attrs.gid
+            if entry.is_dir:
+                attrs.mtime_ns, attrs.ctime_ns = old.attrs.mtime_ns, old.attrs.ctime_ns
+        extra = dict(old.extra) if old is not None else {}
+        node = self.install(path, attrs, old.etag if entry.is_dir and old else entry.etag,
+                             None, None if entry.is_dir else entry.last_modified)
+        node.extra = extra
+        node.valid_until = 0.0
+        node.provisional = True
+        return node
+
+    async def described(self, ino: int) -> None:
+        """Make sure inode ``ino`` has its stored attributes, not a listing's guess: for what
+        reads them without a lookup first (setattr, the extended attributes)."""
+        if self.node(ino).provisional:
+            await self.getattr(ino)
 
     async def _stat_name(self, parent: str, name: str) -> Inode | None:
         """A lookup in a big directory whose listing has expired. A name that listing showed as
@@ -269,84 +236,17 @@ class Namespace:
         if entry is not None and not entry.is_dir:
             info = await self._describe_listed(self.keys.file_key(path), entry.size)
             if info is not None:
-                return self._install_info(path, info)
+                return self.install_info(path, info)
         return await self._stat_path(path)
 
-    def _remember_listing(self, path: str, pages: list[ListPage], since: int) -> Listing:
-        if len(pages) > 1:
-            self.large_dirs.add(path)
-            self.large_dir_lookups[path] = 0
-        self.windows.pop(path, None)
-        entries = self._entries_from(path, pages)
-        self._replay(path, entries, since)
-        lst = Listing(entries, trio.current_time() + self.cfg.dir_timeout)
-        self.listings[path] = lst
-        return lst
-
-    def _entries_from(self, path: str, pages: list[ListPage]) -> dict[str, DirEntry]:
-        """The names LIST ``pages`` of directory ``path`` show (a name that is both a file and
-        a directory is the directory)."""
-        prefix = self.keys.dir_prefix(path)
-        entries: dict[str, DirEntry] = {}
-        for page in pages:
-            for p in page.prefixes:
-                name = self.keys.child_name(prefix, p)
-                if name is not None and not hidden(self.keys, join(path, name)):
-                    if name in entries and not entries[name].is_dir:
-                        self._warn_conflict(join(path, name))
-                    entries[name] = DirEntry(name, True)
-            for o in page.objects:
-                name = self.keys.child_name(prefix, o.key)
-                if name is None or hidden(self.keys, join(path, name)):
-                    if name is None and o.key != prefix:
-                        log.debug("skipping key %r: not representable as a path", o.key)
-                    continue
-                if name.endswith(FOLDER_SUFFIX) and o.size == 0 and name != FOLDER_SUFFIX:
-                    name = name[:-len(FOLDER_SUFFIX)]
-                    self.legacy_markers[join(path, name)] = o.key
-                    entries[name] = DirEntry(name, True)
-                    continue
-                if name in entries and entries[name].is_dir:
-                    if o.size or join(path, name) not in self.legacy_markers:
-                        self._warn_conflict(join(path, name))
-                    continue
-                entries[name] = DirEntry(name, False, o.size, o.etag, o.last_modified)
-        return entries
-
-    def _replay(self, path: str, entries: dict[str, DirEntry], since: int) -> None:
-        """Apply to freshly listed ``entries`` our own changes made while the LIST was under way,
-        then the files created here but not uploaded yet (close-to-open: they will be)."""
-        for seq, name, change in self._changes.get(path, ()):
-            if seq > since:
-                if change is None:
-                    entries.pop(name, None)
-                else:
-                    entries[name] = change
-        for name, of in self._pending_children(path):
-            entries.setdefault(name, DirEntry(name, False, of.node.attrs.size, None, time.time()))
-
-    def _pending_children(self, path: str) -> list[tuple[str, OpenFile]]:
-        out = []
-        for of in self.open_files.values():
-            p = of.node.path
-            if p is not None and of.node.etag is None and split(p)[0] == path:
-                out.append((split(p)[1], of))
-        return out
-
-    def _warn_conflict(self, path: str) -> None:
-        if path not in self._warned_conflicts:
-            self._warned_conflicts.add(path)
-            log.warning("%r is both a file and a directory in the bucket; showing the directory "
-                        "(the file object is hidden)", path)
-
-    async def _head_or_none(self, key: str) -> ObjectInfo | None:
+    async def head_or_none(self, key: str) -> ObjectInfo | None:
         try:
-            return await self._run(self.store.head, key)
+            return await self._runner.run(self._runner.store.head, key)
         except NotFound:
             return None
 
     async def _dir_exists(self, path: str) -> bool:
-        page = await self._run(self.store.list_page, self.keys.dir_prefix(path), max_keys=1)
+        page = await self._runner.run(self._runner.store.list_page, self.keys.dir_prefix(path), max_keys=1)
         return bool(page.objects or page.prefixes)
 
     async def _stat_path(self, path: str, hint: DirEntry | None = None) -> Inode | None:
@@ -359,12 +259,12 @@ class Namespace:
 
         async def head_file() -> None:
             nonlocal file_info
-            file_info = await self._head_or_none(self.keys.file_key(path))
+            file_info = await self.head_or_none(self.keys.file_key(path))
 
         async def head_marker() -> None:
             nonlocal marker
             if self.cfg.posix_metadata or hint is None:
-                marker = await self._head_or_none(self.keys.dir_prefix(path))
+                marker = await self.head_or_none(self.keys.dir_prefix(path))
 
         async def list_dir() -> None:
             nonlocal is_dir
@@ -373,47 +273,47 @@ class Namespace:
         await gather([head_marker] if hint is not None else [head_file, list_dir, head_marker])
         if is_dir or marker is not None:
             if file_info is not None:
-                self._warn_conflict(path)
-            return self._install_dir(path, marker)
+                self.listings.warn_conflict(path)
+            return self.install_dir(path, marker)
         if file_info is None:
             return None
-        return self._install_info(path, file_info)
+        return self.install_info(path, file_info)
 
-    def _install_dir(self, path: str, marker: ObjectInfo | None) -> Inode:
+    def install_dir(self, path: str, marker: ObjectInfo | None) -> Inode:
         existing = self.inodes.at(path)
         if (marker is None and existing is not None and existing.is_dir
                 and existing.etag is None):
-            existing.valid_until = self._fresh_until()  # implicit before, implicit still
+            existing.valid_until = self.fresh_until()  # implicit before, implicit still
             existing.provisional = False
             return existing
         md = dict(marker.metadata or {}) if marker else None
         lm = marker.last_modified if marker else time.time()
         attrs = self._attrs_for(is_dir=True, size=0, last_modified=lm, metadata=md)
-        return self._install(path, attrs, marker.etag if marker else None, md,
+        return self.install(path, attrs, marker.etag if marker else None, md,
                              marker.last_modified if marker else None)
 
-    def _install_info(self, path: str, info: ObjectInfo) -> Inode:
+    def install_info(self, path: str, info: ObjectInfo) -> Inode:
         md = dict(info.metadata or {})
         if info.size == 0 and (info.content_type == LEGACY_DIR_TYPE or stat.S_ISDIR(
                 parse_mode(md.get("mode")) or 0)):
             # An old s3fs directory object (no trailing "/"): shown as the directory, never
             # cached as a file's metadata, and removed with the directory (rmdir, rename).
-            self.legacy_markers[path] = info.key
-            return self._install_dir(path, info)
+            self.listings.legacy_markers[path] = info.key
+            return self.install_dir(path, info)
         attrs = self._attrs_for(is_dir=False, size=info.size, last_modified=info.last_modified,
                                 metadata=md)
         self.meta.put(info.key, info.etag, info.last_modified, md)
-        return self._install(path, attrs, info.etag, md, info.last_modified)
+        return self.install(path, attrs, info.etag, md, info.last_modified)
 
     async def _install_file(self, path: str, entry: DirEntry) -> Inode | None:
         """A file seen in a listing: metadata from the cache by ETag, else one HEAD."""
-        node = self._install_known(path, entry)
+        node = self.install_known(path, entry)
         if node is not None:
             return node
         info = await self._describe_listed(self.keys.file_key(path), entry.size)
         if info is None:
             return None
-        return self._install_info(path, info)
+        return self.install_info(path, info)
 
     async def _describe_listed(self, key: str, listed_size: int) -> ObjectInfo | None:
         """The info of a file a listing showed (None if it is gone since).
@@ -426,35 +326,39 @@ class Namespace:
         not followed by a read costs up to 64 KiB of transfer instead of none. The size hint is
         the listing's; the answer's Content-Range is what counts."""
         if not 0 < listed_size <= PEEK_MAX or self.cfg.attr_timeout <= 0:
-            return await self._head_or_none(key)
+            return await self.head_or_none(key)
         try:
-            info, head = await self._run(self.store.peek, key, PEEK_MAX)
+            info, head = await self._runner.run(self._runner.store.peek, key, PEEK_MAX)
         except NotFound:
             return None
         if len(head) == info.size:
             self.peeked[(key, info.etag)] = head
         return info
 
-    def _take_peeked(self, key: str, etag: str | None) -> bytes | None:
+    def take_peeked(self, key: str, etag: str | None) -> bytes | None:
         """The whole content of this version of ``key`` if a lookup fetched it lately (see
         ``_describe_listed``); it is handed out once."""
         return self.peeked.pop((key, etag), None) if etag else None
 
-    def _install_known(self, path: str, entry: DirEntry) -> Inode | None:
+    def install_known(self, path: str, entry: DirEntry) -> Inode | None:
         """Install a listed file if that needs no request: its metadata is cached for this
         version, or no metadata is wanted (``no_posix_metadata``). Else None."""
         if entry.etag is None:
             return None
-        md = self.meta.get(self.keys.file_key(path), entry.etag, entry.last_modified)
+        key = self.keys.file_key(path)
+        md = self.meta.get(key, entry.etag, entry.last_modified)
         if md is None and not self.cfg.posix_metadata:
             md = {}
         if md is None:
             return None
+        # Our own upload, listed: from now on its entry matches this version only (as in
+        # ``unchanged``), so a later change of its metadata elsewhere is noticed.
+        self.meta.adopt(key, entry.etag, entry.last_modified)
         attrs = self._attrs_for(is_dir=False, size=entry.size, last_modified=entry.last_modified,
                                 metadata=md)
-        return self._install(path, attrs, entry.etag, md, entry.last_modified)
+        return self.install(path, attrs, entry.etag, md, entry.last_modified)
 
-    def _unchanged(self, node: Inode, entry: DirEntry) -> bool:
+    def unchanged(self, node: Inode, entry: DirEntry) -> bool:
         """Whether a listing entry shows the same object version as ``node`` (see metacache on
         versions). For a directory only whether it is still one: a listing carries nothing of
         its marker, whose attributes opendir of the parent refreshes."""
@@ -471,27 +375,27 @@ class Namespace:
         node.s3_mtime = entry.last_modified
         return True
 
-    async def _resolve(self, parent_path: str, name: str) -> Inode | None:
+    async def resolve(self, parent_path: str, name: str) -> Inode | None:
         """The inode at ``parent/name`` if it exists (fresh enough), else None."""
         path = join(parent_path, name)
         node = self.inodes.at(path)
-        if node is not None and node.provisional and path in self._describing:
-            await self._describing[path].wait()  # a walk is describing it (listedattrs)
+        if node is not None and node.provisional:
+            await self.describer.wait(path)  # a walk may be describing it
         if node is not None and (node.valid_until > trio.current_time() or
                                  node.open_count or node.etag is None and not node.is_dir):
             return node
         if path in self.negative or hidden(self.keys, path):
             return None
-        lst = await self._listing_for_lookup(parent_path, name)
+        lst = await self.listings.for_lookup(parent_path, name)
         if lst is None:
             found = await self._stat_name(parent_path, name)
         elif (entry := lst.entries.get(name)) is None:
             found = None
-        elif node is not None and self._unchanged(node, entry):
-            node.valid_until = self._fresh_until()
+        elif node is not None and self.unchanged(node, entry):
+            node.valid_until = self.fresh_until()
             found = node
-        elif node is not None and node.provisional and await self._describe_provisional(
-                parent_path, name) and not node.provisional and node is self.inodes.at(path):
+        elif node is not None and node.provisional and await self.describer.describe_provisional(
+                parent_path, name, self) and not node.provisional and node is self.inodes.at(path):
             found = node  # described by the shared index or with its neighbours
         else:
             found = await self._stat_path(path, entry)
@@ -500,4 +404,3 @@ class Namespace:
                 self.inodes.detach(node)
             self.negative[path] = True
         return found
-

@@ -74,3 +74,56 @@ class KeyMapper:
         if len(rest.encode("utf-8")) > MAX_NAME_BYTES:
             return None
         return rest
+
+
+class PathTree:
+    """A set of paths that finds those at or below a path, and the ones directly in a
+    directory, in time proportional to their number (not to the size of the set).
+
+    Each directory on the way down to a member knows the names under it that lead to members
+    (whether or not the directory is a member itself), so a walk never scans unrelated paths.
+    """
+
+    def __init__(self) -> None:
+        self._paths: set[str] = set()
+        self._kids: dict[str, set[str]] = {}
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._paths
+
+    def add(self, path: str) -> None:
+        if path in self._paths:
+            return
+        self._paths.add(path)
+        while path:
+            path, name = split(path)
+            kids = self._kids.setdefault(path, set())
+            if name in kids:
+                break
+            kids.add(name)
+
+    def discard(self, path: str) -> None:
+        if path not in self._paths:
+            return
+        self._paths.remove(path)
+        while path and path not in self._paths and path not in self._kids:
+            path, name = split(path)  # nothing is left at or below it: unlink it
+            kids = self._kids[path]
+            kids.discard(name)
+            if kids:
+                break
+            del self._kids[path]
+
+    def children(self, path: str) -> list[str]:
+        """Members directly in directory ``path``."""
+        return [p for p in (join(path, n) for n in self._kids.get(path, ())) if p in self._paths]
+
+    def under(self, path: str) -> list[str]:
+        """``path`` (if a member) and every member below it."""
+        out, todo = [], [path]
+        while todo:
+            p = todo.pop()
+            if p in self._paths:
+                out.append(p)
+            todo += (join(p, n) for n in self._kids.get(p, ()))
+        return out

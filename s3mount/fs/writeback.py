@@ -13,8 +13,8 @@ crash came between a completed upload and the deletion of its record) is recogni
 and dropped, and multipart uploads the crash cut off are aborted.
 
 Concurrency: one trio task (``run``) owns the queue and starts at most ``parallel`` uploads at
-once; each upload goes through ``Filesystem._upload`` and so takes the file's lock like any
-other writer.
+once; each upload goes through the uploader (``uploads.Uploader.upload``) and so takes the
+file's lock like any other writer.
 """
 
 from __future__ import annotations
@@ -23,50 +23,35 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 import trio
 
 from ..errors import NotFound, S3MountError
-from ..store.base import ObjectInfo, ObjectStore, multipart_etag
+from ..store.base import ObjectInfo, multipart_etag
+from .listing import Listings
 from .openfile import OpenFile
 from .paths import KeyMapper
+from .registry import OpenFiles
+from .runner import StoreRunner
 from .staging import Record, StagingFile
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-
-class _Settings(Protocol):
-    part_size: int
-
 
 class UploadHost(Protocol):
-    """What the queue needs of the filesystem core (``core.Filesystem`` is one): its open
-    files, its store and how it runs store calls, and how it stores, persists and settles a
-    file (each taking the file's lock like any other writer)."""
+    """What the queue needs of the uploader (``uploads.Uploader`` is one): to store a file,
+    make it durable in the cache, forget it once stored, and send a staging file whole (each
+    taking the file's lock like any other writer)."""
 
-    store: ObjectStore
-    keys: KeyMapper
-    cfg: _Settings
-    open_files: dict[int, OpenFile]
+    async def upload(self, of: OpenFile) -> None: ...
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    async def persist(self, of: OpenFile) -> None: ...
 
-    async def _upload(self, of: OpenFile) -> None: ...
+    async def settle(self, of: OpenFile) -> None: ...
 
-    async def _persist(self, of: OpenFile) -> None: ...
-
-    async def _settle(self, of: OpenFile) -> None: ...
-
-    async def _upload_staged(self, key: str, staging: StagingFile,
-                             md: dict[str, str]) -> str: ...
-
-    def space_freed(self) -> None: ...
-
-    def invalidate_key(self, key: str) -> None: ...
+    async def upload_staged(self, key: str, staging: StagingFile,
+                            md: dict[str, str]) -> str: ...
 
 
 BACKOFF_INITIAL = 1.0
@@ -79,8 +64,15 @@ CHUNK = 1024 * 1024
 class Writeback:
     """Uploads that happen after (or instead of before) close() returns."""
 
-    def __init__(self, fs: UploadHost, *, parallel: int = 8) -> None:
-        self.fs = fs
+    def __init__(self, uploader: UploadHost, files: OpenFiles, listings: Listings,
+                 runner: StoreRunner, keys: KeyMapper, part_size: int, *,
+                 parallel: int = 8) -> None:
+        self._uploader = uploader
+        self._files = files
+        self._listings = listings
+        self._runner = runner
+        self.keys = keys
+        self.part_size = part_size
         self.parallel = parallel
         self._due: dict[int, float] = {}  # inode -> trio time when to (re)try
         self._failures: dict[int, int] = {}
@@ -114,7 +106,8 @@ class Writeback:
             await trio.sleep(ORPHAN_RETRY)
             left = []
             for key, upload_id in self._orphans:
-                if not await self.fs._run(self.fs.store.abort_multipart, key, upload_id):
+                if not await self._runner.run(self._runner.store.abort_multipart, key,
+                                              upload_id):
                     left.append((key, upload_id))
             self._orphans = left
 
@@ -149,24 +142,24 @@ class Writeback:
 
     async def _one(self, ino: int, sem: trio.Semaphore) -> None:
         try:
-            of = self.fs.open_files.get(ino)
+            of = self._files.open_files.get(ino)
             if of is None or not of.dirty or of.node.path is None or not of.confirmed:
                 return  # stored meanwhile, gone, or being written again: its close() queues it
             try:
-                await self.fs._upload(of)
+                await self._uploader.upload(of)
             except S3MountError as exc:
                 log.warning("background upload of %r failed (%s); retrying later",
                             of.node.path, exc)
-                await self.fs._persist(of)
+                await self._uploader.persist(of)
                 self.submit(of, failed=True)
                 return
             self._failures.pop(ino, None)
-            await self.fs._settle(of)
+            await self._uploader.settle(of)
         finally:
             self._running.discard(ino)
             sem.release()
             self._check_idle()
-            self.fs.space_freed()
+            self._files.space_freed()
 
     def _check_idle(self) -> None:
         if not self._due and not self._running:
@@ -202,17 +195,17 @@ class Writeback:
         return len(files)
 
     async def _recover_one(self, staging: StagingFile, rec: Record) -> None:
-        fs = self.fs
+        run, store = self._runner.run, self._runner.store
         for upload_id in rec.uploads:  # cut off by the crash: their parts would stay, billed
-            if not await fs._run(fs.store.abort_multipart, rec.key, upload_id):
+            if not await run(store.abort_multipart, rec.key, upload_id):
                 self.abandon(rec.key, upload_id)
         try:
-            current: ObjectInfo | None = await fs._run(fs.store.head, rec.key)
+            current: ObjectInfo | None = await run(store.head, rec.key)
         except NotFound:
             current = None
         if current is not None and current.size == staging.size() and current.etag in \
                 await trio.to_thread.run_sync(_our_etags, staging, rec.part_size or
-                                              fs.cfg.part_size):
+                                              self.part_size):
             # The upload was complete when the crash came, before the record was dropped.
             log.info("%r left by an earlier run is already stored", rec.key)
             staging.discard()
@@ -232,13 +225,13 @@ class Writeback:
             key = self._lost_and_found(rec.key)
             log.warning("%r changed in the bucket since this mount wrote it before a crash; the "
                         "local version is kept as %r", rec.key, key)
-        await fs._upload_staged(key, staging, rec.metadata)
+        await self._uploader.upload_staged(key, staging, rec.metadata)
         log.info("uploaded %r left by an earlier run", key)
         staging.discard()
-        fs.invalidate_key(key)
+        self._listings.invalidate_key(key)
 
     def _lost_and_found(self, key: str) -> str:
-        prefix = self.fs.keys.prefix
+        prefix = self.keys.prefix
         rest = key[len(prefix):] if key.startswith(prefix) else key
         return f"{prefix}{LOST_AND_FOUND}/{rest}.{time.strftime('%Y%m%dT%H%M%S')}"
 
