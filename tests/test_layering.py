@@ -4,6 +4,7 @@ TYPE_CHECKING ones included, so a shortcut between layers fails here before it s
 from __future__ import annotations
 
 import ast
+import builtins
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "s3mount"
@@ -86,3 +87,54 @@ def test_only_credentials_aws_imports_the_sdk_among_the_credentials() -> None:
     users = {m for m, n in _third_party("s3mount.credentials").items()
              if n & {"boto3", "botocore"}}
     assert users == {"s3mount.credentials.aws"}
+
+
+METHODS_MAX = 30
+"""Methods (def and async def, private ones included) of one class in s3mount/fs: a class past
+it is several components in one, sharing state nobody declared (issue #18)."""
+
+
+def _classes() -> dict[str, tuple[str, ast.ClassDef]]:
+    """{class name: (module, its definition)} of every class in s3mount/."""
+    found: dict[str, tuple[str, ast.ClassDef]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                found[node.name] = (module, node)
+    return found
+
+
+def _base_names(cls: ast.ClassDef) -> list[str]:
+    return [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+            for b in cls.bases]
+
+
+def _is_exception_or_protocol(name: str, classes: dict[str, tuple[str, ast.ClassDef]]) -> bool:
+    if name == "Protocol" or name.endswith(("Error", "Exception")):
+        return True
+    if name not in classes:
+        return isinstance(getattr(builtins, name, None), type) and \
+            issubclass(getattr(builtins, name), BaseException)
+    return any(_is_exception_or_protocol(b, classes) for b in _base_names(classes[name][1]))
+
+
+def test_no_class_in_the_core_is_several_components() -> None:
+    too_big = {}
+    for module, cls in _classes().values():
+        if module.startswith("s3mount.fs."):
+            n = sum(isinstance(b, ast.FunctionDef | ast.AsyncFunctionDef) for b in cls.body)
+            if n > METHODS_MAX:
+                too_big[f"{module}.{cls.name}"] = n
+    assert too_big == {}
+
+
+def test_the_core_has_no_mixins() -> None:
+    """A class in s3mount/fs inherits from no other class of ours but a Protocol or an
+    exception: components are wired together, not mixed into one object."""
+    classes = _classes()
+    mixed = {f"{module}.{cls.name}": b for module, cls in classes.values()
+             if module.startswith("s3mount.fs.")
+             for b in _base_names(cls) if b in classes and b != "Protocol"
+             and not _is_exception_or_protocol(b, classes)}
+    assert mixed == {}

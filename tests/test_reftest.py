@@ -1733,3 +1733,80 @@ def test_relisting_in_ranges_misses_nothing() -> None:
         assert len([s for s in store.starts if s is not None]) >= 3  # ranges were used
     finally:
         rig.close()
+
+
+# -- the inode table forgets what the kernel forgot ------------------------------------------------
+
+def test_forget_drops_a_named_inode_and_lookup_finds_the_path_again() -> None:
+    """An inode the kernel forgot, not open, is dropped, named or not; the next lookup of its
+    path installs it again."""
+    rig = Rig(backend="memory")
+    try:
+        rig.s3.put_object(Bucket=rig.bucket, Key=rig.key("f"), Body=b"abc")
+
+        async def forget_then_look_again() -> None:
+            node = await rig.fs.lookup(ROOT_INODE, b"f")
+            rig.fs.forget([(node.ino, 1)])
+            assert rig.fs.inodes.get(node.ino) is None and rig.fs.inodes.at("f") is None
+            again = await rig.fs.lookup(ROOT_INODE, b"f")
+            assert again.path == "f" and again.attrs.size == 3
+            assert rig.fs.inodes.get(again.ino) is again
+            assert await rig.fs.getattr(again.ino) is again
+        rig.ok(forget_then_look_again)
+    finally:
+        rig.close()
+
+
+def test_a_closed_file_waiting_for_its_upload_survives_forget() -> None:
+    """A file closed with async_upload whose upload keeps failing has no open handle and no
+    lookup left, but the open-files registry holds it: it keeps its inode and path, so lookups
+    and listings still show it (the bucket does not have it: a HEAD would say ENOENT)."""
+    rig = Rig(async_upload=True, backend="memory")
+    try:
+        rig.store.fail("upload", Unavailable("injected: the server keeps failing"), times=1000)
+        rig.ok(rig.k.create, "f", b"data", 0o644)  # closed, queued, its lookups forgotten
+        node = rig.fs.inodes.at("f")
+        assert node is not None and node.lookups == 0 and node.etag is None
+        assert rig.ok(rig.k.walk, "f") is node
+        assert rig.ok(rig.k.read, "f", 0, 100) == b"data"
+        assert list(rig.snapshot()) == ["f"]
+        rig.store.clear()
+        rig.settle()
+        assert rig.bucket_keys().keys() == {"f"}
+    finally:
+        rig.close()
+
+
+def test_readdir_hands_out_only_inodes_the_table_knows() -> None:
+    """An entry of an open directory handle whose inode was dropped since opendir (the kernel
+    forgot it) is registered again when readdir hands it out, or replaced by the inode its path
+    got meanwhile: the kernel never holds a number the core does not know (ESTALE)."""
+    rig = Rig(backend="memory")
+    try:
+        for name in ("a", "b"):
+            rig.s3.put_object(Bucket=rig.bucket, Key=rig.key(f"d/{name}"), Body=b"x")
+
+        async def read_dir_after_forget() -> None:
+            d = await rig.fs.lookup(ROOT_INODE, b"d")
+            fh = await rig.fs.opendir(d.ino)
+            try:
+                a = await rig.fs.lookup(d.ino, b"a")
+                b = await rig.fs.lookup(d.ino, b"b")
+                rig.fs.forget([(a.ino, 1), (b.ino, 1)])
+                assert rig.fs.inodes.get(a.ino) is None and rig.fs.inodes.get(b.ino) is None
+                b_now = await rig.fs.lookup(d.ino, b"b")  # b's path gets a new inode
+                handed: dict[str, Inode] = {}
+
+                def reply(name: str, node: Inode, _next: int) -> bool:
+                    handed[name] = node
+                    return True
+                rig.fs.readdir(fh, 0, reply)
+                assert handed == {"a": a, "b": b_now}
+                assert rig.fs.inodes.get(a.ino) is a and rig.fs.inodes.at("d/a") is a
+                assert (a.lookups, b_now.lookups) == (1, 2)
+            finally:
+                rig.fs.releasedir(fh)
+            rig.fs.forget([(d.ino, 1), (a.ino, 1), (b_now.ino, 2)])
+        rig.ok(read_dir_after_forget)
+    finally:
+        rig.close()
