@@ -121,17 +121,19 @@ class AttrOps:
         if node.is_dir:
             if node.path == "":
                 # The bucket root has no marker of its own: its times are kept like those that
-                # changes in it give it (see ``Namespace.touch_dir``); its mode and owner are the mount's.
+                # changes in it give it (see Namespace.touch_dir); its mode and owner are the
+                # mount's.
                 node.attrs = new
                 self.meta.set_dir_times(self.keys.dir_prefix(""), new.mtime_ns, new.ctime_ns)
                 return
-            node.etag = await self._runner.run(self._runner.store.put, self.keys.dir_prefix(node.path), b"",
-                                        metadata=md, content_type="application/x-directory")
+            node.etag = await self._runner.run(
+                self._runner.store.put, self.keys.dir_prefix(node.path), b"", metadata=md,
+                content_type="application/x-directory")
             self.meta.drop_dir_times(self.keys.dir_prefix(node.path))  # the marker has them
         else:
             key = self.keys.file_key(node.path)
             node.etag = await self._runner.run(self._runner.store.copy, key, key, metadata=md,
-                                        size=node.attrs.size)
+                                               size=node.attrs.size)
             node.s3_mtime = None
             self.meta.put(key, node.etag, None, md)
         node.attrs = new

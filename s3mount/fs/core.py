@@ -28,8 +28,8 @@ written front to back) and its ``close()``: files (``FileIO.flush``/``release``)
 
 Concurrency protocol:
 
-* Everything here runs in the one trio thread; store calls (blocking boto3) run in worker threads via
-  ``StoreRunner.run`` under a ``CapacityLimiter`` matched to botocore's connection pool. No trio
+* Everything here runs in the one trio thread; store calls (blocking boto3) run in worker threads
+  via ``StoreRunner.run`` under a ``CapacityLimiter`` matched to botocore's connection pool. No trio
   lock is held across anything but our own awaits.
 * Per-inode state of open files (``OpenFile``) is guarded by its ``lock``: loading the object into
   staging, writes, truncation and uploads are serialised per file, so an upload never sees a

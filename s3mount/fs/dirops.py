@@ -57,8 +57,8 @@ class DirOps:
         parent_path, path = await self._names.check_new_name(parent, raw_name, is_dir=True)
         attrs = new_attrs(stat.S_IFDIR, mode, uid, gid)
         md = metadata_for(attrs)
-        etag = await self._runner.run(self._runner.store.put, self.keys.dir_prefix(path), b"", metadata=md,
-                               content_type="application/x-directory")
+        etag = await self._runner.run(self._runner.store.put, self.keys.dir_prefix(path), b"",
+                                      metadata=md, content_type="application/x-directory")
         self.meta.drop_dir_times(self.keys.dir_prefix(path))  # of a directory removed before
         node = self._names.install(path, attrs, etag, md)
         node.lookups += 1
@@ -75,14 +75,14 @@ class DirOps:
             raise FsError("symlink target too long", errno=errno.ENAMETOOLONG)
         attrs = new_attrs(stat.S_IFLNK, 0o777, uid, gid, size=len(target))
         md = metadata_for(attrs)
-        etag = await self._runner.run(self._runner.store.put, self.keys.file_key(path), target, metadata=md,
-                               content_type="application/octet-stream")
+        etag = await self._runner.run(self._runner.store.put, self.keys.file_key(path), target,
+                                      metadata=md, content_type="application/octet-stream")
         self.meta.put(self.keys.file_key(path), etag, None, md)
         node = self._names.install(path, attrs, etag, md)
         node.symlink_target = target.decode("utf-8", "surrogateescape")
         node.lookups += 1
         self._listings.add(parent_path, DirEntry(split(path)[1], False, len(target), etag,
-                                                time.time()))
+                                                 time.time()))
         self._names.touch_dir(parent_path, attrs.mtime_ns)
         return node
 
@@ -219,7 +219,7 @@ class DirOps:
         self._inodes.move(old_path, new_path)
         self._listings.remove(old_parent, old_name)
         self._listings.add(new_parent, DirEntry(new_name, src.is_dir, src.attrs.size, src.etag,
-                                               time.time()))
+                                                time.time()))
         self._names.negative[old_path] = True
         self._names.negative.pop(new_path, None)
         src.valid_until = self._names.fresh_until()
@@ -242,7 +242,7 @@ class DirOps:
         # CopyObject replaces the target in one step, so a reader of the target sees the old or
         # the new content, never a missing or partial file.
         src.etag = await self._runner.run(self._runner.store.copy, old_key, new_key, metadata=md,
-                                   size=src.attrs.size)
+                                          size=src.attrs.size)
         src.s3_mtime = None
         if md is not None:
             self.meta.put(new_key, src.etag, None, md)
@@ -258,7 +258,8 @@ class DirOps:
         keys: list[ObjectInfo] = []
         token = None
         while True:
-            page = await self._runner.run(self._runner.store.list_page, old_prefix, delimiter=None, token=token)
+            page = await self._runner.run(self._runner.store.list_page, old_prefix,
+                                          delimiter=None, token=token)
             keys += page.objects
             token = page.next_token
             if not token:
@@ -268,12 +269,13 @@ class DirOps:
             node = self._inodes.at(old)
             md = metadata_for(node.attrs) if node else {}
             await self._runner.run(self._runner.store.put, new_prefix, b"", metadata=md,
-                            content_type="application/x-directory")
+                                   content_type="application/x-directory")
         # Copy everything first, then delete: a failure half-way leaves both trees, never a loss.
-        await gather([functools.partial(self._runner.run, self._runner.store.copy, o.key,
+        run, store = self._runner.run, self._runner.store
+        await gather([functools.partial(run, store.copy, o.key,
                                         new_prefix + o.key[len(old_prefix):], size=o.size)
                       for o in keys], limit=HEAD_PARALLELISM)
-        await gather([functools.partial(self._runner.run, self._runner.store.delete, o.key) for o in keys],
+        await gather([functools.partial(run, store.delete, o.key) for o in keys],
                      limit=HEAD_PARALLELISM)
         for o in keys:
             self.meta.drop(o.key)

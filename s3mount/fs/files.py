@@ -157,7 +157,8 @@ class FileIO:
             if start == 0 and (head := self._names.take_peeked(key, etag)) is not None \
                     and len(head) == length:
                 return head  # fetched whole by the lookup just before
-            return await self._runner.run(self._runner.store.get_range, key, start, length, etag=etag)
+            return await self._runner.run(self._runner.store.get_range, key, start, length,
+                                          etag=etag)
 
         return Reader(fetch, node.attrs.size, self._runner.nursery, self._read_budget,
                       part_size=self.cfg.part_size)
@@ -318,8 +319,9 @@ class FileIO:
             assert of.staging is not None and self._runner.nursery is not None
             of.progress = Progress()
             of.stream = StreamingUpload(
-                self._runner.store, self._runner.run, self._runner.nursery, of.staging, self._upload_budget,
-                self.keys.file_key(of.node.path), self._uploader.stream_metadata(of),
+                self._runner.store, self._runner.run, self._runner.nursery, of.staging,
+                self._upload_budget, self.keys.file_key(of.node.path),
+                self._uploader.stream_metadata(of),
                 part_size=self.cfg.part_size, parallel=STREAM_PARALLEL,
                 on_orphan=self._writeback.abandon, progress=of.progress)
         await of.stream.advance(of.seq_end)

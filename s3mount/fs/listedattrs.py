@@ -156,7 +156,8 @@ class Describer:
                 installer.install_dir(child, None)
         if not heads:
             return
-        for key, info in (await self._runner.run(self._runner.store.head_many, list(heads))).items():
+        found = await self._runner.run(self._runner.store.head_many, list(heads))
+        for key, info in found.items():
             child, e = heads[key]
             if isinstance(info, NotFound):
                 if e.is_dir:

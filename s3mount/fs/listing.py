@@ -43,7 +43,7 @@ RELIST_MIN = 20
 """A big directory is listed again after lookups of a tenth of its names, or of 20 names."""
 
 LIST_PARALLELISM = 16
-"""Ranges of one directory listed at once (see ``_list_dir``)."""
+"""Ranges of one directory listed at once (see ``list_dir``)."""
 
 JOURNAL_MAX = 10_000
 """Changes remembered per directory; a listing that takes longer than this many of our own
@@ -226,7 +226,8 @@ class Listings:
         token = None
         while True:
             page = await self._runner.run(self._runner.store.list_page, prefix, token=token,
-                                   start_after=None if token else after, max_keys=self.LIST_PAGE)
+                                          start_after=None if token else after,
+                                          max_keys=self.LIST_PAGE)
             pages.append(page)
             if not page.next_token or upto is not None and any(
                     k > upto for k in (*(o.key for o in page.objects), *page.prefixes)):
@@ -239,10 +240,10 @@ class Listings:
         page holds the directory or the lookup is part of an ascending scan.
 
         One LIST answers a lookup (hit or miss) and refreshes every sibling at once. A directory
-        larger than one page is looked up name by name (see ``_stat_name``) until a tenth of its
-        names have been: then it is listed whole again. Each re-listing of a big directory costs
-        a LIST per thousand names and parsing them all, so doing it every ``dir_timeout`` would
-        cost more than the lookups it saves. Lookups that go up name after name (``rm -r``,
+        larger than one page is looked up name by name (``Namespace._stat_name``) until a tenth
+        of its names have been: then it is listed whole again. Each re-listing of a big
+        directory costs a LIST per thousand names and parsing them all, so doing it every
+        ``dir_timeout`` would cost more than the lookups it saves. Lookups that go up name after name (``rm -r``,
         ``cp -r`` or ``rsync`` walking it after its listing expired) are answered by LISTs that
         look ahead instead (``_window_for``): one request per stretch of names, not one each.
         """
@@ -294,7 +295,7 @@ class Listings:
         size = min(max(size, WINDOW_MIN), self.LIST_PAGE)
         since = self._seq
         page = await self._runner.run(self._runner.store.list_page, self.keys.dir_prefix(path),
-                               start_after=scan.last_key, max_keys=size)
+                                      start_after=scan.last_key, max_keys=size)
         upto = max((*(o.key for o in page.objects), *page.prefixes), default=scan.last_key) \
             if page.next_token else None  # None: the listing is complete up to the end
         window = Window(scan.last_key, upto, trio.current_time() + self.cfg.dir_timeout, size,

@@ -69,7 +69,7 @@ class Namespace:
         self.listings = listings
         self.describer = describer
         self.negative: TTLCache[str, bool] = TTLCache(maxsize=65536, ttl=cfg.neg_timeout,
-                                                       timer=trio.current_time)
+                                                      timer=trio.current_time)
         # Small files fetched whole by a lookup, until their reader takes them (by key and ETag),
         # for as long as the attributes that lookup gave are trusted.
         self.peeked: TTLCache[tuple[str, str], bytes] = TTLCache(
@@ -99,7 +99,7 @@ class Namespace:
                                  defaults=self.cfg.defaults)
 
     def install(self, path: str, attrs: Attrs, etag: str | None,
-                 metadata: dict[str, str] | None, last_modified: float | None = None) -> Inode:
+                metadata: dict[str, str] | None, last_modified: float | None = None) -> Inode:
         kept = self.meta.dir_times(self.keys.dir_prefix(path)) \
             if attrs.kind == stat.S_IFDIR else None
         if kept is not None and kept[0] >= attrs.mtime_ns:
@@ -188,7 +188,7 @@ class Namespace:
         return node.symlink_target.encode("utf-8", "surrogateescape")
 
     async def check_new_name(self, parent: int, raw_name: bytes, *, is_dir: bool = False
-                              ) -> tuple[str, str]:
+                             ) -> tuple[str, str]:
         """Validate a name about to be created; EEXIST if taken. Returns (parent path, path)."""
         self.cfg.check_writable()
         parent_path = self.dir_path(parent)
@@ -214,7 +214,7 @@ class Namespace:
                 attrs.mtime_ns, attrs.ctime_ns = old.attrs.mtime_ns, old.attrs.ctime_ns
         extra = dict(old.extra) if old is not None else {}
         node = self.install(path, attrs, old.etag if entry.is_dir and old else entry.etag,
-                             None, None if entry.is_dir else entry.last_modified)
+                            None, None if entry.is_dir else entry.last_modified)
         node.extra = extra
         node.valid_until = 0.0
         node.provisional = True
@@ -246,7 +246,8 @@ class Namespace:
             return None
 
     async def _dir_exists(self, path: str) -> bool:
-        page = await self._runner.run(self._runner.store.list_page, self.keys.dir_prefix(path), max_keys=1)
+        page = await self._runner.run(self._runner.store.list_page, self.keys.dir_prefix(path),
+                                      max_keys=1)
         return bool(page.objects or page.prefixes)
 
     async def _stat_path(self, path: str, hint: DirEntry | None = None) -> Inode | None:
@@ -290,7 +291,7 @@ class Namespace:
         lm = marker.last_modified if marker else time.time()
         attrs = self._attrs_for(is_dir=True, size=0, last_modified=lm, metadata=md)
         return self.install(path, attrs, marker.etag if marker else None, md,
-                             marker.last_modified if marker else None)
+                            marker.last_modified if marker else None)
 
     def install_info(self, path: str, info: ObjectInfo) -> Inode:
         md = dict(info.metadata or {})

@@ -161,8 +161,9 @@ class OpenFiles:
         if node.etag is not None and node.attrs.size > 0 and node.path is not None:
             try:
                 with open(of.staging.path, "r+b") as out:
-                    await self._runner.run(self._runner.store.download, self.keys.file_key(node.path), out,
-                                    etag=node.etag, size=node.attrs.size)
+                    await self._runner.run(self._runner.store.download,
+                                           self.keys.file_key(node.path), out, etag=node.etag,
+                                           size=node.attrs.size)
             except OSError as exc:
                 await self.staging_failed(of, exc)
         of.loaded = True

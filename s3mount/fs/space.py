@@ -52,7 +52,8 @@ class CacheSpace:
     async def _wait_for_part(self, of: OpenFile) -> bool:
         """Wait for a streamed part in flight to be stored (this file's, else any file's);
         False at once if none is in flight."""
-        streams = [o.stream for o in (of, *self._files.open_files.values()) if o.stream is not None]
+        streams = [o.stream for o in (of, *self._files.open_files.values())
+                   if o.stream is not None]
         for stream in streams:
             if await stream.wait_for_part():
                 return True

@@ -70,7 +70,7 @@ class Uploader:
             if etag is None:
                 if of.punched:
                     await self._files.spoil(of, "its streamed upload failed and the parts it had "
-                                          "stored are no longer in the cache")
+                                            "stored are no longer in the cache")
                     raise FsError(f"the upload of {key!r} failed and the parts it had stored "
                                   "are no longer in the cache: the file is not stored",
                                   errno=errno.EIO)
@@ -91,7 +91,7 @@ class Uploader:
             self._listings.add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
 
     async def upload_staged(self, key: str, staging: StagingFile,
-                             md: dict[str, str], progress: Progress | None = None) -> str:
+                            md: dict[str, str], progress: Progress | None = None) -> str:
         """Upload a staging file whole. One of up to ``part_size`` goes in one PUT from memory,
         so it draws on the upload budget like a streamed part (larger ones are sent from disk
         part by part by the store)."""
@@ -100,7 +100,7 @@ class Uploader:
         await self._budget.take(held)
         try:
             return await self._runner.run(self._runner.store.upload, key, staging.path, metadata=md,
-                                   progress=progress.add if progress else None)
+                                          progress=progress.add if progress else None)
         finally:
             self._budget.give(held)
 
@@ -125,7 +125,7 @@ class Uploader:
         md = self.stream_metadata(of)
         if md != stream.metadata:  # chmod, chown or utimens after the upload started
             etag = await self._runner.run(self._runner.store.copy, key, key, metadata=md,
-                                   size=of.node.attrs.size)
+                                          size=of.node.attrs.size)
         return etag, md
 
     async def persist(self, of: OpenFile) -> None:
@@ -193,7 +193,8 @@ class Uploader:
         return sum(1 for of in self._files.open_files.values() if of.dirty)
 
     def pending_uploads(self) -> int:
-        return sum(1 for of in self._files.open_files.values() if of.dirty and of.node.path is not None)
+        return sum(1 for of in self._files.open_files.values()
+                   if of.dirty and of.node.path is not None)
 
     def upload_progress(self) -> list[dict[str, Any]]:
         """Per pending file: path, bytes stored in its current upload attempt, size, bytes/s,
