@@ -344,7 +344,8 @@ class MountRunner:
             self.staging.close()
 
     async def _main(self, on_ready: Any) -> int:
-        failed = 0
+        failed: int | None = None
+        """Files that could not be stored, once the uploads after the unmount are done."""
         try:
             async with trio.open_nursery() as nursery:
                 self.fs.nursery = nursery
@@ -360,30 +361,34 @@ class MountRunner:
                 await pyfuse3.main()
                 # Unmounted: upload what is left while the writeback and the streams' part
                 # uploads still run in this nursery.
-                await self._after_unmount()
+                failed = await self._after_unmount()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                failed = await self.fs.flush_all()
+                if failed is None:  # the loop ended by an error: store what can be stored
+                    failed = await self.fs.flush_all()
                 await self.fs.shared.flush_all()
                 self.meta.commit()
             pyfuse3.close(unmount=True)
             self._withdraw_status()
-        return failed
+        return failed or 0
 
-    async def _after_unmount(self) -> None:
+    async def _after_unmount(self) -> int:
+        """Upload what is still pending; returns how many files could not be stored (they
+        stay in the cache for the next mount). Each is tried once here, not again on the way
+        out: a failing upload costs up to ``timeout`` while the user's umount waits."""
         self.stopping = self.detached = True
         pending = self.fs.pending_uploads()
-        if not pending:
-            return
-        log.info("unmounted; uploading %d file(s) still pending", pending)
-        self._publish_once()  # under the detached name at once: the old one now reads as stale
+        if pending:
+            log.info("unmounted; uploading %d file(s) still pending", pending)
+            self._publish_once()  # under the detached name at once: the old one reads as stale
         failed = await self.fs.flush_all()
         if failed:
             log.error("uploads after the unmount finished; %d of %d file(s) could not be stored "
                       "and stay in the cache for the next mount", failed, pending)
-        else:
+        elif pending:
             log.info("uploads after the unmount finished: all %d file(s) stored", pending)
+        return failed
 
     async def _recover(self) -> None:
         """Upload what earlier runs left: this endpoint's first, then that of other endpoints

@@ -207,3 +207,19 @@ def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts:
     assert f"\rs3mount: {m.path}: 1 file(s) to upload: " in text, text
     assert "of 15.0 MiB stored" in text and text.endswith("\r\n"), text
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
+
+
+
+def test_uploads_that_fail_after_the_unmount_are_tried_once(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str) -> None:
+    """Each costs up to ``timeout`` while the user's umount waits: not tried a second time on
+    the way out."""
+    m = pmounter(bucket, "async_upload", "timeout=2")
+    pmounter.expect_log(r"could not upload|could not be stored")
+    with open(m.path / "kept", "wb") as f:  # created while the server answers
+        proxy.set_down(True)
+        f.write(b"data")
+    # async_upload: close() returned at once; the upload fails
+    _umount(m)
+    assert not os.path.ismount(m.path)
+    assert m.log().count("could not upload 'kept' before unmount") == 1, m.log()
