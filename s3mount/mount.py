@@ -370,6 +370,9 @@ class MountRunner:
                 await self.fs.shared.flush_all()
                 self.meta.commit()
             pyfuse3.close(unmount=True)
+            if failed:
+                with contextlib.suppress(OSError, S3MountError):
+                    runtime.leave_outcome(self.p.spec.mountpoint, failed)
             self._withdraw_status()
         return failed or 0
 

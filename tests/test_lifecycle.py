@@ -210,16 +210,20 @@ def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts:
 
 
 
-def test_uploads_that_fail_after_the_unmount_are_tried_once(
+def test_umount_says_how_many_uploads_failed_and_tries_each_once(
         pmounter: Mounter, proxy: FaultProxy, bucket: str) -> None:
-    """Each costs up to ``timeout`` while the user's umount waits: not tried a second time on
-    the way out."""
+    """A user who unmounts while the server is down learns that files are not stored (one line,
+    exit 1). Each upload costs up to ``timeout`` while the umount waits: it is tried once after
+    the unmount, not a second time on the way out."""
     m = pmounter(bucket, "async_upload", "timeout=2")
     pmounter.expect_log(r"could not upload|could not be stored")
     with open(m.path / "kept", "wb") as f:  # created while the server answers
         proxy.set_down(True)
         f.write(b"data")
     # async_upload: close() returned at once; the upload fails
-    _umount(m)
+    r = _umount(m)
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "1 file(s) could not be stored" in lines[0], lines
     assert not os.path.ismount(m.path)
     assert m.log().count("could not upload 'kept' before unmount") == 1, m.log()
