@@ -446,3 +446,21 @@ def test_a_device_as_log_file_keeps_its_mode(mounter: Mounter, bucket: str,
     assert r.returncode == 0, r.stderr
     (mp / "f").write_text("logged to nowhere")
     assert stat.S_IMODE(null.stat().st_mode) == 0o666 and stat.S_ISCHR(null.stat().st_mode)
+
+
+@pytest.mark.parametrize("option, what", [
+    ("uid=4294967296", "option 'uid': 4294967296 is not a user or group id"),
+    ("gid=99999999999", "option 'gid': 99999999999 is not a user or group id"),
+    ("uid=4294967295", "is not a user or group id"),  # (uid_t)-1: "no owner" to chown(2)
+    ("log_size=1e308", "option 'log_size' must be at most"),
+])
+def test_option_out_of_range_is_one_line_before_anything_starts(option: str, what: str,
+                                                                 tmp_path: Path) -> None:
+    """Found by trying: uid=99999999999 mounted, then every stat on the mount was EIO (an
+    internal error per call in the log); log_size=1e308 killed the mount process at start."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    one_line(cli(["mount", "s3://b-1", str(mp), "--endpoint-url", "http://127.0.0.1:9",
+                  "-o", option], env=env), what)
+    assert not (tmp_path / "state").exists()  # no mount process, no log
