@@ -464,3 +464,27 @@ def test_option_out_of_range_is_one_line_before_anything_starts(option: str, wha
     one_line(cli(["mount", "s3://b-1", str(mp), "--endpoint-url", "http://127.0.0.1:9",
                   "-o", option], env=env), what)
     assert not (tmp_path / "state").exists()  # no mount process, no log
+
+
+def test_a_log_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """Found by trying: ``-o log_file=/proc/nope/x`` ended in a traceback."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    one_line(cli(["mount", "s3://b-1", str(mp), "--endpoint-url", "http://127.0.0.1:9",
+                  "-o", "log_file=/proc/nope/x.log"]),
+             "cannot write the log file /proc/nope/x.log: No such file or directory")
+
+
+def test_a_relative_log_file_is_beside_the_caller(mounter: Mounter, bucket: str,
+                                                  sandbox: SandboxProcess,
+                                                  tmp_path: Path) -> None:
+    """Found by trying: ``-o log_file=name.log`` (no directory) ended in a traceback."""
+    mp = tmp_path / "rel"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    r = subprocess.run([*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url",
+                        sandbox.url, "-o", f"cache_dir={mounter.cache_dir},log_file=rel.log"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    adopt(mounter, mp, bucket, env, tmp_path / "rel.log")
+    assert r.returncode == 0, r.stderr
+    assert "mounted s3://" in (tmp_path / "rel.log").read_text()
