@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -110,8 +111,12 @@ def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
         st = os.stat(real)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist") from None
-    except PermissionError:
-        raise MountError(f"mountpoint {path} is not accessible") from None
+    except OSError as exc:
+        # ENOTCONN (or EIO): a FUSE mount whose process died is still there.
+        dead = exc.errno in (errno.ENOTCONN, errno.EIO)
+        raise MountError(f"mountpoint {path} is not accessible ({exc.strerror})" +
+                         (f"; a mount whose process ended may be left on it: fusermount3 -u "
+                          f"{path}" if dead else "")) from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(real):
@@ -289,7 +294,10 @@ class MountRunner:
                                  KeyMapper(p.spec.prefix).prefix)
         cache_dir = o.cache_dir or default_cache_dir()
         root = os.path.join(cache_dir, self.identity.digest())
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(root, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise MountError(f"cannot use cache directory {cache_dir}: {exc.strerror}") from None
         for path in (root, os.path.join(root, "staging")):
             _check_private_dir(path)
         label_roots(cache_dir, self.identity, p.store.config.endpoint_url)

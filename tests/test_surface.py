@@ -9,9 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -488,3 +490,36 @@ def test_a_relative_log_file_is_beside_the_caller(mounter: Mounter, bucket: str,
     adopt(mounter, mp, bucket, env, tmp_path / "rel.log")
     assert r.returncode == 0, r.stderr
     assert "mounted s3://" in (tmp_path / "rel.log").read_text()
+
+
+def test_a_dead_mount_on_the_mountpoint_is_one_line(mounter: Mounter, bucket: str,
+                                                   sandbox: SandboxProcess) -> None:
+    """Found by trying: mounting again where a mount process had died (its FUSE mount left
+    behind, ENOTCONN) ended in a traceback."""
+    m = mounter(bucket)
+    assert m.pid is not None
+    os.kill(m.pid, signal.SIGKILL)  # the kernel mount stays, with nobody serving it
+    try:
+        for _ in range(100):
+            if not Path(f"/proc/{m.pid}").exists():
+                break
+            time.sleep(0.05)
+        env = mounter.env_for(sandbox.issue_keys([bucket]))
+        one_line(cli(["mount", f"s3://{bucket}", str(m.path), "--endpoint-url", sandbox.url],
+                     env=env),
+                 f"mountpoint {m.path} is not accessible (", f"fusermount3 -u {m.path}")
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(m.path)], capture_output=True, timeout=30)
+
+
+def test_a_cache_dir_that_cannot_be_used_is_one_line(bucket: str, sandbox: SandboxProcess,
+                                                    mounter: Mounter, tmp_path: Path) -> None:
+    """Found by trying: ``-o cache_dir=`` naming a file made the mount process exit with a
+    traceback in its log, and the command said only 'see the log'."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "mp").mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    one_line(cli(["mount", f"s3://{bucket}", str(tmp_path / "mp"), "--endpoint-url",
+                  sandbox.url, "-o", f"cache_dir={tmp_path / 'afile'}"], env=env),
+             f"cannot use cache directory {tmp_path / 'afile'}: Not a directory")
+    assert not os.path.ismount(tmp_path / "mp")
