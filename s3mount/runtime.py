@@ -235,9 +235,9 @@ def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
     return paths
 
 
-def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Mountpoints of s3mount file systems mounted by this user (FUSE's ``user_id=``)."""
-    found = []
+def fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, list[str]]:
+    """Mountpoints of s3mount file systems (``fuse.s3mount``), of any user, with their options."""
+    found = {}
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.rstrip("\n").split(" ")
@@ -245,9 +245,15 @@ def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
                 fstype, _source, options = fields[fields.index("-") + 1:][:3]
             except ValueError:
                 continue
-            if fstype == "fuse.s3mount" and f"user_id={os.getuid()}" in options.split(","):
-                found.append(_unescape(fields[4]))
+            if fstype == "fuse.s3mount":
+                found[_unescape(fields[4])] = options.split(",")
     return found
+
+
+def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mountpoints of s3mount file systems mounted by this user (FUSE's ``user_id=``)."""
+    return [mp for mp, options in fuse_mounts(mountinfo).items()
+            if f"user_id={os.getuid()}" in options]
 
 
 def _unescape(field: str) -> str:

@@ -523,3 +523,17 @@ def test_a_cache_dir_that_cannot_be_used_is_one_line(bucket: str, sandbox: Sandb
                   sandbox.url, "-o", f"cache_dir={tmp_path / 'afile'}"], env=env),
              f"cannot use cache directory {tmp_path / 'afile'}: Not a directory")
     assert not os.path.ismount(tmp_path / "mp")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a tmpfs needs root")
+def test_umount_leaves_other_file_systems_alone(tmp_path: Path) -> None:
+    """Found by trying: as root, ``s3mount umount`` of a tmpfs unmounted it (fusermount3 -u
+    unmounts whatever root names)."""
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    run(["mount", "-t", "tmpfs", "tmpfs", str(other)], timeout=30)
+    try:
+        one_line(cli(["umount", str(other)]), f"{other} is not an s3mount mount")
+        assert os.path.ismount(other)
+    finally:
+        subprocess.run(["umount", str(other)], capture_output=True, timeout=30)

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     mp = os.path.realpath(args.mountpoint)
     if mp not in runtime.mounted_paths():
         raise CliError(f"{args.mountpoint} is not mounted")
+    if mp not in runtime.fuse_mounts():
+        # fusermount3 run by root unmounts whatever is there (a tmpfs, /home): not ours to touch.
+        raise CliError(f"{args.mountpoint} is not an s3mount mount; use umount(8) for it")
     entry = runtime.find(mp)
     pid = int(entry["pid"]) if entry and entry.get("pid") else None
     if args.lazy:
