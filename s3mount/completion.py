@@ -2,7 +2,7 @@
 
 Generated rather than kept by hand, so a new subcommand, flag or ``-o`` option completes as soon
 as it exists. ``install-helpers`` installs it where bash-completion looks
-(/usr/local/share/bash-completion/completions/s3mount).
+(/usr/local/share/bash-completion/completions/s3mount); ``s3mount completion bash`` prints it.
 
 What completes: subcommands; each subcommand's flags; ``-o`` option names, after the commas of a
 list too (``-o ro,cache_s<TAB>``); profile names of config.toml for commands that take one; and
@@ -21,7 +21,7 @@ from .options import OPTIONS
 PROFILE_COMMANDS = ("mount", "login", "credentials")
 DIRECTORY_COMMANDS = ("mount", "umount", "status", "demo")
 
-_TEMPLATE = r"""# bash completion for s3mount; written by `s3mount install-helpers` from s3mount's parsers.
+_TEMPLATE = r"""# bash completion for s3mount, written from s3mount's parsers (`s3mount completion bash`).
 
 _s3mount_profiles() {
     local config=${XDG_CONFIG_HOME:-$HOME/.config}/s3mount/config.toml

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -111,8 +112,12 @@ def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
         st = os.stat(real)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist") from None
-    except PermissionError:
-        raise MountError(f"mountpoint {path} is not accessible") from None
+    except OSError as exc:
+        # ENOTCONN (or EIO): a FUSE mount whose process died is still there.
+        dead = exc.errno in (errno.ENOTCONN, errno.EIO)
+        raise MountError(f"mountpoint {path} is not accessible ({exc.strerror})" +
+                         (f"; a mount whose process ended may be left on it: fusermount3 -u "
+                          f"{path}" if dead else "")) from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(real):
@@ -290,7 +295,10 @@ class MountRunner:
                                  KeyMapper(p.spec.prefix).prefix)
         cache_dir = o.cache_dir or default_cache_dir()
         root = os.path.join(cache_dir, self.identity.digest())
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(root, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise MountError(f"cannot use cache directory {cache_dir}: {exc.strerror}") from None
         for path in (root, os.path.join(root, "staging")):
             _check_private_dir(path)
         label_roots(cache_dir, self.identity, p.store.config.endpoint_url)
@@ -345,7 +353,8 @@ class MountRunner:
             self.staging.close()
 
     async def _main(self, on_ready: Any) -> int:
-        failed = 0
+        failed: int | None = None
+        """Files that could not be stored, once the uploads after the unmount are done."""
         try:
             async with trio.open_nursery() as nursery:
                 self.fs.nursery = nursery
@@ -361,30 +370,37 @@ class MountRunner:
                 await pyfuse3.main()
                 # Unmounted: upload what is left while the writeback and the streams' part
                 # uploads still run in this nursery.
-                await self._after_unmount()
+                failed = await self._after_unmount()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                failed = await self.fs.flush_all()
+                if failed is None:  # the loop ended by an error: store what can be stored
+                    failed = await self.fs.flush_all()
                 await self.fs.shared.flush_all()
                 self.meta.commit()
             pyfuse3.close(unmount=True)
+            if failed:
+                with contextlib.suppress(OSError, S3MountError):
+                    runtime.leave_outcome(self.p.spec.mountpoint, failed)
             self._withdraw_status()
-        return failed
+        return failed or 0
 
-    async def _after_unmount(self) -> None:
+    async def _after_unmount(self) -> int:
+        """Upload what is still pending; returns how many files could not be stored (they
+        stay in the cache for the next mount). Each is tried once here, not again on the way
+        out: a failing upload costs up to ``timeout`` while the user's umount waits."""
         self.stopping = self.detached = True
         pending = self.fs.pending_uploads()
-        if not pending:
-            return
-        log.info("unmounted; uploading %d file(s) still pending", pending)
-        self._publish_once()  # under the detached name at once: the old one now reads as stale
+        if pending:
+            log.info("unmounted; uploading %d file(s) still pending", pending)
+            self._publish_once()  # under the detached name at once: the old one reads as stale
         failed = await self.fs.flush_all()
         if failed:
             log.error("uploads after the unmount finished; %d of %d file(s) could not be stored "
                       "and stay in the cache for the next mount", failed, pending)
-        else:
+        elif pending:
             log.info("uploads after the unmount finished: all %d file(s) stored", pending)
+        return failed
 
     async def _recover(self) -> None:
         """Upload what earlier runs left: this endpoint's first, then that of other endpoints

@@ -93,6 +93,9 @@ IGNORED = frozenset({
 })
 IGNORED_PREFIXES = ("x-systemd.", "x-gvfs-", "x-", "comment=")
 
+MAX_ID = 2**32 - 1
+MAX_LOG_SIZE = 1024 * 1024  # MiB: 1 TiB
+
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -189,6 +192,14 @@ def parse_options(values: list[str] | None) -> MountOptions:
         setattr(opts, name, parsed)
     if opts.ro and opts.rw:
         raise OptionError("options 'ro' and 'rw' contradict each other")
+    for id_opt in ("uid", "gid"):
+        # A file's owner is a 32-bit uid_t, and (uid_t)-1 means "no owner" to chown(2): a
+        # larger one fails every stat on the mount (EIO) once it is mounted.
+        if (v := getattr(opts, id_opt)) is not None and v >= MAX_ID:
+            raise OptionError(f"option {id_opt!r}: {v} is not a user or group id "
+                              f"(0 to {MAX_ID - 1})")
+    if opts.log_size > MAX_LOG_SIZE:  # the handler counts bytes in an int: inf would not do
+        raise OptionError(f"option 'log_size' must be at most {MAX_LOG_SIZE} (MiB)")
     for mode_opt in ("file_mode", "dir_mode", "umask"):
         v = getattr(opts, mode_opt)
         if v is not None and v > 0o7777:

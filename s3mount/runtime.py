@@ -8,6 +8,10 @@ that is no longer mounted, and delete it. A mount process that is still uploadin
 files after its mountpoint was unmounted publishes ``detached`` under a name of its own (the same
 mountpoint may be mounted again meanwhile), and is listed while its process lives.
 
+A mount process that exits with files it could not store leaves a one-line outcome
+(``leave_outcome``) for the ``s3mount umount`` waiting for it, which is not its parent and cannot
+read its exit status.
+
 The directory is private (0700, owned by us; checked on every use, because ``/tmp`` is shared and
 somebody else could have created ``/tmp/s3mount-<uid>`` first), the files are 0600, and only the
 keys in ``STATE_KEYS`` are accepted, so a secret cannot slip into a file by accident.
@@ -156,8 +160,12 @@ def publish(mountpoint: str, state: dict[str, Any]) -> None:
     entry["mountpoint"] = mountpoint_key(mountpoint)
     entry.setdefault("pid", os.getpid())
     entry["updated_at"] = time.time()
+    _write(_entry_name(mountpoint, entry["pid"] if entry.get("detached") else None), entry)
+
+
+def _write(name: str, entry: dict[str, Any]) -> None:
+    """Write ``entry`` as ``name`` in our runtime directory, atomically, mode 0600."""
     directory = runtime_dir()
-    name = _entry_name(mountpoint, entry["pid"] if entry.get("detached") else None)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "w") as f:
@@ -178,6 +186,44 @@ def withdraw(mountpoint: str, *, detached: bool = False) -> None:
             os.unlink(os.path.join(directory, name))
 
 
+OUTCOME_SUFFIX = ".exit"
+OUTCOME_TTL = 3600.0
+"""Seconds an outcome nobody took is kept (``read_all`` removes older ones)."""
+
+
+def leave_outcome(mountpoint: str, failed_uploads: int) -> None:
+    """Say, as this mount process exits, how many files it could not store.
+
+    ``s3mount umount`` waits for the mount process but is not its parent, so it cannot read
+    its exit status; it takes this instead (``take_outcome``) and exits non-zero. Only a failure
+    is written, so a clean exit leaves nothing behind.
+    """
+    _write(f"{os.getpid()}{OUTCOME_SUFFIX}", {"mountpoint": mountpoint_key(mountpoint),
+                                              "pid": os.getpid(),
+                                              "failed_uploads": failed_uploads})
+
+
+def take_outcome(pid: int, mountpoint: str) -> int:
+    """How many files mount process ``pid`` (of ``mountpoint``, now gone) could not store, as it
+    said on its way out; 0 when it said nothing. The outcome is removed once read."""
+    key = mountpoint_key(mountpoint)
+    for directory in _existing_dirs():
+        path = os.path.join(directory, f"{pid}{OUTCOME_SUFFIX}")
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            _remove(path)
+            continue
+        _remove(path)
+        if isinstance(entry, dict) and entry.get("mountpoint") == key \
+                and isinstance(entry.get("failed_uploads"), int):
+            return int(entry["failed_uploads"])
+    return 0
+
+
 def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
     """Mountpoints currently mounted in our mount namespace."""
     paths = set()
@@ -189,9 +235,9 @@ def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
     return paths
 
 
-def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Mountpoints of s3mount file systems mounted by this user (FUSE's ``user_id=``)."""
-    found = []
+def fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, list[str]]:
+    """Mountpoints of s3mount file systems (``fuse.s3mount``), of any user, with their options."""
+    found = {}
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.rstrip("\n").split(" ")
@@ -199,9 +245,15 @@ def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
                 fstype, _source, options = fields[fields.index("-") + 1:][:3]
             except ValueError:
                 continue
-            if fstype == "fuse.s3mount" and f"user_id={os.getuid()}" in options.split(","):
-                found.append(_unescape(fields[4]))
+            if fstype == "fuse.s3mount":
+                found[_unescape(fields[4])] = options.split(",")
     return found
+
+
+def our_fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mountpoints of s3mount file systems mounted by this user (FUSE's ``user_id=``)."""
+    return [mp for mp, options in fuse_mounts(mountinfo).items()
+            if f"user_id={os.getuid()}" in options]
 
 
 def _unescape(field: str) -> str:
@@ -227,6 +279,8 @@ def read_all() -> list[dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for directory in _existing_dirs():
         for name in sorted(os.listdir(directory)):
+            if name.endswith(OUTCOME_SUFFIX):
+                _remove_if_older(os.path.join(directory, name), OUTCOME_TTL)
             if not name.endswith(".json"):
                 continue
             path = os.path.join(directory, name)
@@ -262,6 +316,14 @@ def find_pid(pid: int) -> dict[str, Any] | None:
     """The newest state published by mount process ``pid``, mounted or detached, or None."""
     return max((e for e in read_all() if e.get("pid") == pid),
                key=lambda e: e.get("updated_at", 0), default=None)
+
+
+def _remove_if_older(path: str, age: float) -> None:
+    """Remove ``path`` if it was last written more than ``age`` seconds ago (an outcome of a
+    mount process that no ``umount`` waited for)."""
+    with contextlib.suppress(OSError):
+        if time.time() - os.stat(path).st_mtime > age:
+            os.unlink(path)
 
 
 def _remove(path: str) -> None:

@@ -191,3 +191,22 @@ def test_bash_completion(targets, tmp_path):
     assert r.stdout.splitlines() == [
         "mount", "umount", "--read-only", "ro,cache_size=", "1000,nonempty", "work|wiki|wdir",
         "work", "wdir"]
+
+
+def test_completion_command_prints_the_installed_script(targets, tmp_path):
+    """``s3mount completion bash`` prints what install-helpers installs, and bash can source it
+    from the command's output; another shell is refused."""
+    install(targets)
+    installed = (Path(targets.completion_dir) / "s3mount").read_text()
+    s3mount = [sys.executable, "-m", "s3mount"]
+    r = subprocess.run([*s3mount, "completion", "bash"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == installed, r.stderr
+    probe = ('source <("$@" completion bash)\n'
+             'COMP_LINE="s3mount comp"; COMP_POINT=${#COMP_LINE}; _s3mount; echo "${COMPREPLY[*]}"')
+    r = subprocess.run(["bash", "--norc", "-c", probe, "bash", *s3mount], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "completion\n", r
+    r = subprocess.run([*s3mount, "completion", "fish"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'fish'" in r.stderr

@@ -207,3 +207,23 @@ def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts:
     assert f"\rs3mount: {m.path}: 1 file(s) to upload: " in text, text
     assert "of 15.0 MiB stored" in text and text.endswith("\r\n"), text
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
+
+
+
+def test_umount_says_how_many_uploads_failed_and_tries_each_once(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str) -> None:
+    """A user who unmounts while the server is down learns that files are not stored (one line,
+    exit 1). Each upload costs up to ``timeout`` while the umount waits: it is tried once after
+    the unmount, not a second time on the way out."""
+    m = pmounter(bucket, "async_upload", "timeout=2")
+    pmounter.expect_log(r"could not upload|could not be stored")
+    with open(m.path / "kept", "wb") as f:  # created while the server answers
+        proxy.set_down(True)
+        f.write(b"data")
+    # async_upload: close() returned at once; the upload fails
+    r = _umount(m)
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "1 file(s) could not be stored" in lines[0], lines
+    assert not os.path.ismount(m.path)
+    assert m.log().count("could not upload 'kept' before unmount") == 1, m.log()

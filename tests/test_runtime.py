@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -145,3 +146,20 @@ def test_mountpoint_key_resolves_only_the_parent(tmp_path):
     os.symlink(real, tmp_path / "link")
     assert runtime.mountpoint_key(str(tmp_path / "link" / "mnt")) == str(real / "mnt")
     assert runtime.mountpoint_key("/") == "/"
+
+
+def test_outcome_is_taken_once_and_only_for_its_mountpoint(rundir, tmp_path):
+    runtime.leave_outcome(str(tmp_path / "m"), 3)
+    assert runtime.take_outcome(os.getpid(), str(tmp_path / "other")) == 0  # not its mount
+    runtime.leave_outcome(str(tmp_path / "m"), 3)
+    assert runtime.take_outcome(os.getpid(), str(tmp_path / "m")) == 3
+    assert runtime.take_outcome(os.getpid(), str(tmp_path / "m")) == 0
+
+
+def test_outcome_nobody_took_is_removed_after_a_while(rundir, mounted, tmp_path):
+    runtime.leave_outcome(str(tmp_path / "m"), 1)
+    (path,) = [p for p in os.listdir(rundir) if p.endswith(".exit")]
+    old = time.time() - runtime.OUTCOME_TTL - 10
+    os.utime(os.path.join(rundir, path), (old, old))
+    runtime.read_all()
+    assert not [p for p in os.listdir(rundir) if p.endswith(".exit")]

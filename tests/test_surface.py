@@ -9,9 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -446,3 +448,92 @@ def test_a_device_as_log_file_keeps_its_mode(mounter: Mounter, bucket: str,
     assert r.returncode == 0, r.stderr
     (mp / "f").write_text("logged to nowhere")
     assert stat.S_IMODE(null.stat().st_mode) == 0o666 and stat.S_ISCHR(null.stat().st_mode)
+
+
+@pytest.mark.parametrize("option, what", [
+    ("uid=4294967296", "option 'uid': 4294967296 is not a user or group id"),
+    ("gid=99999999999", "option 'gid': 99999999999 is not a user or group id"),
+    ("uid=4294967295", "is not a user or group id"),  # (uid_t)-1: "no owner" to chown(2)
+    ("log_size=1e308", "option 'log_size' must be at most"),
+])
+def test_option_out_of_range_is_one_line_before_anything_starts(option: str, what: str,
+                                                                 tmp_path: Path) -> None:
+    """Found by trying: uid=99999999999 mounted, then every stat on the mount was EIO (an
+    internal error per call in the log); log_size=1e308 killed the mount process at start."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    one_line(cli(["mount", "s3://b-1", str(mp), "--endpoint-url", "http://127.0.0.1:9",
+                  "-o", option], env=env), what)
+    assert not (tmp_path / "state").exists()  # no mount process, no log
+
+
+def test_a_log_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """Found by trying: ``-o log_file=/proc/nope/x`` ended in a traceback."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    one_line(cli(["mount", "s3://b-1", str(mp), "--endpoint-url", "http://127.0.0.1:9",
+                  "-o", "log_file=/proc/nope/x.log"]),
+             "cannot write the log file /proc/nope/x.log: No such file or directory")
+
+
+def test_a_relative_log_file_is_beside_the_caller(mounter: Mounter, bucket: str,
+                                                  sandbox: SandboxProcess,
+                                                  tmp_path: Path) -> None:
+    """Found by trying: ``-o log_file=name.log`` (no directory) ended in a traceback."""
+    mp = tmp_path / "rel"
+    mp.mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    r = subprocess.run([*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url",
+                        sandbox.url, "-o", f"cache_dir={mounter.cache_dir},log_file=rel.log"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    adopt(mounter, mp, bucket, env, tmp_path / "rel.log")
+    assert r.returncode == 0, r.stderr
+    assert "mounted s3://" in (tmp_path / "rel.log").read_text()
+
+
+def test_a_dead_mount_on_the_mountpoint_is_one_line(mounter: Mounter, bucket: str,
+                                                   sandbox: SandboxProcess) -> None:
+    """Found by trying: mounting again where a mount process had died (its FUSE mount left
+    behind, ENOTCONN) ended in a traceback."""
+    m = mounter(bucket)
+    assert m.pid is not None
+    os.kill(m.pid, signal.SIGKILL)  # the kernel mount stays, with nobody serving it
+    try:
+        for _ in range(100):
+            if not Path(f"/proc/{m.pid}").exists():
+                break
+            time.sleep(0.05)
+        env = mounter.env_for(sandbox.issue_keys([bucket]))
+        one_line(cli(["mount", f"s3://{bucket}", str(m.path), "--endpoint-url", sandbox.url],
+                     env=env),
+                 f"mountpoint {m.path} is not accessible (", f"fusermount3 -u {m.path}")
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(m.path)], capture_output=True, timeout=30)
+
+
+def test_a_cache_dir_that_cannot_be_used_is_one_line(bucket: str, sandbox: SandboxProcess,
+                                                    mounter: Mounter, tmp_path: Path) -> None:
+    """Found by trying: ``-o cache_dir=`` naming a file made the mount process exit with a
+    traceback in its log, and the command said only 'see the log'."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "mp").mkdir()
+    env = mounter.env_for(sandbox.issue_keys([bucket]))
+    one_line(cli(["mount", f"s3://{bucket}", str(tmp_path / "mp"), "--endpoint-url",
+                  sandbox.url, "-o", f"cache_dir={tmp_path / 'afile'}"], env=env),
+             f"cannot use cache directory {tmp_path / 'afile'}: Not a directory")
+    assert not os.path.ismount(tmp_path / "mp")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a tmpfs needs root")
+def test_umount_leaves_other_file_systems_alone(tmp_path: Path) -> None:
+    """Found by trying: as root, ``s3mount umount`` of a tmpfs unmounted it (fusermount3 -u
+    unmounts whatever root names)."""
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    run(["mount", "-t", "tmpfs", "tmpfs", str(other)], timeout=30)
+    try:
+        one_line(cli(["umount", str(other)]), f"{other} is not an s3mount mount")
+        assert os.path.ismount(other)
+    finally:
+        subprocess.run(["umount", str(other)], capture_output=True, timeout=30)

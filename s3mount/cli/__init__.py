@@ -15,7 +15,8 @@ from ..credentials.base import ProviderError
 from ..errors import S3MountError
 
 # Subcommand modules (s3mount/cli/<name>.py); each defines register(subparsers).
-COMMANDS = ["mount", "umount", "status", "install_helpers", "login", "credentials", "demo"]
+COMMANDS = ["mount", "umount", "status", "install_helpers", "login", "credentials", "demo",
+            "completion"]
 
 
 class CliError(Exception):

@@ -187,11 +187,15 @@ def _start_background(args: argparse.Namespace) -> int:
         spec.provider.fetch()
     from ..logsetup import log_path_for, open_private
 
-    log_file = spec.options.log_file or log_path_for(spec.mountpoint)
-    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+    log_file = os.path.abspath(spec.options.log_file or log_path_for(spec.mountpoint))
+    try:
+        os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+        log_fd = open_private(log_file)
+    except OSError as exc:
+        raise CliError(f"cannot write the log file {log_file}: {exc.strerror}") from None
     r, w = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(w), "S3MOUNT_LOG_FILE": log_file})
-    with os.fdopen(open_private(log_file), "ab") as logf:
+    with os.fdopen(log_fd, "ab") as logf:
         proc = subprocess.Popen(_child_argv(args, spec), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, pass_fds=(w,), env=env, start_new_session=True)
     os.close(w)

@@ -5,7 +5,10 @@ while a file is open or a process works in the mount, and so is this command, wi
 non-zero exit, like umount(8); detaching it anyway would turn the next write of every program
 holding a file into ENOTCONN and leave half the data in the bucket. Once unmounted, the mount
 process uploads what is still pending and exits; we wait for that (with a live progress line on a
-terminal), so when this command returns everything closed before it is in the bucket.
+terminal), so when this command returns everything closed before it is in the bucket. When some
+files could not be stored (the server is down), the mount process says how many as it exits
+(``runtime.leave_outcome``), and we say so in one line and exit 1: they stay in the cache for the
+next mount.
 
 ``--lazy`` detaches at once even while files are open: they keep working, each is stored when its
 last descriptor is closed, and the mount process exits after the last one (``s3mount status``
@@ -46,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     mp = os.path.realpath(args.mountpoint)
     if mp not in runtime.mounted_paths():
         raise CliError(f"{args.mountpoint} is not mounted")
+    if mp not in runtime.fuse_mounts():
+        # fusermount3 run by root unmounts whatever is there (a tmpfs, /home): not ours to touch.
+        raise CliError(f"{args.mountpoint} is not an s3mount mount; use umount(8) for it")
     entry = runtime.find(mp)
     pid = int(entry["pid"]) if entry and entry.get("pid") else None
     if args.lazy:
@@ -69,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
                        "now and store each file when it is closed") from None
     if pid is not None:
         _wait(pid, mp, args.timeout)
+        failed = runtime.take_outcome(pid, mp)
+        if failed:
+            raise CliError(f"{mp} is unmounted, but {failed} file(s) could not be stored in the "
+                           "bucket; they are kept in the cache directory and the next mount of "
+                           "this bucket uploads them (the mount's log says why)")
     return 0
 
 
