@@ -74,6 +74,7 @@ from s3mount.fs.metacache import MetaCache
 from s3mount.fs.paths import KeyMapper
 from s3mount.fs.settings import FsConfig
 from s3mount.fs.staging import StagingArea
+from s3mount.fs.writeback import BACKOFF_INITIAL
 from s3mount.store.base import KeySet, ObjectStore
 from s3mount.store.faulty import FaultyStore
 from s3mount.store.lean import Attempt, LeanS3
@@ -1808,5 +1809,46 @@ def test_readdir_hands_out_only_inodes_the_table_knows() -> None:
                 rig.fs.releasedir(fh)
             rig.fs.forget([(d.ino, 1), (a.ino, 1), (b_now.ino, 2)])
         rig.ok(read_dir_after_forget)
+    finally:
+        rig.close()
+
+
+def test_a_retry_never_stores_what_a_writer_is_changing() -> None:
+    """With async_upload, a closed file whose upload failed waits for a retry. A writer opens
+    it again and appends; while that write is inside its critical section (here: staging
+    slowly, as on a disk that must wait for room), the retry comes due, finds the file still
+    as it was closed and waits for its lock. Once the write is in, the staging file holds the
+    closed data plus a partial write nobody closed: the retry must not store that (the bucket
+    keeps its version until the writer closes, and then gets the whole file)."""
+    rig = Rig(async_upload=True, backend="memory")
+    try:
+        rig.store.fail("upload", Unavailable("injected: the server is down"), times=1000)
+        rig.ok(rig.k.create, "f", b"closed\n", 0o644)  # closed, queued, its upload failed
+        node = rig.fs.inodes.at("f")
+        assert node is not None
+        stage = rig.fs.space.stage
+
+        async def slow_stage(of: Any, data: bytes, offset: int) -> int:
+            rig.store.clear()  # the server is back while the write waits for room
+            await trio.sleep(2 * BACKOFF_INITIAL + 1)  # the retry comes due meanwhile
+            return await stage(of, data, offset)
+
+        async def append_while_retried() -> int:
+            fh, _ = await rig.fs.open(node.ino, os.O_WRONLY | os.O_APPEND)
+            rig.fs.space.stage = slow_stage
+            try:
+                await rig.fs.write(fh, 7, b"partial")
+            finally:
+                rig.fs.space.stage = stage
+            await trio.sleep(2 * BACKOFF_INITIAL + 1)  # a retry has had every chance
+            return fh
+
+        fh = rig.ok(append_while_retried)
+        assert "f" not in rig.bucket_keys(), "a file being written was stored"
+        assert rig.fs.pending_uploads() == 1
+        rig.ok(rig.fs.release, fh)
+        rig.settle()
+        assert rig.s3.get_object(Bucket=rig.bucket, Key=rig.key("f"))["Body"].read() == \
+            b"closed\npartial"
     finally:
         rig.close()

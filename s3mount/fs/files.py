@@ -304,7 +304,7 @@ class FileIO:
         if not (of.dirty and of.confirmed):
             return
         try:
-            await self._uploader.upload(of)
+            await self._uploader.upload(of, closed_only=True)
         except S3MountError as exc:
             log.warning("could not store the closed version of %r before it changes (%s); if "
                         "the mount stops before its next close(), it goes to lost+found/",

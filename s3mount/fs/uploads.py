@@ -55,11 +55,16 @@ class Uploader:
         self._budget = budget
         """Bytes of upload data in memory (shared with the streamed parts)."""
 
-    async def upload(self, of: OpenFile) -> None:
-        """Store the staging file as the object (caller must not hold of.lock)."""
+    async def upload(self, of: OpenFile, *, closed_only: bool = False) -> None:
+        """Store the staging file as the object (caller must not hold of.lock).
+
+        ``closed_only``: only if it still holds what a close() or fsync() handed over. Callers
+        that decided to upload a closed file before waiting for its lock (the retry queue,
+        a writer storing the closed version first) say so: a writer may have got the lock
+        first and changed the file, and a partial write must never replace the object."""
         async with of.lock:
             node = of.node
-            if not of.dirty or node.path is None:
+            if not of.dirty or node.path is None or closed_only and not of.confirmed:
                 return
             if of.staging is None:
                 self._files.fresh_staging(of)

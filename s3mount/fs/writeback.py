@@ -44,7 +44,7 @@ class UploadHost(Protocol):
     make it durable in the cache, forget it once stored, and send a staging file whole (each
     taking the file's lock like any other writer)."""
 
-    async def upload(self, of: OpenFile) -> None: ...
+    async def upload(self, of: OpenFile, *, closed_only: bool = False) -> None: ...
 
     async def persist(self, of: OpenFile) -> None: ...
 
@@ -146,7 +146,7 @@ class Writeback:
             if of is None or not of.dirty or of.node.path is None or not of.confirmed:
                 return  # stored meanwhile, gone, or being written again: its close() queues it
             try:
-                await self._uploader.upload(of)
+                await self._uploader.upload(of, closed_only=True)
             except S3MountError as exc:
                 log.warning("background upload of %r failed (%s); retrying later",
                             of.node.path, exc)
