@@ -260,3 +260,46 @@ def test_stream_beyond_the_cache_broken_by_an_outage_replaces_nothing(
     m.unmount()  # stores whatever is still owed: nothing of "big" may be
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == b"old version"
     assert "internal error" not in m.log()
+
+
+def test_many_writers_on_a_small_cache_disk(small_disk: Path, mounter: Mounter, bucket: str,
+                                            s3) -> None:
+    """Fifty writers at once, each copying a 3 MiB file (below part_size: nothing streams)
+    through a 32 MiB cache disk that cannot hold them all. Every file either arrives whole
+    or its writer gets ENOSPC and the name disappears: none is left listed empty or short,
+    in the mount or in the bucket, and nothing stays staged."""
+    m = mounter(bucket, cache_dir=small_disk / "cache")
+    body = {i: os.urandom(3 * MiB) for i in range(50)}
+    failed: dict[int, int] = {}
+
+    def write(i: int) -> None:
+        try:
+            with open(m.path / f"f{i:02d}", "wb") as f:
+                for at in range(0, len(body[i]), 256 * 1024):
+                    f.write(body[i][at:at + 256 * 1024])
+                    f.flush()
+        except OSError as exc:
+            failed[i] = exc.errno
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in body]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(failed.values()) <= {errno.ENOSPC}, failed
+    assert failed and len(failed) < len(body), "the disk was meant to fill, not to refuse all"
+    stored = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+              if not o["Key"].startswith(".s3mount/")}
+    want = {f"f{i:02d}" for i in body if i not in failed}
+    assert set(stored) == want
+    for name in want:
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == body[int(name[1:])]
+    deadline = time.monotonic() + 5
+    while True:
+        listed = {p.name: p.stat().st_size for p in m.path.iterdir()}
+        if set(listed) == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert listed == {name: 3 * MiB for name in want}
+    assert staged_files(small_disk) == []
+    assert "internal error" not in m.log()
