@@ -96,3 +96,20 @@ def test_timeout_must_be_a_positive_number(mounter: Mounter, bucket: str, tmp_pa
             check=False, timeout=60)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "timeout" in r.stderr, r.stderr
     assert not os.path.ismount(mp)
+
+
+def test_lookups_of_new_names_at_once_each_end_within_the_timeout(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """Ten names nobody has seen, looked up at once in one directory whose listing is not
+    cached (a shell's `stat`s, a build's probes): each needs the server, and each fails on its
+    own within the timeout, not one after another."""
+    s3.put_object(Bucket=bucket, Key="d/known", Body=b"x")
+    m = pmounter(bucket, f"timeout={TIMEOUT:g}", "dir_timeout=0", "neg_timeout=0")
+    assert os.listdir(m.path) == ["d"]
+    proxy.set_faults(SILENT)
+    results = _timed({f"stat d/new{i}": (lambda i=i: os.stat(m.path / "d" / f"new{i}"))
+                      for i in range(10)})
+    for name, (_, err) in results.items():
+        assert isinstance(err, OSError) and err.errno == errno.EIO, (name, err)
+    slowest = max(took for took, _ in results.values())
+    assert slowest < TIMEOUT + MARGIN, sorted(round(t, 1) for t, _ in results.values())

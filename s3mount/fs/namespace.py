@@ -28,7 +28,7 @@ import time
 import trio
 from cachetools import TTLCache
 
-from ..errors import FsError, NotFound
+from ..errors import FsError, NotFound, Unavailable
 from ..store.base import ObjectInfo
 from .attrs import Attrs, attrs_from_object, parse_mode
 from .concurrency import gather
@@ -49,6 +49,12 @@ PEEK_MAX = 64 * 1024
 """A listed file up to this size is looked up with a GET of its first ``PEEK_MAX`` bytes instead
 of a HEAD (see ``_describe_listed``)."""
 PEEKED_BYTES = 8 * 1024 * 1024
+UNREACHABLE_MEMO = 1.0
+"""Seconds a lookup that gave up on the server (past ``timeout``) answers the same for its path.
+The kernel lets one lookup of a name run at a time: callers waiting for the same name (every
+path walk through a directory whose entry expired) look it up again once it failed, so without
+this each would wait out the timeout after the one before it (ten ``stat``s through one
+directory: EIO after 4, 8, ... 40 s with ``timeout=4``). They get the failure at once."""
 """Bound of ``Namespace.peeked``: a body dropped costs its reader the GET it would have made."""
 SYMLINK_MAX = 4096
 
@@ -70,6 +76,9 @@ class Namespace:
         self.describer = describer
         self.negative: TTLCache[str, bool] = TTLCache(maxsize=65536, ttl=cfg.neg_timeout,
                                                       timer=trio.current_time)
+        self.unreachable: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=UNREACHABLE_MEMO,
+                                                        timer=trio.current_time)
+        """Paths whose lookup just gave up on the server (see ``UNREACHABLE_MEMO``)."""
         # Small files fetched whole by a lookup, until their reader takes them (by key and ETag),
         # for as long as the attributes that lookup gave are trusted.
         self.peeked: TTLCache[tuple[str, str], bytes] = TTLCache(
@@ -387,6 +396,17 @@ class Namespace:
             return node
         if path in self.negative or hidden(self.keys, path):
             return None
+        if (why := self.unreachable.get(path)) is not None:
+            raise Unavailable(why)
+        try:
+            return await self._ask(path, parent_path, name, node)
+        except Unavailable as exc:
+            self.unreachable[path] = str(exc)
+            raise
+
+    async def _ask(self, path: str, parent_path: str, name: str, node: Inode | None
+                   ) -> Inode | None:
+        """``resolve``'s question to the listing or the bucket, for a path not cached."""
         lst = await self.listings.for_lookup(parent_path, name)
         if lst is None:
             found = await self._stat_name(parent_path, name)
