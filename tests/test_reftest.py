@@ -1643,6 +1643,104 @@ def test_listing_heads_only_what_no_cache_knows(tmp_path: Path) -> None:
     assert heads == [] and plain["s3fs"][0] == 0o644 and set(plain) == set(first)
 
 
+def test_opendir_installs_what_the_shared_index_knows() -> None:
+    """A second mount with an empty attribute cache: opendir reads the directory's shared index
+    (one GET) before it answers, so the entries the index knows for their listed version come
+    with their stored attributes (no lookup per entry afterwards, no HEAD); an object replaced
+    since stays provisional (its own HEAD when looked up: the index costs speed, never truth)."""
+    rig = Rig(timeout=300, backend="memory")
+    prefix = rig.prefix
+    try:
+        for i in range(20):
+            rig.s3.put_object(Bucket=rig.bucket, Key=rig.key(f"d/f{i:02d}"), Body=b"x" * i,
+                              Metadata={"mode": str(0o100600), "uid": "4242"})
+        rig.snapshot()  # HEADs them all: learnt, then published at the flush
+        rig.loop.run(rig.fs.shared.flush_all)
+    finally:
+        rig.close()
+    rig.s3.put_object(Bucket=rig.bucket, Key=f"{prefix}d/f05", Body=b"new",
+                      Metadata={"mode": str(0o100644)})
+    fresh = Rig(timeout=300, backend="memory", prefix=prefix)
+    try:
+        store = CountingStore(fresh.fs.runner.store)
+        fresh.fs.runner.store = fresh.fs.shared.store = store
+
+        async def opendir() -> dict[str, Inode]:
+            d = await fresh.k.walk("d")
+            store.calls.clear()
+            fh = await fresh.fs.opendir(d.ino)
+            entries: dict[str, Inode] = {}
+
+            def take(name: str, child: Inode, _next: int) -> bool:
+                entries[name] = child
+                return True
+            try:
+                fresh.fs.readdir(fh, 0, take)
+            finally:
+                fresh.fs.releasedir(fh)
+            return entries
+
+        entries = fresh.ok(opendir)
+        assert [kind for kind, _ in store.calls] == ["get"], store.calls  # the index shard
+        assert store.calls[0][1].startswith(".s3mount/index/")
+        assert [n for n, c in entries.items() if c.provisional] == ["f05"]
+        assert all(stat.S_IMODE(c.attrs.mode) == 0o600 and c.attrs.uid == 4242
+                   for n, c in entries.items() if n != "f05")
+        node = fresh.ok(fresh.k.walk, "d/f05")
+        assert (stat.S_IMODE(node.attrs.mode), node.attrs.size) == (0o644, 3)
+    finally:
+        fresh.close()
+
+
+class Straggler(StoreWrapper):
+    """HEADs answer at once, except ``slow``'s, which is held until ``others`` other HEADs were
+    answered (or 10 s passed): a request that takes long while the rest flow."""
+
+    def __init__(self, store: S3Store, slow: str, others: int) -> None:
+        super().__init__(store)
+        self.slow, self.others = slow, others
+        self.answered = 0
+        self.seen_while_held = 0
+        self.released = threading.Event()
+        self._lock = threading.Lock()
+
+    def head_many(self, keys: list[str]) -> Any:
+        if self.slow in keys:
+            self.released.wait(10)
+            self.seen_while_held = self.answered
+        out = self._store.head_many(keys)
+        with self._lock:
+            self.answered += len(keys) - (self.slow in keys)
+            if self.answered >= self.others:
+                self.released.set()
+        return out
+
+
+def test_a_slow_head_does_not_hold_up_the_rest_of_a_walk() -> None:
+    """ls -l of a fresh directory describes its entries as a pipeline: while one HEAD takes
+    long, the HEADs of the entries after it go on (a walk in chunks, one after the other, held
+    every entry behind that chunk's slowest HEAD)."""
+    rig = Rig(timeout=300, backend="memory")
+    try:
+        for i in range(300):
+            rig.s3.put_object(Bucket=rig.bucket, Key=rig.key(f"d/f{i:03d}"), Body=b"x")
+        store = Straggler(rig.fs.runner.store, rig.key("d/f100"), others=250)
+        rig.fs.runner.store = store
+
+        async def ls_l() -> None:
+            d = await rig.k.walk("d")
+            fh = await rig.fs.opendir(d.ino)
+            rig.fs.releasedir(fh)
+            await rig.fs.lookup(d.ino, b"f000")  # a first lookup: maybe a cat
+            await rig.fs.lookup(d.ino, b"f001")  # the second: a walk, from f001 on
+            assert await trio.to_thread.run_sync(store.released.wait, 20)
+
+        rig.ok(ls_l)
+        assert store.seen_while_held >= 250  # released by the others' answers, not its timeout
+    finally:
+        rig.close()
+
+
 class ListCounter(StoreWrapper):
     """An ObjectStore wrapper that records the StartAfter of each LIST request."""
 

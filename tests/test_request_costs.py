@@ -98,6 +98,21 @@ def test_names_only_listing_costs_lists_and_ls_l_waits_for_metadata(
     assert cost.get("HEAD", 0) + cost.get("GET", 0) == n and cost.get("LIST", 0) <= 1, cost
 
 
+def test_names_only_listing_reads_the_shared_index_once(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """With the shared index on, ``ls`` (names only) of foreign objects no cache describes costs
+    its LIST and one GET (the directory's index, to send what it knows with the names; absent
+    here); listing again soon costs the LIST only (a directory without an index is not asked
+    again for 30 s)."""
+    _foreign(s3, bucket, 40)
+    m = pmounter(bucket, "attr_timeout=300", "dir_timeout=300")
+    (m.path / "d").stat()
+    for cost in ({"LIST": 1, "GET": 1}, {"LIST": 1}):
+        before = _requests(proxy)
+        assert len(list((m.path / "d").iterdir())) == 40
+        assert _delta(_requests(proxy), before) == cost
+
+
 def _write_through(m, n: int, d: str = "d") -> None:
     (m.path / d).mkdir()
     for i in range(n):

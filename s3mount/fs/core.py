@@ -12,7 +12,8 @@ attributes name them, so a reader goes from here to the code in one step):
   background tasks run (the mount's nursery).
 * ``inodes`` (``InodeTable``): numbers for paths, by directory, forgotten when the kernel forgets.
 * ``listings`` (``Listings``): the listing cache, its journal, the state of big directories.
-* ``describer`` (``listedattrs.Describer``): metadata of listed entries, asked for a walk at a time.
+* ``describer`` (``listedattrs.Describer``): metadata of listed entries, asked for a walk at a time
+  (and the shared index, which ``dirs`` has it read before entries are installed).
 * ``names`` (``Namespace``): lookup, getattr, forget, readlink; what a path is.
 * ``registry`` (``OpenFiles``): open files, their handles and staging files.
 * ``space`` (``CacheSpace``): staged bytes against the cache limit.
@@ -91,9 +92,10 @@ class Filesystem:
         self.inodes = inodes = InodeTable(
             Attrs(stat.S_IFDIR | d.dir_mode, d.uid, d.gid, 0, mtime, ctime), held=registry.holds)
         self.listings = listings = Listings(runner, mapper, config, registry.pending_children)
-        self.describer = Describer(runner, mapper, config, inodes, listings, self.shared)
+        self.describer = describer = Describer(runner, mapper, config, inodes, listings,
+                                               self.shared)
         self.names = names = Namespace(runner, mapper, config, meta, inodes, listings,
-                                       self.describer)
+                                       describer)
         self.space = CacheSpace(registry, config)
         upload_budget = Budget(config.buffer_limit - config.buffer_limit // 3)
         self.uploader = uploader = Uploader(runner, mapper, config, meta, registry, names,
@@ -107,7 +109,8 @@ class Filesystem:
                                       registry, uploader, files)
         self.attrops = attrops = AttrOps(runner, mapper, config, meta, names, registry, uploader,
                                          files)
-        self.dirs = dirs = DirReader(mapper, config, meta, names, listings, inodes)
+        self.dirs = dirs = DirReader(mapper, config, meta, names, listings, inodes,
+                                     describer)
 
         # The operations, each where it is done.
         self.lookup, self.forget, self.getattr = names.lookup, names.forget, names.getattr

@@ -3,8 +3,11 @@ hands them to the kernel (readdirplus: with attributes, each counting as a looku
 
 opendir installs every listed entry: files whose metadata a cache knows as they are, the rest
 *provisional* (attributes guessed from the listing, described when somebody asks: see
-``listedattrs``), so a names-only readdir costs LISTs and nothing more. Cached inodes the listing
-no longer shows were removed behind our back and are detached.
+``listedattrs``), so a names-only readdir costs LISTs, and the shared index's GETs when some
+file's metadata is in no cache: read before the entries are installed, what it knows goes to the
+kernel with the readdirplus reply, real attributes with full timeouts, and ``ls -l`` from a
+second machine needs no FUSE request per entry. Cached inodes the listing no longer shows were
+removed behind our back and are detached.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import trio
 
 from ..errors import FsError
 from .inodes import Inode, InodeTable
-from .listing import DirEntry, Listings
+from .listedattrs import Describer
+from .listing import DirEntry, Listing, Listings
 from .metacache import MetaCache
 from .namespace import Namespace
 from .paths import KeyMapper, join, split
@@ -34,11 +38,12 @@ class DirReader:
     """Open directory handles and what they hand out."""
 
     def __init__(self, keys: KeyMapper, cfg: FsConfig, meta: MetaCache, names: Namespace,
-                 listings: Listings, inodes: InodeTable) -> None:
+                 listings: Listings, inodes: InodeTable, describer: Describer) -> None:
         self.keys = keys
         self.cfg = cfg
         self.meta = meta
         self._names = names
+        self._describer = describer
         self._listings = listings
         self._inodes = inodes
         self._handles: dict[int, DirHandle] = {}
@@ -70,6 +75,7 @@ class DirReader:
         # and now; the rest get attributes guessed from the listing, and their metadata is
         # fetched when something asks for it (listedattrs): a names-only readdir costs LISTs.
         self.meta.load([self.keys.file_key(join(path, name)) for name, e in todo if not e.is_dir])
+        await self._index_first(path, lst, todo)
         for name, e in todo:
             if e.is_dir and not self.cfg.posix_metadata:
                 self._names.install_dir(join(path, name), None)
@@ -83,6 +89,16 @@ class DirReader:
         self._next_fh += 1
         self._handles[fh] = DirHandle(self._names.node(ino), entries)
         return fh
+
+    async def _index_first(self, path: str, lst: Listing, todo: list[tuple[str, DirEntry]]
+                           ) -> None:
+        """Read ``path``'s shared index (see module doc) when the metadata of some file among
+        ``todo``, the listed entries about to be installed, is in no cache."""
+        if self.cfg.posix_metadata and any(
+                not e.is_dir and e.etag is not None and
+                self.meta.get(self.keys.file_key(join(path, name)), e.etag, e.last_modified) is None
+                for name, e in todo):
+            await self._describer.read_index(path, lst)
 
     def readdir(self, fh: int, start: int, reply: Callable[[str, Inode, int], bool]) -> None:
         """Hand ``reply`` the entries from index ``start`` on, each with the index to continue

@@ -29,7 +29,7 @@ class StoreRunner:
         self.limiter = trio.CapacityLimiter(concurrency)
         self.nursery: trio.Nursery | None = None
         """Set by the mount (or a test) once its nursery is open: readers' prefetch, streamed
-        parts and the description of a walk's later chunks run there."""
+        parts and the description of a walk's groups run there."""
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking store call in a worker thread, bounded by the limiter. The call's

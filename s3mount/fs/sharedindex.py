@@ -51,8 +51,9 @@ UNMOUNT_BUDGET = 20.0
 """Seconds unmount spends publishing what is left; the rest only costs other mounts HEADs."""
 PARALLEL = 4
 RETRY_AFTER = 30.0
-"""Seconds a directory whose index could not be read is not asked again (each try would cost
-its lookups the server's retries)."""
+"""Seconds a directory whose index could not be read, or had none, is not asked again (each try
+would cost its lookups the server's retries; a names-only ``ls`` repeated in a directory nobody
+indexed would cost a GET each time)."""
 
 Entry = tuple[str, float, dict[str, str]]
 """(ETag, LastModified, metadata) of one name."""
@@ -84,7 +85,7 @@ class SharedIndex:
         self._dirty: dict[str, float] = {}  # dir key -> monotonic time of its last change
         self._written: dict[str, float] = {}  # dir key -> monotonic time of its last write
         self._warned: set[str] = set()
-        self._failed: dict[str, float] = {}  # dir key -> monotonic time its read failed
+        self._failed: dict[str, float] = {}  # dir key -> when its read failed or found none
         self._write_failed = False
 
     @staticmethod
@@ -103,11 +104,13 @@ class SharedIndex:
             return False
         self._read_for[dir_key] = id(listing)
         try:
-            entries, _ = await self._fetch(dir_key)
+            entries, count = await self._fetch(dir_key)
         except S3MountError as exc:
             log.warning("could not read the shared index of %r: %s", dir_path or "/", exc)
             self._failed[dir_key] = time.monotonic()
             return True
+        if not count:
+            self._failed[dir_key] = time.monotonic()  # none yet: not asked again for a while
         for name, (etag, lm, md) in entries.items():
             listed = versions.get(name)
             if listed is not None and listed[0] == etag and same_time(lm, listed[1]):

@@ -87,7 +87,8 @@ class ObjectStore(Protocol):
         """``head``, and the first ``length`` bytes (all of a small object), in one request."""
 
     def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
-        """``head`` of each key, in parallel: the info, or the error (NotFound when absent)."""
+        """``head`` of each key, one after the other in the calling thread (a group: the caller
+        runs groups in parallel): the info, or the error (NotFound when absent)."""
 
     def list_page(
         self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,

@@ -135,7 +135,8 @@ class FaultyStore:
         return self._call("peek", key, lambda: self.store.peek(key, length))
 
     def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
-        """A failed ``head_many`` fails every key (as the real store's threads would)."""
+        """A failed ``head_many`` fails every key (as the real store's one deadline for
+        the group would, on a server that does not answer)."""
         try:
             self._enter("head_many", keys[0] if keys else "")
         except S3MountError as exc:

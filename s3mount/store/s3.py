@@ -130,23 +130,19 @@ class S3Store:
         return self._call("get", key, get)
 
     def head_many(self, keys: list[str]) -> dict[str, ObjectInfo | S3MountError]:
-        """One hand-off for a directory's worth of HEADs (``ls -l`` of a fresh directory): the
-        caller's event loop would otherwise spend as much CPU per HEAD on handing each one to a
-        thread and back as the request itself costs. One deadline for all: the operation that
-        asked is one ``readdir``."""
+        """HEADs of a few keys one after the other in the calling thread, under one deadline:
+        one hand-off from the event loop for a group (handing each HEAD to a thread and back
+        costs the loop as much CPU as the request). Parallelism is the caller's: it runs many
+        groups at once (fs/listedattrs.py)."""
         deadline = self.policy.deadline()
-
-        def one(key: str) -> ObjectInfo | S3MountError:
+        out: dict[str, ObjectInfo | S3MountError] = {}
+        for key in keys:
             try:
-                return self._call("head", key, lambda w, k, t: w.head(key, k, t),
-                                  deadline=deadline)
+                out[key] = self._call("head", key, lambda w, k, t, key=key: w.head(key, k, t),
+                                      deadline=deadline)
             except S3MountError as exc:
-                return exc
-
-        if len(keys) <= 1:
-            return {k: one(k) for k in keys}
-        with ThreadPoolExecutor(min(len(keys), self.config.max_pool_connections)) as pool:
-            return dict(zip(keys, pool.map(one, keys), strict=True))
+                out[key] = exc
+        return out
 
     def list_page(
         self, prefix: str, *, delimiter: str | None = "/", token: str | None = None,
