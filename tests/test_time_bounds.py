@@ -104,7 +104,7 @@ def test_lookups_of_new_names_at_once_each_end_within_the_timeout(
     cached (a shell's `stat`s, a build's probes): each needs the server, and each fails on its
     own within the timeout, not one after another."""
     s3.put_object(Bucket=bucket, Key="d/known", Body=b"x")
-    m = pmounter(bucket, f"timeout={TIMEOUT:g}", "dir_timeout=0", "neg_timeout=0")
+    m = pmounter(bucket, f"timeout={TIMEOUT:g}", "dir_timeout=0")
     assert os.listdir(m.path) == ["d"]
     proxy.set_faults(SILENT)
     results = _timed({f"stat d/new{i}": (lambda i=i: os.stat(m.path / "d" / f"new{i}"))

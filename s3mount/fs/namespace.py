@@ -50,7 +50,8 @@ PEEK_MAX = 64 * 1024
 of a HEAD (see ``_describe_listed``)."""
 PEEKED_BYTES = 8 * 1024 * 1024
 UNREACHABLE_MEMO = 1.0
-"""Seconds a lookup that gave up on the server (past ``timeout``) answers the same for its path.
+"""Seconds a lookup that gave up on the server (past ``timeout``) answers the same for its path
+(at most ``neg_timeout``: who sets it to 0 wants every lookup to ask the server).
 The kernel lets one lookup of a name run at a time: callers waiting for the same name (every
 path walk through a directory whose entry expired) look it up again once it failed, so without
 this each would wait out the timeout after the one before it (ten ``stat``s through one
@@ -76,8 +77,9 @@ class Namespace:
         self.describer = describer
         self.negative: TTLCache[str, bool] = TTLCache(maxsize=65536, ttl=cfg.neg_timeout,
                                                       timer=trio.current_time)
-        self.unreachable: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=UNREACHABLE_MEMO,
-                                                        timer=trio.current_time)
+        self.unreachable: TTLCache[str, str] | None = TTLCache(
+            maxsize=4096, ttl=min(UNREACHABLE_MEMO, cfg.neg_timeout),
+            timer=trio.current_time) if cfg.neg_timeout > 0 else None
         """Paths whose lookup just gave up on the server (see ``UNREACHABLE_MEMO``)."""
         # Small files fetched whole by a lookup, until their reader takes them (by key and ETag),
         # for as long as the attributes that lookup gave are trusted.
@@ -396,6 +398,8 @@ class Namespace:
             return node
         if path in self.negative or hidden(self.keys, path):
             return None
+        if self.unreachable is None:
+            return await self._ask(path, parent_path, name, node)
         if (why := self.unreachable.get(path)) is not None:
             raise Unavailable(why)
         try:
