@@ -398,14 +398,14 @@ class Namespace:
             return node
         if path in self.negative or hidden(self.keys, path):
             return None
-        if self.unreachable is None:
-            return await self._ask(path, parent_path, name, node)
-        if (why := self.unreachable.get(path)) is not None:
+        memo = self.unreachable
+        if memo is not None and (why := memo.get(path)) is not None:
             raise Unavailable(why)
         try:
             return await self._ask(path, parent_path, name, node)
         except Unavailable as exc:
-            self.unreachable[path] = str(exc)
+            if memo is not None:
+                memo[path] = str(exc)
             raise
 
     async def _ask(self, path: str, parent_path: str, name: str, node: Inode | None
