@@ -138,9 +138,7 @@ class Describer:
             except Exception as exc:  # noqa: BLE001 - the waiting lookups ask again alone
                 log.debug("describing %d entries of %r failed: %s", len(group), parent, exc)
             finally:
-                for n, _ in group:
-                    self._describing.pop(join(parent, n), None)
-                done.set()
+                self._release(parent, group, done)
                 slots.release_on_behalf_of(done)
 
         try:
@@ -151,11 +149,16 @@ class Describer:
         finally:  # cancelled (unmount): no lookup may wait for a group never sent
             for group, done in groups:
                 if not done.is_set():
-                    for n, _ in group:
-                        self._describing.pop(join(parent, n), None)
-                    done.set()
+                    self._release(parent, group, done)
         log.debug("described %d entries of %r in %.2f s", sum(len(g) for g, _ in groups),
                   parent, trio.current_time() - started)
+
+    def _release(self, parent: str, group: list[tuple[str, DirEntry]],
+                 done: trio.Event) -> None:
+        """A group is described (or never will be): its lookups go on, with what it found."""
+        for n, _ in group:
+            self._describing.pop(join(parent, n), None)
+        done.set()
 
     async def read_index(self, parent: str, lst: Listing) -> bool:
         """Put into the metadata cache what ``parent``'s shared index knows of the versions
