@@ -1,4 +1,4 @@
-"""One S3 request, one attempt: signed by botocore's SigV4 signer, sent on a urllib3 pool.
+"""One S3 request, one attempt: signed (``sigv4``, botocore's rules), sent on a urllib3 pool.
 
 Every request the mount makes goes through ``LeanS3``, from a HEAD to a part of a multipart upload
 or a server-side copy: one path, so one place decides how a request is addressed, signed, timed
@@ -9,9 +9,9 @@ request policy's business (``policy.py``), which alone knows the operation's dea
 
 Why not a botocore client: through one, a HEAD costs about three times the CPU (parameter
 handling, event hooks, response parsing), and HEAD, DELETE and LIST pages are the unit cost of
-``ls -l``, ``rm -r`` and small-file reads (bench/README.md). botocore still signs every request,
-so what SigV4 means (and which servers accept it) is botocore's, and botocore resolves the CA
-bundle. What a client did besides, done here:
+``ls -l``, ``rm -r`` and small-file reads (bench/README.md). What SigV4 means is still botocore's
+(``sigv4`` is checked against its signer), and botocore resolves the CA bundle. What a client did
+besides, done here:
 
 * addressing: ``path`` (``host/bucket/key``), ``virtual`` (``bucket.host/key``) or ``auto`` with
   botocore's rule (virtual for a bucket that is a plain DNS label, path for other names and for
@@ -39,12 +39,9 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote, unquote_plus, urlencode, urlsplit
 
 import urllib3
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config
-from botocore.credentials import ReadOnlyCredentials
 
 from .base import KeySet, ListPage, ObjectInfo
+from .sigv4 import Signer, host_of
 
 META = "x-amz-meta-"
 ADDRESSING_STYLES = ("auto", "path", "virtual")
@@ -109,8 +106,8 @@ class LeanS3:
             netloc = parts.netloc
             self._bucket_path = f"{parts.path.rstrip('/')}/{quote(bucket, safe='')}"
         self._origin = f"{parts.scheme}://{netloc}"
-        self._region = region
-        self._signing = Config(s3={"payload_signing_enabled": parts.scheme != "https"})
+        self._signer = Signer(host_of(parts.scheme, netloc), region,
+                              sign_payload=parts.scheme != "https")
         self._bucket = bucket
         kw: dict[str, object] = {"maxsize": pool_size, "retries": False}
         if parts.scheme == "https":
@@ -241,24 +238,20 @@ class LeanS3:
              headers: Mapping[str, str] | None = None, body: bytes = b"",
              query: Mapping[str, str] | None = None) -> Answer:
         """One attempt; an answer of 300 or more is an ``HttpError``."""
-        target = self._bucket_path + ("/" + quote(key, safe="/~") if key is not None else "")
-        if not target:
-            target = "/"
-        if query:
-            # Encoded as the canonical request wants it: the signer takes the query verbatim.
-            target += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
-        req = AWSRequest(method=method, url=self._origin + target, headers={
-            **(headers or {}), "amz-sdk-request": f"attempt={t.number}; max={t.of}"}, data=body)
-        req.context["client_config"] = self._signing
-        creds = ReadOnlyCredentials(keys.access_key, keys.secret_key, keys.session_token)
-        S3SigV4Auth(creds, "s3", self._region).add_auth(req)
+        path = self._bucket_path + ("/" + quote(key, safe="/~") if key is not None else "")
+        path = path or "/"
+        # Encoded as the canonical request wants it: the signer takes the query verbatim.
+        qs = urlencode(sorted(query.items()), quote_via=quote, safe="-_.~") if query else ""
+        target = f"{path}?{qs}" if qs else path
+        signed = self._signer.sign(method, path, qs, {
+            **(headers or {}), "amz-sdk-request": f"attempt={t.number}; max={t.of}"}, body, keys)
         try:
             # A connection pool takes the target verbatim (a PoolManager would normalise
             # "a/../b" in keys); the body is read whole here, so a body that breaks off is a
             # failed attempt like any other.
             r = self._pool.urlopen(method, self._origin + target if self._absolute_target
                                    else target, body=body or None,
-                                   headers=dict(req.headers.items()), redirect=False,
+                                   headers=signed, redirect=False,
                                    assert_same_host=False, preload_content=True,
                                    decode_content=False, retries=False,
                                    timeout=urllib3.Timeout(connect=t.connect, read=t.read))
