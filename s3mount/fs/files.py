@@ -18,7 +18,7 @@ import os
 import stat
 import time
 
-from ..errors import FsError, PreconditionFailed, S3MountError
+from ..errors import FsError, PreconditionFailed, Refused, S3MountError
 from .attrs import new_attrs
 from .budget import Budget
 from .inodes import Inode, InodeTable
@@ -216,9 +216,13 @@ class FileIO:
             await self._upload_or_queue(h.of)
 
     async def _upload_or_queue(self, of: OpenFile) -> None:
-        """Upload now; if that fails, keep the data, retry in the background, and report it."""
+        """Upload now; if that fails, keep the data, retry in the background, and report it
+        (a version the server refuses for good goes to lost+found/ instead)."""
         try:
             await self._uploader.upload(of)
+        except Refused as exc:
+            await self._writeback.rescue(of, exc)
+            raise
         except S3MountError:
             await self._uploader.persist(of)
             self._writeback.submit(of, failed=True)
@@ -240,6 +244,8 @@ class FileIO:
             else:
                 try:
                     await self._upload_or_queue(of)
+                except Refused:
+                    pass  # rescue() said where the data went
                 except S3MountError as exc:
                     log.error("upload of %r failed (%s); the data is kept in %s and retried in "
                               "the background", h.node.path, exc,
@@ -305,6 +311,8 @@ class FileIO:
             return
         try:
             await self._uploader.upload(of, closed_only=True)
+        except Refused as exc:
+            await self._writeback.rescue(of, exc)
         except S3MountError as exc:
             log.warning("could not store the closed version of %r before it changes (%s); if "
                         "the mount stops before its next close(), it goes to lost+found/",

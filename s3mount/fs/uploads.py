@@ -148,8 +148,9 @@ class Uploader:
         if not self._files.discard(of):
             return
         path = of.node.path
-        if of.spoiled and of.node.etag is None and path is not None:
-            # A new file none of whose content could be staged: nothing of it exists anywhere.
+        if of.node.etag is None and path is not None:
+            # A new file none of whose content was stored (it could not be staged, or the
+            # server refused it and it went to lost+found/): nothing of it has this name.
             self._listings.remove(*split(path))
             self._names.negative[path] = True
             self._inodes.detach(of.node)
