@@ -205,6 +205,7 @@ class FileIO:
             await self._uploader.persist(h.of)
             self._writeback.submit(h.of)
             return
+        h.of.closing = True
         await self._upload_or_queue(h.of)
 
     async def fsync(self, fh: int) -> None:
@@ -299,6 +300,7 @@ class FileIO:
             await self.close_file(of)
 
     async def close_file(self, of: OpenFile) -> None:
+        of.closing = False
         of.handles -= 1
         of.node.open_count -= 1
         await self._uploader.settle(of)
