@@ -42,6 +42,11 @@ class PreconditionFailed(S3MountError):
     errno = _errno.ESTALE
 
 
+class Refused(S3MountError):
+    """The server will not store this object as asked, however often it is asked (a key or an
+    object it cannot hold): trying the same upload again cannot help."""
+
+
 class Unavailable(S3MountError):
     """The server could not be reached or kept failing after bounded retries."""
 

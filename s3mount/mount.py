@@ -316,13 +316,15 @@ class MountRunner:
                      part_size=o.part_size * MiB, async_upload=o.async_upload,
                      cache_limit=o.cache_size * MiB, buffer_limit=o.buffer_size * MiB,
                      store_concurrency=p.store.config.max_pool_connections,
-                     shared_index=not o.no_shared_index),
+                     shared_index=not o.no_shared_index, timeout=o.timeout),
             self.staging, self.meta,
         )
         self.ops = FuseOperations(self.fs)
         self.started_at = time.time()
         self._status_changed = trio.Event()
         """Set to publish the status now rather than at the next interval."""
+        self._refused_shown = 0
+        """How many refused uploads the published status lists (a new one is shown at once)."""
         self.stopping = False
         self.detached = False
 
@@ -485,6 +487,7 @@ class MountRunner:
             "renewals": st.renewals,
             "pending_uploads": self.fs.pending_uploads(),
             "failed_uploads": self.fs.writeback.failing(),
+            "refused_uploads": self.fs.writeback.refused,
             "cache_bytes": self.staging.used_bytes(),
             "started_at": self.started_at,
             "last_error": st.last_error,
@@ -501,6 +504,7 @@ class MountRunner:
         if not self.detached and self.p.spec.mountpoint not in runtime.mounted_paths():
             self._note_detached("was unmounted")  # umount -l from outside
         state = self.status()
+        self._refused_shown = len(state["refused_uploads"])
         try:
             runtime.publish(self.p.spec.mountpoint, state)
         except (OSError, S3MountError) as exc:
@@ -534,7 +538,8 @@ class MountRunner:
                     await self._status_changed.wait()
                     break
                 if self.stopping or any(u["rate"] is not None or not u["open"]
-                                        for u in self.fs.upload_progress()):
+                                        for u in self.fs.upload_progress()) \
+                        or len(self.fs.writeback.refused) != self._refused_shown:
                     break
         self._status_changed = trio.Event()
 

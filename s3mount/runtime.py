@@ -62,6 +62,10 @@ STATE_KEYS: dict[str, str] = {
     "open_files": "open file descriptors on the mount",
     "detached": "true once unmounted while the process still uploads or serves open files",
     "failed_uploads": "uploads that failed and are kept in the cache for a retry",
+    "refused_uploads": "files the server refused to store under their name for good (a key or "
+                       "object it cannot hold), not retried: a list of objects with path, "
+                       "reason and kept_as (where the data is: under lost+found/ in the mount, "
+                       "or a file in the cache directory)",
     "cache_bytes": "bytes used in the staging area",
     "started_at": "epoch seconds when the mount started",
     "updated_at": "epoch seconds when this entry was last written",

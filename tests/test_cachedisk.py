@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from mountlib import Mounter, run
 
+from s3mount.sandbox.faultproxy import Fault
+
 MiB = 1024 * 1024
 DISK_MIB = 32
 
@@ -315,3 +317,58 @@ def test_many_writers_on_a_small_cache_disk(small_disk: Path, mounter: Mounter, 
     assert listed == {name: 3 * MiB for name in want}
     assert staged_files(small_disk) == []
     assert "internal error" not in m.log()
+
+
+def test_a_writer_on_a_full_disk_waits_for_uploads_in_flight(
+        small_disk: Path, pmounter: Mounter, proxy, bucket: str, s3) -> None:
+    """A writer that finds the cache disk full waits (at most ``timeout``) for the staging
+    space of files being stored after their close(): with the server slowed, a 20 MiB file
+    is closed, and a second 20 MiB file, which the 32 MiB disk cannot hold beside it, is
+    written whole once the first is stored. A writer that needs more than can ever be freed
+    (40 MiB) still gets ENOSPC, within timeout + a margin."""
+    timeout = 30
+    m = pmounter(bucket, f"part_size=32,timeout={timeout}", cache_dir=small_disk / "cache")
+    body = {name: os.urandom(20 * MiB) for name in ("a", "b", "c")}
+
+    def slow_put_of(name: str) -> None:  # the answer to its PUT comes 3 s late (one attempt)
+        proxy.set_faults([Fault("delay", count=1, delay=3.0, methods=("PUT",),
+                                path=f"/{name}$")])
+
+    def write_and_close(name: str, written: threading.Event) -> None:
+        fd = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, body[name])
+            written.set()
+        finally:
+            os.close(fd)  # blocks while the PUT's answer is held back
+
+    def closing_slowly(name: str) -> threading.Thread:
+        slow_put_of(name)
+        written = threading.Event()
+        t = threading.Thread(target=write_and_close, args=(name, written))
+        t.start()
+        assert written.wait(timeout=60)
+        time.sleep(0.5)  # into close(): the upload is under way
+        return t
+
+    first = closing_slowly("a")
+    with open(m.path / "b", "wb") as f:  # front to back, below part_size: nothing streams
+        for at in range(0, 20 * MiB, MiB):
+            f.write(body["b"][at:at + MiB])
+            f.flush()
+    first.join(timeout=60)
+    for name in ("a", "b"):
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == body[name]
+
+    second = closing_slowly("c")
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc, open(m.path / "big", "wb") as f:
+        for i in range(40):  # not front to back: nothing streams, all must be staged
+            f.seek((39 - i) * MiB)
+            f.write(body["c"][:MiB])
+            f.flush()
+    assert exc.value.errno == errno.ENOSPC
+    assert time.monotonic() - started < timeout + 5
+    second.join(timeout=60)
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == body["c"]
+    assert staged_files(small_disk) == []

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
 from pathlib import Path
 
-from mountlib import Mounter, run
+import pytest
+from mountlib import Mounter, mount_status, run
+
+
+def keys_in(s3, bucket: str, prefix: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
 
 
 def wait_for_object(s3, bucket: str, key: str, size: int, timeout: float = 180) -> bytes:
@@ -94,3 +100,39 @@ def test_full_cache_slows_writers_down_instead_of_failing(mounter: Mounter, buck
     m.unmount()
     for name, data in blobs.items():
         assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
+@pytest.mark.parametrize("options", [(), ("async_upload",)])
+def test_an_object_the_server_refuses_goes_to_lost_and_found_once(
+        mounter: Mounter, bucket: str, s3, options: tuple[str, ...]) -> None:
+    """A PUT the server refuses for good (the sandbox's moto answers 404 to a key holding a
+    newline; real S3 takes it) is not retried for ever: the data is stored under lost+found/
+    with the newline percent-encoded, the log says so once, ``status`` shows it, and the name
+    that could not be stored goes away."""
+    m = mounter(bucket, *options)
+    (m.path / "d").mkdir()
+    name = m.path / "d" / "bad\nname"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"keep me")
+    if options:
+        os.close(fd)
+    else:
+        with pytest.raises(OSError) as err:
+            os.close(fd)  # close-to-open: close() says the file was not stored
+        assert err.value.errno == errno.EIO
+    deadline = time.monotonic() + 60
+    while not (lost := keys_in(s3, bucket, "lost+found/")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (key,) = lost
+    assert key.startswith("lost+found/d/bad%0Aname.")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"keep me"
+    time.sleep(3)  # a retry would have come after 1 s, and again after 2 s
+    log = m.log()
+    assert log.count("refuses to store") == 1 and f"stored as {key!r} instead" in log, log
+    assert "retrying later" not in log and "retried in the background" not in log, log
+    st = mount_status(m.path, m.env)
+    assert st["failed_uploads"] == 0 and st["pending_uploads"] == 0
+    (refused,) = st["refused_uploads"]
+    assert refused["path"] == "d/bad\nname" and refused["kept_as"] == key
+    assert os.listdir(m.path / "d") == []
+    assert keys_in(s3, bucket, "lost+found/") == [key]

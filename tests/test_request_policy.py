@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from s3mount.errors import AccessDenied, NotFound, S3MountError, Unavailable
+from s3mount.errors import AccessDenied, NotFound, Refused, S3MountError, Unavailable
 from s3mount.store.base import KeySet
 from s3mount.store.s3 import S3Store, StoreConfig
 
@@ -128,6 +128,27 @@ def test_final_answers_are_not_retried(server: tuple[str, Script]) -> None:
     with pytest.raises(AccessDenied):
         _store(url).get_range("k", 0, 10)
     assert len(script.seen) == 2
+
+
+@pytest.mark.parametrize("status, code, errno_", [(404, "", 5), (400, "InvalidArgument", 5),
+                                                 (400, "KeyTooLongError", 36),
+                                                 (400, "EntityTooLarge", 27)])
+def test_a_put_refused_for_its_object_is_final(server: tuple[str, Script], status: int,
+                                               code: str, errno_: int) -> None:
+    """A 4xx to a PUT about the object itself is ``Refused`` (the writeback does not retry
+    it); a missing bucket is not (it may be made again), and a 404 to a GET stays NotFound."""
+    url, script = server
+    script.answer = lambda n, r: (status, {}, _error(code) if code else b"")
+    with pytest.raises(Refused) as err:
+        _store(url).put("k", b"x", metadata={})
+    assert err.value.errno == errno_ and len(script.seen) == 1
+    script.answer = lambda n, r: (404, {}, _error("NoSuchBucket"))
+    with pytest.raises(NotFound) as missing:
+        _store(url).put("k", b"x", metadata={})
+    assert not isinstance(missing.value, Refused)
+    script.answer = lambda n, r: (404, {}, b"")
+    with pytest.raises(NotFound):
+        _store(url).get_range("k", 0, 10)
 
 
 def test_rejected_keys_are_renewed_once(server: tuple[str, Script]) -> None:

@@ -202,6 +202,28 @@ def test_a_misspelt_command_gets_a_suggestion(word: str, meant: str, tmp_path: P
     one_line(r, f"unknown command {word!r}; did you mean `s3mount {meant}`?")
 
 
+@pytest.mark.parametrize("args, fragments", [
+    (["--bogus"], ["unrecognized arguments: --bogus"]),
+    ([], ["a command is required", "mount, umount, status"]),
+    (["status", "--json", "x", "y"], ["status: unrecognized arguments: y",
+                                      "s3mount status --help"]),
+    (["status", "--bogus"], ["status: unrecognized arguments: --bogus"]),
+    (["login", "--nope"], ["login: unrecognized arguments: --nope"]),
+    (["umount"], ["umount: the following arguments are required: MOUNTPOINT"]),
+    (["mount", "-o"], ["mount: argument -o: expected one argument"]),
+    (["completion", "tcsh"], ["completion: argument SHELL: invalid choice: 'tcsh'"]),
+])
+def test_bad_arguments_are_one_line_naming_what_was_wrong(args: list[str],
+                                                          fragments: list[str],
+                                                          tmp_path: Path) -> None:
+    """argparse's own failures: no usage block, the word at fault named (an unknown option
+    before a missing argument), exit status 2."""
+    env = write_profiles(tmp_path / "config", "")
+    r = cli(args, env=env)
+    assert r.returncode == 2
+    one_line(r, *fragments)
+
+
 def test_a_profile_named_like_a_command_still_mounts(tmp_path: Path) -> None:
     """``s3mount stat DIR`` is a mount of profile "stat" when there is one (as mount.fuse3 runs
     it): here it gets as far as the mountpoint check."""

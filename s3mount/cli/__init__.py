@@ -10,6 +10,8 @@ import argparse
 import difflib
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from ..credentials.base import ProviderError
 from ..errors import S3MountError
@@ -27,6 +29,45 @@ class CliError(Exception):
         self.status = status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, failing as the rest of the command does: one line (no usage block) naming what
+    was wrong, exit status 2. An option no parser knows is named before a missing argument
+    (argparse names the missing argument, ``s3mount --bogus`` then read "COMMAND is required"),
+    and a subcommand reports its own unknown arguments (argparse left them to the top-level
+    parser, which named none of the subcommand's usage)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
+        ns, extras = super().parse_known_args(self._given, namespace)
+        if extras and self.prog != "s3mount":
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+    def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_options()
+        if unknown and "required" in message:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        elif message == "the following arguments are required: COMMAND":
+            names = ", ".join(c.replace("_", "-") for c in COMMANDS)
+            message = f"a command is required: {names}"
+        where = self.prog.removeprefix("s3mount").strip()
+        raise CliError(f"{where + ': ' if where else ''}{message}; see `{self.prog} --help`",
+                       status=2)
+
+    def _unknown_options(self) -> list[str]:
+        """The words given before any ``--`` that look like options this parser lacks."""
+        given = getattr(self, "_given", [])
+        given = given[:given.index("--")] if "--" in given else given
+        known = self._option_string_actions
+        return [a for a in given if a.startswith("-") and a != "-"
+                and not self._negative_number_matcher.match(a)
+                and not any(o.startswith(a.partition("=")[0]) for o in known
+                            if a.startswith("--"))
+                and a.partition("=")[0] not in known]
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser for all subcommands, or for ``only`` that one.
 
@@ -34,7 +75,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     pyfuse3: over a second of start-up on a slow machine), so ``s3mount status`` and ``umount``,
     which scripts and unit files call often, do not pay for the others.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="s3mount", description="Mount your own S3-compatible bucket as a directory.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

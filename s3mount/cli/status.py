@@ -71,6 +71,9 @@ def format_table(entries: list[dict[str, Any]], now: float) -> str:
             lines.append(f"{e['mountpoint']}: last error: {e['last_error']}")
         for stranded in e.get("stranded_uploads") or []:  # see s3mount/recovery.py
             lines.append(f"{e['mountpoint']}: warning: {stranded['message']}")
+        for refused in e.get("refused_uploads") or []:  # see s3mount/fs/writeback.py
+            lines.append(f"{e['mountpoint']}: warning: the server refused {refused['path']!r} "
+                         f"({refused['reason']}); its data is kept as {refused['kept_as']!r}")
         lines += [f"{e['mountpoint']}: {_upload(u)}" for u in e.get("uploads") or []]
     return "\n".join(lines)
 

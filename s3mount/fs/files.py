@@ -18,7 +18,7 @@ import os
 import stat
 import time
 
-from ..errors import FsError, PreconditionFailed, S3MountError
+from ..errors import FsError, PreconditionFailed, Refused, S3MountError
 from .attrs import new_attrs
 from .budget import Budget
 from .inodes import Inode, InodeTable
@@ -205,6 +205,7 @@ class FileIO:
             await self._uploader.persist(h.of)
             self._writeback.submit(h.of)
             return
+        h.of.closing = True
         await self._upload_or_queue(h.of)
 
     async def fsync(self, fh: int) -> None:
@@ -216,9 +217,13 @@ class FileIO:
             await self._upload_or_queue(h.of)
 
     async def _upload_or_queue(self, of: OpenFile) -> None:
-        """Upload now; if that fails, keep the data, retry in the background, and report it."""
+        """Upload now; if that fails, keep the data, retry in the background, and report it
+        (a version the server refuses for good goes to lost+found/ instead)."""
         try:
             await self._uploader.upload(of)
+        except Refused as exc:
+            await self._writeback.rescue(of, exc)
+            raise
         except S3MountError:
             await self._uploader.persist(of)
             self._writeback.submit(of, failed=True)
@@ -240,6 +245,8 @@ class FileIO:
             else:
                 try:
                     await self._upload_or_queue(of)
+                except Refused:
+                    pass  # rescue() said where the data went
                 except S3MountError as exc:
                     log.error("upload of %r failed (%s); the data is kept in %s and retried in "
                               "the background", h.node.path, exc,
@@ -293,6 +300,7 @@ class FileIO:
             await self.close_file(of)
 
     async def close_file(self, of: OpenFile) -> None:
+        of.closing = False
         of.handles -= 1
         of.node.open_count -= 1
         await self._uploader.settle(of)
@@ -305,6 +313,8 @@ class FileIO:
             return
         try:
             await self._uploader.upload(of, closed_only=True)
+        except Refused as exc:
+            await self._writeback.rescue(of, exc)
         except S3MountError as exc:
             log.warning("could not store the closed version of %r before it changes (%s); if "
                         "the mount stops before its next close(), it goes to lost+found/",

@@ -51,6 +51,11 @@ class OpenFile:
     or closed by everyone."""
     progress: Progress | None = None
     """The current upload attempt (streamed or whole), while there is one."""
+    storing: bool = False
+    """An upload of it is in flight (set under its lock by ``Uploader.upload``)."""
+    closing: bool = False
+    """A close(2) of it is storing it and its RELEASE has not come: once stored, its staging
+    space is given back without any writer's help (cleared when it changes again)."""
 
 
 @dataclass

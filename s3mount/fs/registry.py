@@ -14,9 +14,11 @@ callers of ``load``, ``spoil`` and ``staging_failed`` hold it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
+from collections.abc import Iterator
 from typing import NoReturn
 
 import trio
@@ -96,6 +98,27 @@ class OpenFiles:
     async def wait_space(self) -> None:
         await self._space.wait()
 
+    @contextlib.contextmanager
+    def storing(self, of: OpenFile) -> Iterator[None]:
+        """An upload of ``of`` is in flight for the block's duration (the caller holds
+        of.lock). When it ends, stored or not, writers waiting for space look again, and the
+        attempt's progress is over (a failed one no longer shows as under way)."""
+        of.storing = True
+        try:
+            yield
+        finally:
+            of.storing = False
+            of.progress = None
+            self.space_freed()
+
+    def freeing(self, of: OpenFile) -> bool:
+        """Whether the staging space of a file other than ``of`` is about to be given back
+        without any writer's help: closed (or in its close()) and being stored, or stored and
+        its close() about to release it. Files open for writing do not count: waiting for
+        them could wait for a writer that waits for this one."""
+        return any(o is not of and o.staging is not None and (o.handles == 0 or o.closing)
+                   and (o.storing or not o.dirty) for o in self.open_files.values())
+
     def open(self, node: Inode) -> OpenFile:
         of = self.open_files.get(node.ino)
         if of is None:
@@ -174,6 +197,7 @@ class OpenFiles:
             of.confirmed = False
             self.save_record(of)
         of.dirty = True
+        of.closing = False  # changed through another descriptor: no longer only being closed
 
     def save_record(self, of: OpenFile, *, durable: bool = False) -> None:
         """Record what the staging file belongs to, so a crash cannot orphan its data.

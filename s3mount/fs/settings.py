@@ -33,6 +33,9 @@ class FsConfig:
     parts in flight (see ``budget``). At the default, uploads get what the connection pool lets
     be in flight anyway (32 parts of 8 MiB), so they are bounded without being slowed: a
     half-size upload budget made eight files written at once 30% slower."""
+    timeout: float = 60.0
+    """Seconds an operation may take (``-o timeout``): a writer short of disk space waits no
+    longer for uploads to free some."""
     shared_index: bool = True
     """Read the shared attribute index in the bucket, and write it unless read-only."""
 

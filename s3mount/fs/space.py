@@ -3,13 +3,16 @@
 ``cache_size`` bounds the data staged on the cache disk. A writer over it waits for background
 uploads to free space (``wait_for_space``); a streaming writer gives back the parts the bucket
 has stored already, of any file, and waits for parts in flight (``make_room``); and a full disk is
-met the same way before a write gives up with ENOSPC (``stage``).
+met the same way, and by waiting (up to ``timeout``) for the uploads of closed files, before a
+write gives up with ENOSPC (``stage``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+
+import trio
 
 from .openfile import OpenFile
 from .registry import NO_SPACE, OpenFiles
@@ -68,15 +71,30 @@ class CacheSpace:
 
     async def stage(self, of: OpenFile, data: bytes, offset: int) -> int:
         """Write into the staging file (caller holds of.lock). On a full disk, stored parts
-        of streamed files are given back and parts in flight waited for before giving up."""
+        of streamed files are given back, parts in flight waited for, and for up to
+        ``timeout`` the uploads of closed files that give their space back when they end,
+        before giving up."""
         assert of.staging is not None
+        deadline = trio.current_time() + self.cfg.timeout
         while True:
             try:
                 return of.staging.pwrite(data, offset)
             except OSError as exc:
                 if exc.errno not in NO_SPACE or not (self._punch_stored() or
-                                                     await self._wait_for_part(of)):
+                                                     await self._wait_for_part(of) or
+                                                     await self._wait_for_closed(of, deadline)):
                     await self._files.staging_failed(of, exc)
+
+    async def _wait_for_closed(self, of: OpenFile, deadline: float) -> bool:
+        """Wait until space is given back or an upload ends, if another file's space is about
+        to be given back (``OpenFiles.freeing``); False at once if none is, or at
+        ``deadline``."""
+        if not self._files.freeing(of):
+            return False
+        with trio.move_on_at(deadline):
+            await self._files.wait_space()
+            return True
+        return False
 
     async def wait_for_space(self, of: OpenFile, queued: Callable[[], int]) -> None:
         """Back-pressure: while staged data is over the cache limit and background uploads are

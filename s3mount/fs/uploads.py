@@ -71,18 +71,8 @@ class Uploader:
             assert of.staging is not None
             key = self.keys.file_key(node.path)
             self._files.save_record(of)
-            etag, md = await self._finish_stream(of, key)
-            if etag is None:
-                if of.punched:
-                    await self._files.spoil(of, "its streamed upload failed and the parts it had "
-                                            "stored are no longer in the cache")
-                    raise FsError(f"the upload of {key!r} failed and the parts it had stored "
-                                  "are no longer in the cache: the file is not stored",
-                                  errno=errno.EIO)
-                md = {**node.extra, **metadata_for(node.attrs)}
-                of.progress = Progress()
-                etag = await self.upload_staged(key, of.staging, md, of.progress)
-            of.progress = None
+            with self._files.storing(of):
+                etag, md = await self._send(of, key)
             of.dirty = False
             of.base_etag = etag
             of.base_size = node.attrs.size
@@ -94,6 +84,22 @@ class Uploader:
             self._files.drop_record(of)
             parent, name = split(node.path)
             self._listings.add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
+
+    async def _send(self, of: OpenFile, key: str) -> tuple[str, dict[str, str]]:
+        """Complete the file's stream, or send its staging file whole (caller holds of.lock);
+        its ETag and the metadata stored."""
+        assert of.staging is not None
+        etag, md = await self._finish_stream(of, key)
+        if etag is not None:
+            return etag, md
+        if of.punched:
+            await self._files.spoil(of, "its streamed upload failed and the parts it had "
+                                    "stored are no longer in the cache")
+            raise FsError(f"the upload of {key!r} failed and the parts it had stored "
+                          "are no longer in the cache: the file is not stored", errno=errno.EIO)
+        md = {**of.node.extra, **metadata_for(of.node.attrs)}
+        of.progress = Progress()
+        return await self.upload_staged(key, of.staging, md, of.progress), md
 
     async def upload_staged(self, key: str, staging: StagingFile,
                             md: dict[str, str], progress: Progress | None = None) -> str:
@@ -148,8 +154,9 @@ class Uploader:
         if not self._files.discard(of):
             return
         path = of.node.path
-        if of.spoiled and of.node.etag is None and path is not None:
-            # A new file none of whose content could be staged: nothing of it exists anywhere.
+        if of.node.etag is None and path is not None:
+            # A new file none of whose content was stored (it could not be staged, or the
+            # server refused it and it went to lost+found/): nothing of it has this name.
             self._listings.remove(*split(path))
             self._names.negative[path] = True
             self._inodes.detach(of.node)

@@ -8,7 +8,10 @@ after a crash (``kill -9``, reboot) the next mount of the same bucket finds them
 (``recovery.find_leftovers``) and uploads them (``recover``) — unless the object changed in the
 bucket meanwhile, in which case the local version is stored beside it under ``lost+found/`` and a
 warning is logged, so neither version is lost. Data a writer never closed goes to ``lost+found/``
-too: a partial file never replaces the last closed version. Data the bucket already holds (the
+too: a partial file never replaces the last closed version. A file the server refuses for good
+(``Refused``: a key or object it cannot hold) is not retried: ``rescue`` stores its closed data
+under ``lost+found/`` with the characters servers choke on percent-encoded, says so once in the
+log and in ``refused`` (``s3mount status``), and the name that could not be stored goes away. Data the bucket already holds (the
 crash came between a completed upload and the deletion of its record) is recognised by its ETag
 and dropped, and multipart uploads the crash cut off are aborted.
 
@@ -23,12 +26,14 @@ import hashlib
 import logging
 import math
 import time
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import trio
 
-from ..errors import NotFound, S3MountError
+from ..errors import NotFound, Refused, S3MountError
 from ..store.base import ObjectInfo, multipart_etag
+from .attrs import metadata_for
 from .listing import Listings
 from .openfile import OpenFile
 from .paths import KeyMapper
@@ -59,6 +64,8 @@ BACKOFF_MAX = 60.0
 LOST_AND_FOUND = "lost+found"
 ORPHAN_RETRY = 5.0
 CHUNK = 1024 * 1024
+RESCUED_NAME_MAX = 200
+"""Characters of a refused file's path kept in its lost+found/ name (its end: the file name)."""
 
 
 class Writeback:
@@ -81,6 +88,9 @@ class Writeback:
         self.idle = trio.Event()
         self.idle.set()
         self._orphans: list[tuple[str, str]] = []  # (key, upload id) whose abort must be retried
+        self.refused: list[dict[str, Any]] = []
+        """Files the server refused for good in this run: path, reason, and where the data is
+        (``kept_as``: a path in the mount, or in the cache directory). For ``s3mount status``."""
 
     # -- queue ---------------------------------------------------------------------------------
 
@@ -147,6 +157,10 @@ class Writeback:
                 return  # stored meanwhile, gone, or being written again: its close() queues it
             try:
                 await self._uploader.upload(of, closed_only=True)
+            except Refused as exc:
+                await self.rescue(of, exc)
+                if of.dirty:
+                    return
             except S3MountError as exc:
                 log.warning("background upload of %r failed (%s); retrying later",
                             of.node.path, exc)
@@ -160,6 +174,43 @@ class Writeback:
             sem.release()
             self._check_idle()
             self._files.space_freed()
+
+    async def rescue(self, of: OpenFile, refusal: Refused) -> None:
+        """The server refused the closed version of ``of`` for good: store it under
+        ``lost+found/`` instead, and stop trying its own name. If the server takes no copy
+        either, the data stays in the cache with its record (the next mount tries again); if
+        it cannot be reached now, the file is queued to be tried again like any failure."""
+        async with of.lock:
+            path = of.node.path
+            if not (of.dirty and of.confirmed) or of.staging is None or path is None \
+                    or of.punched:
+                return  # stored, gone, or changed meanwhile: its next close() tries again
+            key = self._rescue_key(self.keys.file_key(path))
+            try:
+                await self._uploader.upload_staged(
+                    key, of.staging, {**of.node.extra, **metadata_for(of.node.attrs)})
+            except Refused as exc:
+                log.error("the server refuses to store %r (%s), and a copy as %r too (%s): it "
+                          "is not retried; its data stays in %s, and the next mount tries again",
+                          path, refusal, key, exc, of.staging.path)
+                await self._uploader.persist(of)
+                self.refused.append({"path": path, "reason": str(refusal),
+                                     "kept_as": of.staging.path})
+                return
+            except S3MountError as exc:
+                log.warning("the server refuses to store %r (%s); a copy under lost+found/ "
+                            "failed too (%s): retrying later", path, refusal, exc)
+                await self._uploader.persist(of)
+                self.submit(of, failed=True)
+                return
+            kept_as = key[len(self.keys.prefix):]
+            log.error("the server refuses to store %r (%s): it is not retried; its data is "
+                      "stored as %r instead", path, refusal, kept_as)
+            self.refused.append({"path": path, "reason": str(refusal), "kept_as": kept_as})
+            self._listings.invalidate_key(key)
+            of.dirty = False
+            self._files.drop_record(of)
+            of.node.valid_until = -math.inf  # the name shows the bucket's version, if any
 
     def _check_idle(self) -> None:
         if not self._due and not self._running:
@@ -225,7 +276,13 @@ class Writeback:
             key = self._lost_and_found(rec.key)
             log.warning("%r changed in the bucket since this mount wrote it before a crash; the "
                         "local version is kept as %r", rec.key, key)
-        await self._uploader.upload_staged(key, staging, rec.metadata)
+        try:
+            await self._uploader.upload_staged(key, staging, rec.metadata)
+        except Refused as exc:
+            key = self._rescue_key(rec.key)
+            log.error("the server refuses to store %r left by an earlier run (%s); it is "
+                      "stored as %r instead", rec.key, exc, key)
+            await self._uploader.upload_staged(key, staging, rec.metadata)
         log.info("uploaded %r left by an earlier run", key)
         staging.discard()
         self._listings.invalidate_key(key)
@@ -234,6 +291,17 @@ class Writeback:
         prefix = self.keys.prefix
         rest = key[len(prefix):] if key.startswith(prefix) else key
         return f"{prefix}{LOST_AND_FOUND}/{rest}.{time.strftime('%Y%m%dT%H%M%S')}"
+
+    def _rescue_key(self, key: str) -> str:
+        """Where a file whose own key the server refused goes: under lost+found/, with ``%``
+        and characters that print as nothing (a newline) percent-encoded, and at most
+        ``RESCUED_NAME_MAX`` characters of its path, so a server that refused the key takes
+        this one."""
+        prefix = self.keys.prefix
+        rest = key[len(prefix):] if key.startswith(prefix) else key
+        safe = "".join(quote(c, safe="") if c == "%" or not c.isprintable() else c
+                       for c in rest)
+        return self._lost_and_found(prefix + safe[-RESCUED_NAME_MAX:])
 
 
 def _our_etags(staging: StagingFile, part_size: int) -> set[str]:

@@ -21,6 +21,7 @@ backs off with full jitter, at most ``MAX_BACKOFF``.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import random
 import re
@@ -34,6 +35,7 @@ from ..errors import (
     FsError,
     NotFound,
     PreconditionFailed,
+    Refused,
     S3MountError,
     Unavailable,
 )
@@ -62,6 +64,12 @@ ACCESS_DENIED_RENEW_WINDOW = 300.0
 RETRY_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                          "RequestTimeoutException", "Throttling", "ThrottlingException",
                          "TooManyRequestsException"})
+CREATES = frozenset({"put", "create-multipart"})
+"""Requests that name a new object: an answer below that means the server will not hold it."""
+REFUSED_STATUSES = frozenset({400, 404, 411, 413, 414})
+# Answers to a request in CREATES that do not mean "this object cannot be stored": a missing
+# bucket (it may be made again), a region to use, and keys to renew (above).
+NOT_REFUSALS = frozenset({"NoSuchBucket", "AuthorizationHeaderMalformed", "PermanentRedirect"})
 
 
 class Verdict(enum.Enum):
@@ -78,15 +86,28 @@ class KeySource(Protocol):
     def renew_after_rejection(self, rejected: KeySet) -> KeySet | None: ...
 
 
-def classify(exc: Exception, where: str, keys: KeySet, *, head: bool = False
-             ) -> tuple[Verdict, S3MountError]:
-    """What one failed attempt means, and the error to raise if it is the last."""
+def classify(exc: Exception, where: str, keys: KeySet, *, head: bool = False,
+             creates: bool = False) -> tuple[Verdict, S3MountError]:
+    """What one failed attempt means, and the error to raise if it is the last.
+
+    ``creates``: the request names a new object (PUT, CreateMultipartUpload). A 4xx answer to
+    it that is about neither the keys nor the bucket is about the object itself: its key (too
+    long, a character the server cannot take: moto answers 404 to a newline) or its size or
+    metadata. That is ``Refused``, which the writeback does not retry (S3 itself takes any
+    UTF-8 key, so such names are not refused at create time)."""
     if isinstance(exc, TlsError):
         return Verdict.FAIL, S3MountError(_tls_message(exc))
     if isinstance(exc, TransportError):
         return Verdict.RETRY, Unavailable(f"{where}: {exc}: server unreachable or not answering")
     assert isinstance(exc, HttpError)
     code, status = exc.code, exc.status
+    if creates and status in REFUSED_STATUSES and code not in NOT_REFUSALS | RENEWABLE_CODES \
+            | RETRY_CODES and "x-amz-bucket-region" not in exc.headers:
+        number = {"KeyTooLongError": errno.ENAMETOOLONG,
+                  "EntityTooLarge": errno.EFBIG}.get(code, errno.EIO)
+        detail = f"{code}: {exc.message[:200]}" if exc.message else code
+        return Verdict.FAIL, Refused(f"{where}: the server refuses this object ({detail})",
+                                     errno=number)
     if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
         return Verdict.FAIL, NotFound(f"{where}: no such object")
     if code == "NoSuchBucket":
@@ -150,7 +171,8 @@ class RequestPolicy:
             try:
                 return attempt(keys, bounds)
             except (HttpError, TransportError, TlsError) as exc:
-                verdict, err = classify(exc, where, keys, head=what == "head")
+                verdict, err = classify(exc, where, keys, head=what == "head",
+                                        creates=what in CREATES)
             if verdict is Verdict.FAIL:
                 raise err
             if verdict is Verdict.RENEW:
