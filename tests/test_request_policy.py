@@ -146,6 +146,11 @@ def test_a_put_refused_for_its_object_is_final(server: tuple[str, Script], statu
     with pytest.raises(NotFound) as missing:
         _store(url).put("k", b"x", metadata={})
     assert not isinstance(missing.value, Refused)
+    for damaged in ("BadDigest", "IncompleteBody", "XAmzContentSHA256Mismatch"):
+        script.answer = lambda n, r, c=damaged: (400, {}, _error(c))
+        with pytest.raises(S3MountError) as again:
+            _store(url).put("k", b"x", metadata={})
+        assert not isinstance(again.value, Refused), damaged  # sent again later, not given up
     script.answer = lambda n, r: (404, {}, b"")
     with pytest.raises(NotFound):
         _store(url).get_range("k", 0, 10)

@@ -68,8 +68,11 @@ CREATES = frozenset({"put", "create-multipart"})
 """Requests that name a new object: an answer below that means the server will not hold it."""
 REFUSED_STATUSES = frozenset({400, 404, 411, 413, 414})
 # Answers to a request in CREATES that do not mean "this object cannot be stored": a missing
-# bucket (it may be made again), a region to use, and keys to renew (above).
-NOT_REFUSALS = frozenset({"NoSuchBucket", "AuthorizationHeaderMalformed", "PermanentRedirect"})
+# bucket (it may be made again), a region to use, keys to renew (above), and a body that arrived
+# damaged or short (the next attempt sends it again).
+NOT_REFUSALS = frozenset({"NoSuchBucket", "AuthorizationHeaderMalformed", "PermanentRedirect",
+                          "BadDigest", "InvalidDigest", "IncompleteBody",
+                          "XAmzContentSHA256Mismatch"})
 
 
 class Verdict(enum.Enum):
