@@ -69,8 +69,8 @@ class Signer:
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = "\n".join(("AWS4-HMAC-SHA256", stamp, scope,
                              hashlib.sha256(canonical.encode()).hexdigest()))
-        signature = hmac.new(self._signing_key(keys.secret_key, day), to_sign.encode(),
-                             hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._signing_key(keys.secret_key, day), to_sign.encode(),
+                                "sha256").hex()
         out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={keys.access_key}/{scope}, "
                                 f"SignedHeaders={signed_names}, Signature={signature}")
         return out
@@ -81,7 +81,7 @@ class Signer:
             return cached[2]
         key = f"AWS4{secret}".encode()
         for part in (day, self.region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            key = hmac.digest(key, part.encode(), "sha256")
         self._key = (secret, day, key)
         return key
 
