@@ -316,7 +316,8 @@ class MountRunner:
                      part_size=o.part_size * MiB, async_upload=o.async_upload,
                      cache_limit=o.cache_size * MiB, buffer_limit=o.buffer_size * MiB,
                      store_concurrency=p.store.config.max_pool_connections,
-                     shared_index=not o.no_shared_index, timeout=o.timeout),
+                     shared_index=not o.no_shared_index, xattrs=not o.no_xattr,
+                     timeout=o.timeout),
             self.staging, self.meta,
         )
         self.ops = FuseOperations(self.fs)

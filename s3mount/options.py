@@ -58,6 +58,9 @@ OPTIONS: dict[str, Option] = {
     "no_shared_index": Option(bool, "neither read nor write the shared attribute index "
                                     "(.s3mount/index/ in the bucket), which lets other mounts "
                                     "show ls -l without a HEAD per file"),
+    "no_xattr": Option(bool, "no extended attributes (they fail with ENOTSUP): the kernel stops "
+                             "asking, so ls -l costs two FUSE requests less per file and each "
+                             "write one less"),
     "endpoint_url": Option(str, "S3 endpoint URL (default: from the profile or AWS config)"),
     "region": Option(str, "S3 signing region (default us-east-1)"),
     "profile": Option(str, "s3mount profile (config.toml) to take credentials and bucket from; "
@@ -122,6 +125,7 @@ class MountOptions:
     async_upload: bool = False
     no_posix_metadata: bool = False
     no_shared_index: bool = False
+    no_xattr: bool = False
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import functools
 import json
 import os
 import random
 import socket
 import stat
 import struct
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -503,6 +505,41 @@ def test_link_counts(mnt: Mount) -> None:
         os.unlink(d / "file")
         assert os.fstat(fh.fileno()).st_nlink == 0
         assert fh.read() == "x"
+
+
+def test_no_xattr_stops_the_kernel_asking(mounter: Mounter, bucket: str, tmp_path: Path) -> None:
+    """``-o no_xattr``: extended attributes fail with ENOTSUP, the kernel stops sending the
+    requests ``ls -l`` and every write make (one reaches the mount, not one per call), and
+    ``cp -a`` still copies. With xattrs on, each call is a request of its own."""
+    calls = 30
+    for options, most in ((("debug",), None), (("debug", "no_xattr"), 1)):
+        m = mounter(bucket, *options)
+        f = m.path / "f"
+        f.write_text("x")
+        for _ in range(calls):
+            try:
+                os.getxattr(f, "security.selinux")
+            except OSError as exc:
+                assert exc.errno == (errno.ENOTSUP if most else errno.ENODATA)
+        seen = m.log().count("getxattr(")
+        if most is None:
+            assert seen >= calls
+            m.unmount()
+            continue
+        assert seen <= most
+        for call in (functools.partial(os.setxattr, f, "user.color", b"red"),
+                     functools.partial(os.getxattr, f, "user.color"),
+                     functools.partial(os.listxattr, f)):
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno == errno.ENOTSUP
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a").write_text("a")
+        os.setxattr(src / "a", "user.k", b"v")
+        subprocess.run(["cp", "-a", str(src), str(m.path / "copy")], check=True, timeout=30,
+                       capture_output=True)
+        assert (m.path / "copy" / "a").read_text() == "a"
 
 
 def test_xattrs_in_s3fs_format(mounter: Mounter, bucket: str, s3) -> None:

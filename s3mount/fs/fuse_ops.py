@@ -49,6 +49,13 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _xattrs_on(fs: Filesystem) -> None:
+    """ENOSYS for an extended-attribute request under ``-o no_xattr``: the kernel then stops
+    sending that kind of request (and answers ENOTSUP itself)."""
+    if not fs.cfg.xattrs:
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+
 class FuseOperations(pyfuse3.Operations):
     """pyfuse3 callbacks over one ``Filesystem``."""
 
@@ -210,22 +217,27 @@ class FuseOperations(pyfuse3.Operations):
 
     # Extended attributes: user.* and the POSIX ACL names, in the object's metadata (see
     # AttrOps.setxattr). get and list answer from memory, so the kernel's getxattr of
-    # security.capability before each write and ``ls -l``'s two per file cost no request.
+    # security.capability before each write and ``ls -l``'s two per file cost no S3 request
+    # (a FUSE request each: ``-o no_xattr`` answers ENOSYS, after which the kernel stops asking).
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        _xattrs_on(self.fs)
         await self.fs.described(inode)
         return self.fs.getxattr(inode, name)
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        _xattrs_on(self.fs)
         await self.fs.described(inode)
         return self.fs.listxattr(inode)
 
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
+        _xattrs_on(self.fs)
         await self.fs.setxattr(inode, name, value)
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _xattrs_on(self.fs)
         await self.fs.removexattr(inode, name)

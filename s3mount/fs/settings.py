@@ -38,6 +38,11 @@ class FsConfig:
     longer for uploads to free some."""
     shared_index: bool = True
     """Read the shared attribute index in the bucket, and write it unless read-only."""
+    xattrs: bool = True
+    """Serve extended attributes. The kernel caches none, so each costs a FUSE request: ``ls -l``
+    asks two per file (security.selinux, system.posix_acl_access), every write one
+    (security.capability). Without them the adapter answers ENOSYS once and the kernel stops
+    asking (``-o no_xattr``)."""
 
     def check_writable(self) -> None:
         """EROFS on a read-only mount: every operation that changes something asks first."""
