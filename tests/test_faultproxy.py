@@ -8,6 +8,7 @@ import http.server
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,6 +140,28 @@ def test_delay(proxy: FaultProxy, keys: KeySet, bucket: str) -> None:
         client(proxy.url, keys, read_timeout=0.5).list_objects_v2(Bucket=bucket)
     client(proxy.url, keys, read_timeout=0.5).list_objects_v2(Bucket=bucket)  # used up
     assert proxy.stats()["delay"] == 1
+
+
+def test_hold_until_released(proxy: FaultProxy, keys: KeySet, bucket: str, s3) -> None:
+    """A held PUT reaches the server, and its answer waits for ``release()``, not a clock."""
+    proxy.set_faults([Fault("hold", count=1, methods=("PUT",))])
+    c = client(proxy.url, keys)
+    done = threading.Event()
+    put = threading.Thread(target=lambda: (c.put_object(Bucket=bucket, Key="k", Body=b"v"),
+                                           done.set()), daemon=True)
+    put.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not s3.list_objects_v2(Bucket=bucket).get("Contents"):
+            assert time.monotonic() < deadline, "the held PUT never reached the server"
+            time.sleep(0.05)
+        assert proxy.stats()["hold"] == 1
+        assert not done.wait(1), "the answer was not held"
+    finally:
+        proxy.release()
+    assert done.wait(30)
+    c.put_object(Bucket=bucket, Key="k2", Body=b"v")  # count used up: not held
+    assert proxy.stats()["hold"] == 1
 
 
 def test_cut_body(proxy: FaultProxy, keys: KeySet, bucket: str, s3) -> None:

@@ -8,6 +8,9 @@ when told to, breaks one exchange in a way real networks and servers do:
 ``slowdown``  answer ``503 SlowDown`` with S3's XML error body (not forwarded)
 ``internal``  answer ``500 InternalError`` (not forwarded)
 ``delay``     forward, then hold the response back for ``delay`` seconds
+``hold``      forward, then hold the response back until the test calls ``release()`` (at most
+              ``delay`` seconds when that is set, else ``IDLE_TIMEOUT``): a moment a test must
+              reach while a request is in flight is then certain, not a race against the server
 ``cut``       forward, send the response head with its full Content-Length, then close the
               connection after half of the body (only responses with a Content-Length body)
 
@@ -62,7 +65,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_faultproxy/"
 TOKEN_HEADER = "X-Faultproxy-Token"
-KINDS = ("drop", "slowdown", "internal", "delay", "cut")
+KINDS = ("drop", "slowdown", "internal", "delay", "hold", "cut")
 IDLE_TIMEOUT = 120.0
 """Seconds a connection may sit idle (or an upstream may stay silent) before the proxy closes it."""
 DRAIN_TIMEOUT = 5.0
@@ -170,6 +173,7 @@ class FaultProxy:
         self._stats: Counter[str] = Counter()
         self._conns: set[_Conn] = set()
         self._stopped = threading.Event()
+        self._released = threading.Event()
         self._threads: set[threading.Thread] = set()
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -188,6 +192,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._released.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(self._listener, socket.SHUT_RDWR)
@@ -208,16 +213,24 @@ class FaultProxy:
     # -- control -------------------------------------------------------------------------------
 
     def set_faults(self, faults: Iterable[Fault], *, seed: int | None = None) -> None:
-        """Replace the fault list (first matching fault wins); reseed the RNG if ``seed`` given."""
+        """Replace the fault list (first matching fault wins); reseed the RNG if ``seed`` given.
+        A ``hold`` in the new list holds its responses until the next ``release()``."""
         faults = list(faults)
         with self._lock:
             self._faults = faults
             if seed is not None:
                 self._rng.seed(seed)
+            if any(f.kind == "hold" for f in faults):
+                self._released.clear()
+
+    def release(self) -> None:
+        """Let every response a ``hold`` keeps back go on (and later ones pass unheld)."""
+        self._released.set()
 
     def clear(self) -> None:
-        """No faults, and up."""
+        """No faults, nothing held, and up."""
         self.set_faults([])
+        self.release()
         self.set_down(False)
 
     def set_down(self, down: bool, *, keep: _Conn | None = None) -> None:
@@ -347,6 +360,8 @@ class FaultProxy:
             resp = _final_response(client, upstream)
         if fault is not None and fault.kind == "delay":
             self._stopped.wait(fault.delay)
+        elif fault is not None and fault.kind == "hold":
+            self._released.wait(fault.delay or IDLE_TIMEOUT)
         client.sock.sendall(resp.raw)
         body = response_framing(resp, req.method)
         if fault is not None and fault.kind == "cut" and body.kind == "length" and body.length > 1:
@@ -390,6 +405,8 @@ class FaultProxy:
                                 seed=body.get("seed"))
             elif action == "down" and req.method == "PUT":
                 self.set_down(bool(body["down"]), keep=conn)
+            elif action == "release" and req.method == "PUT":
+                self.release()
             else:
                 _send_json(client, 404, {"error": f"no admin call {req.method} {action}"})
                 return not req.wants_close()
@@ -473,8 +490,12 @@ class FaultProxyClient:
     def set_faults(self, faults: Iterable[Fault], *, seed: int | None = None) -> None:
         self._call("PUT", "faults", {"faults": [f.to_json() for f in faults], "seed": seed})
 
+    def release(self) -> None:
+        self._call("PUT", "release")
+
     def clear(self) -> None:
         self.set_faults([])
+        self.release()
         self.set_down(False)
 
     def set_down(self, down: bool) -> None:
