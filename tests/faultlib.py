@@ -5,7 +5,12 @@ from __future__ import annotations
 from mountlib import Mounter
 
 from s3mount.sandbox.client import SandboxProcess
+from s3mount.sandbox.faultproxy import Fault
 from s3mount.store.base import KeySet
+
+NO_PUTS = Fault("internal", probability=1.0, methods=("PUT",))
+"""Every upload fails (lookups and listings still work): async uploads stay pending, so a crash
+finds them pending however fast the machine would have stored them."""
 
 
 class ThroughProxy:

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from faultlib import through
+from faultlib import NO_PUTS, through
 from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 from test_durability import wait_for_object
 
@@ -33,8 +33,6 @@ from s3mount.sandbox.faultproxy import Fault, FaultProxy
 from s3mount.sandbox.s3server import CLEVERBASE_ACTIONS
 
 MiB = 1024 * 1024
-NO_PUTS = Fault("internal", probability=1.0, methods=("PUT",))
-"""Every upload fails (lookups and listings still work): async uploads stay pending."""
 
 
 def keys_in(s3: Any, bucket: str, prefix: str = "") -> list[str]:
