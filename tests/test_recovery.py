@@ -124,8 +124,9 @@ def test_completed_upload_is_recognised_after_a_crash(pmounter: Mounter, proxy: 
     """kill -9 after the server completed a multipart upload but before the mount heard of it:
     the next mount recognises the object as its own (no conflict, no lost+found copy)."""
     s3.put_object(Bucket=bucket, Key="big", Body=b"old version")
-    m = pmounter(bucket, "async_upload")
-    proxy.set_faults([Fault("delay", count=1, delay=30, methods=("POST",), path="uploadId=")])
+    # The answer is held until the kill (a long timeout: no attempt gives up on it first).
+    m = pmounter(bucket, "async_upload", "timeout=600")
+    proxy.set_faults([Fault("hold", count=1, methods=("POST",), path="uploadId=")])
     data = os.urandom(20 * MiB)
     (m.path / "big").write_bytes(data)
     deadline = time.monotonic() + 30
@@ -133,6 +134,7 @@ def test_completed_upload_is_recognised_after_a_crash(pmounter: Mounter, proxy: 
         assert time.monotonic() < deadline, "the upload did not complete at the server"
         time.sleep(0.2)
     m.kill9()  # the answer to CompleteMultipartUpload is still held back by the proxy
+    assert proxy.stats()["hold"] == 1
     proxy.clear()
     m2 = pmounter(bucket, path=tmp_path / "again")
     deadline = time.monotonic() + 30
@@ -196,9 +198,15 @@ def test_rewrite_of_a_queued_file_stores_the_closed_version_first(
     upload: the closed version is stored before the change, the queue never stores the file
     while it is being written, and after a crash the bucket still holds the closed version."""
     m = pmounter(bucket, "async_upload")
-    # The background upload's attempts (6) all fail; it is retried a second later.
+    # The background upload's attempts (6) all fail; it is retried a second later. The file is
+    # opened again once that failure is logged: had the writer come first, its attempt to store
+    # the closed version would have met the failures instead (and rightly only warned).
     proxy.set_faults([Fault("internal", count=6, methods=("PUT",))])
     (m.path / "doc").write_bytes(b"closed version")
+    deadline = time.monotonic() + 30
+    while "background upload of 'doc' failed" not in m.log():
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.1)
     f = open(m.path / "doc", "r+b")  # noqa: SIM115 - open across the crash
     try:
         f.write(b"PARTIAL")
