@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from faultlib import NO_PUTS
+from faultlib import NO_PUTS, crash
 from mountlib import Mounter, run
 
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
@@ -48,8 +48,7 @@ def test_async_upload_big_file_survives_kill9(pmounter: Mounter, proxy: FaultPro
             f.write(os.urandom(1024 * 1024))
     proxy.set_faults([NO_COMPLETION])  # its parts are streamed, it is never completed
     run(["cp", str(src), str(m.path / "big")], timeout=600)
-    m.kill9()  # after close(), with the upload still to be completed
-    proxy.clear()
+    crash(m, proxy)  # after close(), with the upload still to be completed
     assert _keys(s3, bucket) == []
     m2 = pmounter(bucket, "async_upload", path=tmp_path / "again")
     data = wait_for_object(s3, bucket, "big", 200 * 1024 * 1024, timeout=300)
@@ -67,8 +66,7 @@ def test_async_upload_small_files_survive_kill9(pmounter: Mounter, proxy: FaultP
     proxy.set_faults([NO_PUTS])
     for k, v in want.items():
         (m.path / k).write_bytes(v)
-    m.kill9()
-    proxy.clear()
+    crash(m, proxy)
     assert [k for k in _keys(s3, bucket) if k != "small/"] == []
     pmounter(bucket, "async_upload", path=tmp_path / "again")
     for k, v in want.items():
@@ -82,8 +80,7 @@ def test_object_changed_meanwhile_goes_to_lost_and_found(pmounter: Mounter, prox
     m = pmounter(bucket, "async_upload")
     proxy.set_faults([NO_PUTS])
     (m.path / "doc").write_bytes(b"mine, not uploaded yet")
-    m.kill9()
-    proxy.clear()
+    crash(m, proxy)
     assert s3.get_object(Bucket=bucket, Key="doc")["Body"].read() == b"original"
     s3.put_object(Bucket=bucket, Key="doc", Body=b"someone else's")
     m2 = pmounter(bucket, path=tmp_path / "again")

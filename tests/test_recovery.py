@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from faultlib import NO_PUTS, through
+from faultlib import NO_PUTS, crash, through
 from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 from test_durability import wait_for_object
 
@@ -54,8 +54,7 @@ def crash_with_pending(pmounter: Mounter, proxy: FaultProxy, bucket: str, s3: An
     m = pmounter(bucket, "async_upload", prefix=prefix)
     proxy.set_faults([NO_PUTS])
     want = write_pending(m.path, [f"f{i}" for i in range(20)])
-    m.kill9()
-    proxy.clear()
+    crash(m, proxy)
     assert keys_in(s3, bucket, prefix) == []  # nothing could be stored before the crash
     return {f"{prefix}/{k}" if prefix else k: v for k, v in want.items()}
 
@@ -336,8 +335,7 @@ def test_attributes_changed_while_pending_are_recovered(pmounter: Mounter, proxy
     os.chmod(m.path / "f", 0o600)
     os.utime(m.path / "f", ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
     os.setxattr(m.path / "f", "user.color", b"red")
-    m.kill9()
-    proxy.clear()
+    crash(m, proxy)
     pmounter(bucket)
     assert wait_for_object(s3, bucket, "f", 7, timeout=60) == b"pending"
     meta = s3.head_object(Bucket=bucket, Key="f")["Metadata"]

@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -241,6 +242,22 @@ class FaultProxy:
         for c in conns:
             c.sever()
         log.info("fault proxy %s", "down" if down else "up")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no client connection is open (True), or ``timeout`` seconds (False).
+
+        A client killed with requests already sent leaves them in the proxy's socket: they are
+        read, and get the faults in force, when the proxy's thread comes to them. Clearing the
+        faults before that would forward a request of a client that is gone (a test that
+        refused a mount's uploads until its kill -9 then found one stored)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._conns:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def stats(self) -> dict[str, int]:
         """Counts: ``requests`` seen, ``forwarded``, ``refused_down``, one per fault kind,
