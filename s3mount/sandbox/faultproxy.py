@@ -253,7 +253,7 @@ class FaultProxy:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if not self._conns:
+                if not self._conns and not self._backlog():
                     return True
             if time.monotonic() >= deadline:
                 return False
@@ -286,19 +286,37 @@ class FaultProxy:
         t.start()
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
+        """Accept under the lock, so a connection is always either waiting in the listener's
+        backlog or in ``_conns`` (``wait_idle`` sees both)."""
+        listener = self._listener
+        assert listener is not None
+        listener.setblocking(False)
         while not self._stopped.is_set():
             try:
-                sock, _ = self._listener.accept()
-            except OSError:
+                select.select([listener], [], [], 0.5)
+                with self._lock:
+                    sock, _ = listener.accept()
+                    conn = _Conn(sock)
+                    self._conns.add(conn)
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):  # the listener was shut down or closed by stop()
                 return
-            self._spawn(self._serve, "faultproxy-conn", sock)
+            self._spawn(self._serve, "faultproxy-conn", conn)
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _backlog(self) -> bool:
+        """Whether a connection waits to be accepted."""
+        if self._listener is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._listener], [], [], 0)
+        except (OSError, ValueError):  # closed by stop()
+            return False
+        return bool(readable)
+
+    def _serve(self, conn: _Conn) -> None:
+        sock = conn.client
         sock.settimeout(IDLE_TIMEOUT)
-        conn = _Conn(sock)
-        with self._lock:
-            self._conns.add(conn)
         upstream: Wire | None = None
         try:
             if self._tls is not None:
