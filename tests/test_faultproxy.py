@@ -7,7 +7,9 @@ import http.client
 import http.server
 import io
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,6 +141,53 @@ def test_delay(proxy: FaultProxy, keys: KeySet, bucket: str) -> None:
         client(proxy.url, keys, read_timeout=0.5).list_objects_v2(Bucket=bucket)
     client(proxy.url, keys, read_timeout=0.5).list_objects_v2(Bucket=bucket)  # used up
     assert proxy.stats()["delay"] == 1
+
+
+def test_hold_until_released(proxy: FaultProxy, keys: KeySet, bucket: str, s3) -> None:
+    """A held PUT reaches the server, and its answer waits for ``release()``, not a clock."""
+    proxy.set_faults([Fault("hold", count=1, methods=("PUT",))])
+    c = client(proxy.url, keys)
+    done = threading.Event()
+    put = threading.Thread(target=lambda: (c.put_object(Bucket=bucket, Key="k", Body=b"v"),
+                                           done.set()), daemon=True)
+    put.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not s3.list_objects_v2(Bucket=bucket).get("Contents"):
+            assert time.monotonic() < deadline, "the held PUT never reached the server"
+            time.sleep(0.05)
+        assert proxy.stats()["hold"] == 1
+        assert not done.wait(1), "the answer was not held"
+    finally:
+        proxy.release()
+    assert done.wait(30)
+    c.put_object(Bucket=bucket, Key="k2", Body=b"v")  # count used up: not held
+    assert proxy.stats()["hold"] == 1
+
+
+def test_wait_idle_waits_for_what_a_gone_client_sent(proxy: FaultProxy, keys: KeySet,
+                                                     bucket: str) -> None:
+    """A request sent just before its client died is still served (and faulted) afterwards;
+    ``wait_idle`` returns once no connection is left, so clearing the faults then cannot let
+    it through."""
+    proxy.set_faults([Fault("hold", count=1, methods=("GET",)),
+                      Fault("internal", probability=1.0, methods=("PUT",))])
+    c = client(proxy.url, keys)
+    listing = threading.Thread(target=lambda: c.list_objects_v2(Bucket=bucket), daemon=True)
+    listing.start()
+    deadline = time.monotonic() + 30
+    while not proxy.stats().get("hold"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not proxy.wait_idle(0.5)  # the held exchange keeps its connection open
+    proxy.release()
+    listing.join(30)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:  # sends, and is gone
+        raw.sendall(b"PUT /" + bucket.encode() + b"/k HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 1\r\n\r\nv")
+    assert proxy.wait_idle(30)
+    assert proxy.stats()["internal"] == 1  # refused under the faults it was sent under
 
 
 def test_cut_body(proxy: FaultProxy, keys: KeySet, bucket: str, s3) -> None:

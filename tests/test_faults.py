@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from s3mount.sandbox.client import SandboxProcess
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
 UPLOAD_DEADLINE = 60.0
+CHECK_REPORT = 3.0
+"""Seconds a mount whose check failed may take past ``timeout`` to say so: the mount process
+ends and the command that started it reports its line."""
 """Seconds a failed upload has to reach the bucket once the server is back (background retry)."""
 
 
@@ -87,7 +91,17 @@ def test_read_while_down_fails_with_eio_then_recovers(pmounter: Mounter, proxy: 
     assert proxy.stats()["refused_down"] > 0
     proxy.set_down(False)
     assert (m.path / "f2").read_bytes() == b"content 2"  # same mount, no remount
-    assert (m.path / "f0").read_bytes() == b"content 0"
+    # f0's lookup gave up on the server: that path answers EIO at once for up to a second
+    # (neg_timeout, SEMANTICS), then reads again. Read at once, it was EIO when the reads above
+    # took less than that (seen on a fast run).
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert (m.path / "f0").read_bytes() == b"content 0"
+            break
+        except OSError as exc:
+            assert exc.errno == errno.EIO and time.monotonic() < deadline, exc
+            time.sleep(0.2)
 
 
 def test_server_that_does_not_answer_gives_eio_within_the_timeout(
@@ -123,16 +137,30 @@ def test_mount_against_a_dead_server_fails_in_one_line(mounter: Mounter, proxy: 
     env = mounter.env_for(sandbox.issue_keys([bucket]))
     # Handed to the mounter, so that a mount that does come up is unmounted in teardown.
     mounter.mounts.append(Mount(mp, bucket, env, [], tmp_path / "cache", tmp_path / "m.log"))
-    started = time.monotonic()
-    r = run([*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url", proxy.url,
-             "-o", f"timeout=3,cache_dir={tmp_path / 'cache'},log_file={tmp_path / 'm.log'}"],
-            check=False, timeout=120, env=env)
-    elapsed = time.monotonic() - started
-    assert r.returncode != 0 and not os.path.ismount(mp)
-    assert r.stderr.count("\n") == 1 and "cannot reach" in r.stderr, r.stderr
-    # The check obeys timeout (issue #16 item 8): its 3 s and two Python start-ups (the CLI
-    # and the mount process), not a retry policy of its own.
-    assert elapsed < 3 + 6, f"{elapsed:.1f}s with timeout=3"
+    proc = subprocess.Popen(
+        [*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url", proxy.url,
+         "-o", f"timeout=3,cache_dir={tmp_path / 'cache'},log_file={tmp_path / 'm.log'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The check's time runs from its first request, which the proxy sees: the two Python
+        # start-ups before it (the CLI's, the mount process's) take what the machine's load
+        # makes them take, and are no part of what timeout bounds.
+        deadline = time.monotonic() + 120
+        while not proxy.stats().get("requests") and proc.poll() is None:
+            assert time.monotonic() < deadline, "the mount never asked the server"
+            time.sleep(0.02)
+        first_request = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    elapsed = time.monotonic() - first_request
+    assert proc.returncode != 0 and not os.path.ismount(mp)
+    assert stderr.count("\n") == 1 and "cannot reach" in stderr, stderr
+    # The check obeys timeout (issue #16 item 8): its 3 s and the report of the failure, not a
+    # retry policy of its own (before, a silent server kept a mount waiting for minutes).
+    assert elapsed < 3 + CHECK_REPORT, f"{elapsed:.1f}s from the first request with timeout=3"
 
 
 def test_write_while_down_fails_at_close_and_arrives_later(pmounter: Mounter, proxy: FaultProxy,

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,46 @@ from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
 MiB = 1024 * 1024
-WRITER = "exec 3>{f}; echo first >&3; sleep 4; echo second >&3"
-"""The issue's reproduction: a writer holding a descriptor across the unmount."""
+WRITER = "exec 3>{f}; echo first >&3; echo ready; cat >/dev/null; echo second >&3"
+"""The issue's reproduction: a writer holding a descriptor across the unmount. It says ``ready``
+once "first" is written, and writes "second" only when the test closes its stdin (``cat``, which
+holds the descriptor too, waits for that): the unmount happens in between, however fast or
+slow the machine (a ``sleep`` here once decided it)."""
+READY_TIMEOUT = 60.0
+StartWriter = Callable[[Path], "subprocess.Popen[str]"]
 
 
-def _writer(path: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["bash", "-c", WRITER.format(f=path)], stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(1.5)  # "first" is written, the descriptor open
-    return proc
+@pytest.fixture
+def writer() -> Iterator[StartWriter]:
+    """Starts writers of a file, each returned once "first" is written and the descriptor
+    open; ``_finish`` lets one go on. A writer a failed test left waiting is killed (with its
+    ``cat``) before the mount is unmounted."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(path: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["bash", "-c", WRITER.format(f=path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+        line = proc.stdout.readline() if ready else ""
+        assert line == "ready\n", f"the writer did not start: {line!r}"
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+def _finish(writer: subprocess.Popen[str]) -> None:
+    """Let the writer write "second" and close; it must succeed (no ENOTCONN)."""
+    assert writer.stdin is not None
+    writer.stdin.close()
+    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""
 
 
 def _umount(m: Mount, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -60,62 +92,66 @@ def _statuses(env: dict[str, str]) -> list[dict[str, Any]]:
     return list(json.loads(r.stdout))
 
 
-def test_umount_refuses_a_mount_in_use(mnt: Mount, s3) -> None:
-    writer = _writer(mnt.path / "w")
+def test_umount_refuses_a_mount_in_use(mnt: Mount, s3, writer: StartWriter) -> None:
+    w = writer(mnt.path / "w")
     r = _umount(mnt)
     assert r.returncode == 1, r
     lines = r.stderr.strip().splitlines()
     # bash and its `sleep` both hold the descriptor: 2
     assert len(lines) == 1 and "busy (2 open file(s))" in lines[0] and "--lazy" in lines[0], lines
     assert os.path.ismount(mnt.path)
-    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""  # no ENOTCONN
+    _finish(w)
     r = _umount(mnt)
     assert r.returncode == 0, r.stderr
     assert not os.path.ismount(mnt.path)
     assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
 
 
-def test_lazy_umount_stores_the_open_file_when_it_is_closed(mnt: Mount, s3) -> None:
-    writer = _writer(mnt.path / "w")
-    t0 = time.monotonic()
-    r = _umount(mnt, "--lazy")
+def test_lazy_umount_stores_the_open_file_when_it_is_closed(mnt: Mount, s3,
+                                                           writer: StartWriter) -> None:
+    w = writer(mnt.path / "w")
+    r = _umount(mnt, "--lazy")  # returns although the writer cannot go on before _finish
     assert r.returncode == 0 and r.stderr == "", r
-    assert time.monotonic() - t0 < 10  # does not wait for the writer
     assert not os.path.ismount(mnt.path)
     assert mnt.pid is not None
     (entry,) = [e for e in _statuses(mnt.env) if e["pid"] == mnt.pid]
     assert entry["detached"] is True and entry["open_files"] == 1
-    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""
+    _finish(w)
     assert _exited(mnt.pid, 60), "the mount process did not exit after the last close"
     assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
     assert "1 open file(s) keep working" in mnt.log()
 
 
-def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3) -> None:
+def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3, writer: StartWriter) -> None:
     """systemd's stop is a SIGTERM to the mount process: it must keep the same promise."""
-    writer = _writer(mnt.path / "w")
+    w = writer(mnt.path / "w")
     assert mnt.pid is not None
     os.kill(mnt.pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while os.path.ismount(mnt.path):
         assert time.monotonic() < deadline, "SIGTERM did not detach the mount"
         time.sleep(0.1)
-    assert writer.wait(30) == 0, writer.stderr.read() if writer.stderr else ""
+    _finish(w)
     assert _exited(mnt.pid, 60)
     assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
     assert "is busy, so it was detached lazily" in mnt.log()
 
 
-@pytest.fixture
-def slow_parts(proxy: FaultProxy) -> FaultProxy:
-    """Every part upload answers a second late, and completing a multipart upload two: a file
-    of a few parts stays pending for 3 s or more, even when the parts go out in parallel, so a
-    command started after close() (a second on a loaded machine) still finds it pending."""
-    proxy.set_faults([Fault("delay", probability=1.0, delay=1.0, methods=("PUT",),
-                            path="partNumber="),
-                      Fault("delay", probability=1.0, delay=2.0, methods=("POST",),
-                            path="uploadId=")])
-    return proxy
+HELD_PART = Fault("hold", count=1, methods=("PUT",), path="partNumber=3")
+"""The third part's answer, held at the proxy until the test releases it (with max_uploads=1
+the parts go one after the other): the upload is in flight with exactly two parts stored."""
+HELD_COMPLETION = Fault("hold", count=1, methods=("POST",), path="uploadId=")
+"""The answer to completing the multipart upload, held: every part is stored, the file is not."""
+LONG_TIMEOUT = "timeout=600"
+"""So that no attempt gives up on a held answer (each waits a sixth or a third of timeout)."""
+
+
+def _wait_held(proxy: FaultProxy) -> None:
+    """Until the proxy holds the answer its ``hold`` fault is for."""
+    deadline = time.monotonic() + 60
+    while not proxy.stats().get("hold"):
+        assert time.monotonic() < deadline, f"no request was held: {proxy.stats()}"
+        time.sleep(0.1)
 
 
 def _write_out_of_order(path: Path, size: int) -> bytes:
@@ -130,29 +166,38 @@ def _write_out_of_order(path: Path, size: int) -> bytes:
 
 
 def test_status_shows_upload_progress_and_the_log_when_it_ends(
-        pmounter: Mounter, slow_parts: FaultProxy, bucket: str, s3) -> None:
-    m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1")
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1", LONG_TIMEOUT)
+    proxy.set_faults([HELD_PART])
     size = 20 * MiB
     data = _write_out_of_order(m.path / "big", size)
+    _wait_held(proxy)
     seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 30
-    while not any(0 < u["stored"] < size for u in seen):
-        assert time.monotonic() < deadline, f"no progress shown: {seen}"
+    deadline = time.monotonic() + 30  # the status is published every second while uploading
+    while not any(u["stored"] == 10 * MiB for u in seen):
+        assert time.monotonic() < deadline, f"two parts stored not shown: {seen}"
         seen = mount_status(m.path, m.env).get("uploads") or []
         time.sleep(0.3)
     (u,) = seen
     assert u["path"] == "big" and u["total"] == size and u["rate"] > 0
     # Unmount while it is still uploading: umount waits (quiet: not a terminal), the log says
     # when the uploads finished.
-    r = _umount(m)
-    assert r.returncode == 0 and r.stderr == "", r
+    umount = subprocess.Popen([*S3MOUNT, "umount", str(m.path)], env=m.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while "unmounted; uploading 1 file(s) still pending" not in m.log():
+            assert umount.poll() is None and time.monotonic() < deadline, m.log()
+            time.sleep(0.1)
+    finally:
+        proxy.release()
+        out, err = umount.communicate(timeout=120)
+    assert umount.returncode == 0 and err == "", (out, err)
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
-    log = m.log()
-    assert "unmounted; uploading 1 file(s) still pending" in log
-    assert "uploads after the unmount finished: all 1 file(s) stored" in log
+    assert "uploads after the unmount finished: all 1 file(s) stored" in m.log()
 
 
-def test_stop_tells_systemd_it_is_still_uploading(pmounter: Mounter, slow_parts: FaultProxy,
+def test_stop_tells_systemd_it_is_still_uploading(pmounter: Mounter, proxy: FaultProxy,
                                                   bucket: str, s3, tmp_path: Path) -> None:
     """A stop that uploads for longer than TimeoutStopSec must not be killed while it progresses:
     the mount process extends the timeout (EXTEND_TIMEOUT_USEC) and says how far it is."""
@@ -162,7 +207,9 @@ def test_stop_tells_systemd_it_is_still_uploading(pmounter: Mounter, slow_parts:
     try:
         env = dict(pmounter.env_for(pmounter.sandbox.issue_keys([bucket])),
                    NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
-        m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1", env=env)
+        m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1", LONG_TIMEOUT,
+                     env=env)
+        proxy.set_faults([HELD_COMPLETION])
         data = _write_out_of_order(m.path / "big", 20 * MiB)
         assert m.pid is not None
         os.kill(m.pid, signal.SIGTERM)
@@ -171,17 +218,21 @@ def test_stop_tells_systemd_it_is_still_uploading(pmounter: Mounter, slow_parts:
         while not _exited(m.pid, 0) and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
                 got += listener.recv(4096).decode().splitlines()
+            if any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in got):
+                proxy.release()  # the stop has said it still uploads: let the upload end
     finally:
         listener.close()
+        proxy.release()
     assert "STOPPING=1" in got
     assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in got), got
     assert any(line.startswith("STATUS=stopping: 1 file(s) to upload: ") for line in got), got
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
 
 
-def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts: FaultProxy,
+def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, proxy: FaultProxy,
                                                   bucket: str, s3) -> None:
-    m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1")
+    m = pmounter(bucket, "async_upload", "part_size=5", "max_uploads=1", LONG_TIMEOUT)
+    proxy.set_faults([HELD_COMPLETION])
     data = _write_out_of_order(m.path / "big", 15 * MiB)
     master, slave = pty.openpty()
     try:
@@ -191,6 +242,8 @@ def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts:
         out = b""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if b"of 15.0 MiB stored" in out:
+                proxy.release()  # a progress line was shown while the upload was in flight
             ready, _, _ = select.select([master], [], [], 1.0)
             if ready:
                 try:
@@ -203,11 +256,11 @@ def test_umount_on_a_terminal_shows_live_progress(pmounter: Mounter, slow_parts:
         assert proc.wait(30) == 0, out
     finally:
         os.close(master)
+        proxy.release()
     text = out.decode()
     assert f"\rs3mount: {m.path}: 1 file(s) to upload: " in text, text
     assert "of 15.0 MiB stored" in text and text.endswith("\r\n"), text
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
-
 
 
 def test_umount_says_how_many_uploads_failed_and_tries_each_once(

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from faultlib import through
+from faultlib import NO_PUTS, crash, through
 from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 from test_durability import wait_for_object
 
@@ -33,8 +33,6 @@ from s3mount.sandbox.faultproxy import Fault, FaultProxy
 from s3mount.sandbox.s3server import CLEVERBASE_ACTIONS
 
 MiB = 1024 * 1024
-NO_PUTS = Fault("internal", probability=1.0, methods=("PUT",))
-"""Every upload fails (lookups and listings still work): async uploads stay pending."""
 
 
 def keys_in(s3: Any, bucket: str, prefix: str = "") -> list[str]:
@@ -56,8 +54,7 @@ def crash_with_pending(pmounter: Mounter, proxy: FaultProxy, bucket: str, s3: An
     m = pmounter(bucket, "async_upload", prefix=prefix)
     proxy.set_faults([NO_PUTS])
     want = write_pending(m.path, [f"f{i}" for i in range(20)])
-    m.kill9()
-    proxy.clear()
+    crash(m, proxy)
     assert keys_in(s3, bucket, prefix) == []  # nothing could be stored before the crash
     return {f"{prefix}/{k}" if prefix else k: v for k, v in want.items()}
 
@@ -126,8 +123,9 @@ def test_completed_upload_is_recognised_after_a_crash(pmounter: Mounter, proxy: 
     """kill -9 after the server completed a multipart upload but before the mount heard of it:
     the next mount recognises the object as its own (no conflict, no lost+found copy)."""
     s3.put_object(Bucket=bucket, Key="big", Body=b"old version")
-    m = pmounter(bucket, "async_upload")
-    proxy.set_faults([Fault("delay", count=1, delay=30, methods=("POST",), path="uploadId=")])
+    # The answer is held until the kill (a long timeout: no attempt gives up on it first).
+    m = pmounter(bucket, "async_upload", "timeout=600")
+    proxy.set_faults([Fault("hold", count=1, methods=("POST",), path="uploadId=")])
     data = os.urandom(20 * MiB)
     (m.path / "big").write_bytes(data)
     deadline = time.monotonic() + 30
@@ -135,6 +133,7 @@ def test_completed_upload_is_recognised_after_a_crash(pmounter: Mounter, proxy: 
         assert time.monotonic() < deadline, "the upload did not complete at the server"
         time.sleep(0.2)
     m.kill9()  # the answer to CompleteMultipartUpload is still held back by the proxy
+    assert proxy.stats()["hold"] == 1
     proxy.clear()
     m2 = pmounter(bucket, path=tmp_path / "again")
     deadline = time.monotonic() + 30
@@ -198,9 +197,15 @@ def test_rewrite_of_a_queued_file_stores_the_closed_version_first(
     upload: the closed version is stored before the change, the queue never stores the file
     while it is being written, and after a crash the bucket still holds the closed version."""
     m = pmounter(bucket, "async_upload")
-    # The background upload's attempts (6) all fail; it is retried a second later.
+    # The background upload's attempts (6) all fail; it is retried a second later. The file is
+    # opened again once that failure is logged: had the writer come first, its attempt to store
+    # the closed version would have met the failures instead (and rightly only warned).
     proxy.set_faults([Fault("internal", count=6, methods=("PUT",))])
     (m.path / "doc").write_bytes(b"closed version")
+    deadline = time.monotonic() + 30
+    while "background upload of 'doc' failed" not in m.log():
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.1)
     f = open(m.path / "doc", "r+b")  # noqa: SIM115 - open across the crash
     try:
         f.write(b"PARTIAL")
@@ -330,8 +335,7 @@ def test_attributes_changed_while_pending_are_recovered(pmounter: Mounter, proxy
     os.chmod(m.path / "f", 0o600)
     os.utime(m.path / "f", ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
     os.setxattr(m.path / "f", "user.color", b"red")
-    m.kill9()
-    proxy.clear()
+    crash(m, proxy)
     pmounter(bucket)
     assert wait_for_object(s3, bucket, "f", 7, timeout=60) == b"pending"
     meta = s3.head_object(Bucket=bucket, Key="f")["Metadata"]

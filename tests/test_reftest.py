@@ -74,7 +74,7 @@ from s3mount.fs.metacache import MetaCache
 from s3mount.fs.paths import KeyMapper
 from s3mount.fs.settings import FsConfig
 from s3mount.fs.staging import StagingArea
-from s3mount.fs.writeback import BACKOFF_INITIAL
+from s3mount.fs.writeback import BACKOFF_INITIAL, BACKOFF_MAX
 from s3mount.store.base import KeySet, ObjectStore
 from s3mount.store.faulty import FaultyStore
 from s3mount.store.lean import Attempt, LeanS3
@@ -1928,7 +1928,11 @@ def test_a_retry_never_stores_what_a_writer_is_changing() -> None:
 
         async def slow_stage(of: Any, data: bytes, offset: int) -> int:
             rig.store.clear()  # the server is back while the write waits for room
-            await trio.sleep(2 * BACKOFF_INITIAL + 1)  # the retry comes due meanwhile
+            # ... until the retry has come due and waits for the file's lock (not a sleep that
+            # hopes it did: after a few failures on a slow machine the next one is far off).
+            with trio.fail_after(BACKOFF_MAX + 10):
+                while not of.lock.statistics().tasks_waiting:
+                    await trio.sleep(0.05)
             return await stage(of, data, offset)
 
         async def append_while_retried() -> int:

@@ -8,6 +8,9 @@ when told to, breaks one exchange in a way real networks and servers do:
 ``slowdown``  answer ``503 SlowDown`` with S3's XML error body (not forwarded)
 ``internal``  answer ``500 InternalError`` (not forwarded)
 ``delay``     forward, then hold the response back for ``delay`` seconds
+``hold``      forward, then hold the response back until the test calls ``release()`` (at most
+              ``delay`` seconds when that is set, else ``IDLE_TIMEOUT``): a moment a test must
+              reach while a request is in flight is then certain, not a race against the server
 ``cut``       forward, send the response head with its full Content-Length, then close the
               connection after half of the body (only responses with a Content-Length body)
 
@@ -47,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_faultproxy/"
 TOKEN_HEADER = "X-Faultproxy-Token"
-KINDS = ("drop", "slowdown", "internal", "delay", "cut")
+KINDS = ("drop", "slowdown", "internal", "delay", "hold", "cut")
 IDLE_TIMEOUT = 120.0
 """Seconds a connection may sit idle (or an upstream may stay silent) before the proxy closes it."""
 DRAIN_TIMEOUT = 5.0
@@ -170,6 +174,7 @@ class FaultProxy:
         self._stats: Counter[str] = Counter()
         self._conns: set[_Conn] = set()
         self._stopped = threading.Event()
+        self._released = threading.Event()
         self._threads: set[threading.Thread] = set()
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -188,6 +193,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._released.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(self._listener, socket.SHUT_RDWR)
@@ -208,16 +214,24 @@ class FaultProxy:
     # -- control -------------------------------------------------------------------------------
 
     def set_faults(self, faults: Iterable[Fault], *, seed: int | None = None) -> None:
-        """Replace the fault list (first matching fault wins); reseed the RNG if ``seed`` given."""
+        """Replace the fault list (first matching fault wins); reseed the RNG if ``seed`` given.
+        A ``hold`` in the new list holds its responses until the next ``release()``."""
         faults = list(faults)
         with self._lock:
             self._faults = faults
             if seed is not None:
                 self._rng.seed(seed)
+            if any(f.kind == "hold" for f in faults):
+                self._released.clear()
+
+    def release(self) -> None:
+        """Let every response a ``hold`` keeps back go on (and later ones pass unheld)."""
+        self._released.set()
 
     def clear(self) -> None:
-        """No faults, and up."""
+        """No faults, nothing held, and up."""
         self.set_faults([])
+        self.release()
         self.set_down(False)
 
     def set_down(self, down: bool, *, keep: _Conn | None = None) -> None:
@@ -228,6 +242,22 @@ class FaultProxy:
         for c in conns:
             c.sever()
         log.info("fault proxy %s", "down" if down else "up")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no client connection is open (True), or ``timeout`` seconds (False).
+
+        A client killed with requests already sent leaves them in the proxy's socket: they are
+        read, and get the faults in force, when the proxy's thread comes to them. Clearing the
+        faults before that would forward a request of a client that is gone (a test that
+        refused a mount's uploads until its kill -9 then found one stored)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._conns and not self._backlog():
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def stats(self) -> dict[str, int]:
         """Counts: ``requests`` seen, ``forwarded``, ``refused_down``, one per fault kind,
@@ -256,19 +286,37 @@ class FaultProxy:
         t.start()
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None
+        """Accept under the lock, so a connection is always either waiting in the listener's
+        backlog or in ``_conns`` (``wait_idle`` sees both)."""
+        listener = self._listener
+        assert listener is not None
+        listener.setblocking(False)
         while not self._stopped.is_set():
             try:
-                sock, _ = self._listener.accept()
-            except OSError:
+                select.select([listener], [], [], 0.5)
+                with self._lock:
+                    sock, _ = listener.accept()
+                    conn = _Conn(sock)
+                    self._conns.add(conn)
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):  # the listener was shut down or closed by stop()
                 return
-            self._spawn(self._serve, "faultproxy-conn", sock)
+            self._spawn(self._serve, "faultproxy-conn", conn)
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _backlog(self) -> bool:
+        """Whether a connection waits to be accepted."""
+        if self._listener is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._listener], [], [], 0)
+        except (OSError, ValueError):  # closed by stop()
+            return False
+        return bool(readable)
+
+    def _serve(self, conn: _Conn) -> None:
+        sock = conn.client
         sock.settimeout(IDLE_TIMEOUT)
-        conn = _Conn(sock)
-        with self._lock:
-            self._conns.add(conn)
         upstream: Wire | None = None
         try:
             if self._tls is not None:
@@ -347,6 +395,8 @@ class FaultProxy:
             resp = _final_response(client, upstream)
         if fault is not None and fault.kind == "delay":
             self._stopped.wait(fault.delay)
+        elif fault is not None and fault.kind == "hold":
+            self._released.wait(fault.delay or IDLE_TIMEOUT)
         client.sock.sendall(resp.raw)
         body = response_framing(resp, req.method)
         if fault is not None and fault.kind == "cut" and body.kind == "length" and body.length > 1:
@@ -390,6 +440,8 @@ class FaultProxy:
                                 seed=body.get("seed"))
             elif action == "down" and req.method == "PUT":
                 self.set_down(bool(body["down"]), keep=conn)
+            elif action == "release" and req.method == "PUT":
+                self.release()
             else:
                 _send_json(client, 404, {"error": f"no admin call {req.method} {action}"})
                 return not req.wants_close()
@@ -473,8 +525,12 @@ class FaultProxyClient:
     def set_faults(self, faults: Iterable[Fault], *, seed: int | None = None) -> None:
         self._call("PUT", "faults", {"faults": [f.to_json() for f in faults], "seed": seed})
 
+    def release(self) -> None:
+        self._call("PUT", "release")
+
     def clear(self) -> None:
         self.set_faults([])
+        self.release()
         self.set_down(False)
 
     def set_down(self, down: bool) -> None:
