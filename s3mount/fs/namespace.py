@@ -49,6 +49,7 @@ PEEK_MAX = 64 * 1024
 """A listed file up to this size is looked up with a GET of its first ``PEEK_MAX`` bytes instead
 of a HEAD (see ``_describe_listed``)."""
 PEEKED_BYTES = 8 * 1024 * 1024
+"""Bound of ``Namespace.peeked``: a body dropped costs its reader the GET it would have made."""
 UNREACHABLE_MEMO = 1.0
 """Seconds a lookup that gave up on the server (past ``timeout``) answers the same for its path
 (at most ``neg_timeout``: who sets it to 0 wants every lookup to ask the server).
@@ -56,7 +57,6 @@ The kernel lets one lookup of a name run at a time: callers waiting for the same
 path walk through a directory whose entry expired) look it up again once it failed, so without
 this each would wait out the timeout after the one before it (ten ``stat``s through one
 directory: EIO after 4, 8, ... 40 s with ``timeout=4``). They get the failure at once."""
-"""Bound of ``Namespace.peeked``: a body dropped costs its reader the GET it would have made."""
 SYMLINK_MAX = 4096
 
 OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime", "rdev"})

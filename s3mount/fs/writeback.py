@@ -11,9 +11,10 @@ warning is logged, so neither version is lost. Data a writer never closed goes t
 too: a partial file never replaces the last closed version. A file the server refuses for good
 (``Refused``: a key or object it cannot hold) is not retried: ``rescue`` stores its closed data
 under ``lost+found/`` with the characters servers choke on percent-encoded, says so once in the
-log and in ``refused`` (``s3mount status``), and the name that could not be stored goes away. Data the bucket already holds (the
-crash came between a completed upload and the deletion of its record) is recognised by its ETag
-and dropped, and multipart uploads the crash cut off are aborted.
+log and in ``refused`` (``s3mount status``), and the name that could not be stored goes away.
+Data the bucket already holds (the crash came between a completed upload and the deletion of its
+record) is recognised by its ETag and dropped, and multipart uploads the crash cut off are
+aborted.
 
 Concurrency: one trio task (``run``) owns the queue and starts at most ``parallel`` uploads at
 once; each upload goes through the uploader (``uploads.Uploader.upload``) and so takes the

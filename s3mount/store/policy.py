@@ -67,6 +67,8 @@ RETRY_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "Req
 CREATES = frozenset({"put", "create-multipart"})
 """Requests that name a new object: an answer below that means the server will not hold it."""
 REFUSED_STATUSES = frozenset({400, 404, 411, 413, 414})
+OBJECT_ERRNOS = {"KeyTooLongError": errno.ENAMETOOLONG, "EntityTooLarge": errno.EFBIG}
+"""What the server says about an object it cannot hold, as the errno the caller gets."""
 # Answers to a request in CREATES that do not mean "this object cannot be stored": a missing
 # bucket (it may be made again), a region to use, keys to renew (above), and a body that arrived
 # damaged or short (the next attempt sends it again).
@@ -106,8 +108,7 @@ def classify(exc: Exception, where: str, keys: KeySet, *, head: bool = False,
     code, status = exc.code, exc.status
     if creates and status in REFUSED_STATUSES and code not in NOT_REFUSALS | RENEWABLE_CODES \
             | RETRY_CODES and "x-amz-bucket-region" not in exc.headers:
-        number = {"KeyTooLongError": errno.ENAMETOOLONG,
-                  "EntityTooLarge": errno.EFBIG}.get(code, errno.EIO)
+        number = OBJECT_ERRNOS.get(code, errno.EIO)
         detail = f"{code}: {exc.message[:200]}" if exc.message else code
         return Verdict.FAIL, Refused(f"{where}: the server refuses this object ({detail})",
                                      errno=number)
@@ -135,9 +136,10 @@ def classify(exc: Exception, where: str, keys: KeySet, *, head: bool = False,
             return Verdict.RENEW, CredentialsExpired(f"{where}: AccessDenied near key expiry")
         return Verdict.FAIL, AccessDenied(f"{where}: access denied")
     if code == "EntityTooLarge":
-        return Verdict.FAIL, FsError(f"{where}: object too large for the server", errno=27)
+        return Verdict.FAIL, FsError(f"{where}: object too large for the server",
+                                     errno=OBJECT_ERRNOS[code])
     if code == "KeyTooLongError":
-        return Verdict.FAIL, FsError(f"{where}: key too long", errno=36)
+        return Verdict.FAIL, FsError(f"{where}: key too long", errno=OBJECT_ERRNOS[code])
     if status >= 500 or status == 429 or code in RETRY_CODES:
         return Verdict.RETRY, Unavailable(f"{where}: server error {code or status}")
     return Verdict.FAIL, S3MountError(f"{where}: {code or status}: {exc.message[:200]}")
