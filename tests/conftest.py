@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +69,16 @@ def pmounter(proxy: FaultProxy, mounter: Mounter, sandbox: SandboxProcess) -> It
     set back up before the mounts are unmounted, so unmounting never waits on a dead server."""
     yield through(mounter, sandbox, proxy.url)
     proxy.clear()
+
+
+@pytest.fixture(scope="session")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(certificate, key) for 127.0.0.1, self-signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a self-signed certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return cert, key

@@ -149,18 +149,6 @@ def test_token_file_must_be_private(xdg: tuple[Path, dict[str, str]],
 # -- TLS -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(certificate, key) for 127.0.0.1, self-signed."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a self-signed certificate")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-    return cert, key
-
-
 @pytest.fixture
 def tls_front(sandbox: SandboxProcess, self_signed: tuple[str, str]) -> Iterator[FaultProxy]:
     """HTTPS with the self-signed certificate in front of the (plain HTTP) sandbox."""

@@ -1,4 +1,5 @@
-"""One S3 request, one attempt: signed (``sigv4``, botocore's rules), sent on a urllib3 pool.
+"""One S3 request, one attempt: signed (``sigv4``, botocore's rules), sent on a pool of connections
+(``http1``).
 
 Every request the mount makes goes through ``LeanS3``, from a HEAD to a part of a multipart upload
 or a server-side copy: one path, so one place decides how a request is addressed, signed, timed
@@ -17,7 +18,8 @@ besides, done here:
   botocore's rule (virtual for a bucket that is a plain DNS label, path for other names and for
   endpoints that are IP addresses);
 * proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``...), with the user and password of
-  the proxy URL sent as ``Proxy-Authorization``;
+  the proxy URL sent as ``Proxy-Authorization``; a proxy is spoken to in plain HTTP (``http://``;
+  an ``https://`` one is refused in one line), HTTPS to the endpoint goes through it in a tunnel;
 * a bucket in another region answers 301 with ``x-amz-bucket-region``: ``HttpError`` carries it,
   and the policy reports it as one line naming the region to use;
 * bodies unsigned over TLS (``UNSIGNED-PAYLOAD``: TLS protects them, and neither side hashes every
@@ -27,10 +29,11 @@ besides, done here:
 from __future__ import annotations
 
 import base64
+import calendar
 import ipaddress
 import re
+import ssl
 import urllib.request
-import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,8 +41,8 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote, unquote_plus, urlencode, urlsplit
 
-import urllib3
-
+from ..errors import S3MountError
+from . import http1
 from .base import KeySet, ListPage, ObjectInfo
 from .sigv4 import Signer, host_of
 
@@ -109,23 +112,18 @@ class LeanS3:
         self._signer = Signer(host_of(parts.scheme, netloc), region,
                               sign_payload=parts.scheme != "https")
         self._bucket = bucket
-        kw: dict[str, object] = {"maxsize": pool_size, "retries": False}
+        tls = None
         if parts.scheme == "https":
-            kw.update(cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE", ca_certs=ca_certs)
-            if not verify:  # the mount warned once; urllib3 would warn at every request
-                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+            tls = ssl.create_default_context(cafile=ca_certs)
+            if not verify:  # the mount warned once
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
         proxy = _proxy_for(parts.scheme, host)
-        if proxy:
-            proxy, auth = _split_proxy_auth(proxy)
-            if auth:
-                kw["proxy_headers"] = {"Proxy-Authorization": auth}
-            manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, num_pools=1, **kw)
-        else:
-            manager = urllib3.PoolManager(num_pools=1, **kw)  # type: ignore[arg-type]
-        self._pool = manager.connection_from_url(self._origin)
-        # A plain-HTTP proxy wants the absolute URL in the request line (HTTPS goes through a
-        # CONNECT tunnel and takes the path), as urllib3's ProxyManager itself does.
-        self._absolute_target = bool(proxy) and parts.scheme == "http"
+        host_port = urlsplit(self._origin)
+        self._pool = http1.Pool(parts.scheme, host_port.hostname or "",
+                                host_port.port or (443 if parts.scheme == "https" else 80),
+                                size=pool_size, tls=tls,
+                                proxy=_proxy_of(proxy) if proxy else None)
 
     @property
     def origin(self) -> str:
@@ -246,21 +244,13 @@ class LeanS3:
         signed = self._signer.sign(method, path, qs, {
             **(headers or {}), "amz-sdk-request": f"attempt={t.number}; max={t.of}"}, body, keys)
         try:
-            # A connection pool takes the target verbatim (a PoolManager would normalise
-            # "a/../b" in keys); the body is read whole here, so a body that breaks off is a
+            # The target goes out verbatim (a client that normalised "a/../b" in keys would ask
+            # for another object); the body is read whole here, so a body that breaks off is a
             # failed attempt like any other.
-            r = self._pool.urlopen(method, self._origin + target if self._absolute_target
-                                   else target, body=body or None,
-                                   headers=signed, redirect=False,
-                                   assert_same_host=False, preload_content=True,
-                                   decode_content=False, retries=False,
-                                   timeout=urllib3.Timeout(connect=t.connect, read=t.read))
-        except urllib3.exceptions.SSLError as exc:
+            r = self._pool.request(method, target, signed, body, connect=t.connect, read=t.read)
+        except http1.HandshakeFailed as exc:
             raise TlsError(self._origin, str(exc)) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            reason = getattr(exc, "reason", None)
-            if isinstance(reason, urllib3.exceptions.SSLError):
-                raise TlsError(self._origin, str(reason)) from None
+        except OSError as exc:
             raise TransportError(type(exc).__name__) from None
         if r.status >= 300:
             raise _http_error(r)
@@ -293,20 +283,23 @@ def _proxy_for(scheme: str, host: str) -> str | None:
     return None
 
 
-def _split_proxy_auth(proxy: str) -> tuple[str, str | None]:
-    """The proxy URL without its ``user:password@``, and the Proxy-Authorization they make."""
+def _proxy_of(proxy: str) -> http1.Proxy:
+    """The proxy a URL names (``user:password@`` in it become its Proxy-Authorization)."""
     if "://" not in proxy:
         proxy = "http://" + proxy
     parts = urlsplit(proxy)
-    if parts.username is None:
-        return proxy, None
-    user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return (f"{parts.scheme}://{netloc}",
-            "Basic " + base64.b64encode(user_pass.encode()).decode())
+    if parts.scheme != "http":
+        raise S3MountError(f"the proxy {parts.scheme}://{parts.hostname}:{parts.port or ''} is "
+                           "not supported: give its http:// address (HTTPS still goes through "
+                           "it end to end, in a CONNECT tunnel)")
+    auth = None
+    if parts.username is not None:
+        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(user_pass.encode()).decode()
+    return http1.Proxy(parts.hostname or "", parts.port or 80, auth)
 
 
-def _http_error(r: urllib3.BaseHTTPResponse) -> HttpError:
+def _http_error(r: http1.Response) -> HttpError:
     """S3's error code from the XML body, or the status for bodiless answers (HEAD)."""
     code, message = str(r.status), ""
     root = _xml(r.data)
@@ -355,10 +348,26 @@ def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
 def _info(key: str, h: Mapping[str, str], size: int) -> ObjectInfo:
     return ObjectInfo(
         key=key, size=size, etag=_etag(h),
-        last_modified=parsedate_to_datetime(h["last-modified"]).timestamp(),
+        last_modified=_http_date(h["last-modified"]),
         metadata={k[len(META):].lower(): v for k, v in h.items() if k.lower().startswith(META)},
         content_type=h.get("content-type"),
     )
+
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+def _http_date(text: str) -> float:
+    """An HTTP date as seconds: the fixed form every S3 server sends ("Wed, 02 Dec 2026
+    10:00:00 GMT") read by position, any other form by ``email.utils``."""
+    if len(text) == 29 and text.endswith(" GMT") and text[7:12:4] == "  ":
+        try:
+            return float(calendar.timegm((int(text[12:16]), _MONTHS[text[8:11]], int(text[5:7]),
+                                          int(text[17:19]), int(text[20:22]), int(text[23:25]))))
+        except (KeyError, ValueError):
+            pass
+    return parsedate_to_datetime(text).timestamp()
 
 
 def _parse_listing(data: bytes) -> ListPage:
