@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from faultlib import NO_PUTS, crash
-from mountlib import Mounter, mount_status, run
+from mountlib import S3MOUNT, Mounter, mount_status, run
 
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
@@ -158,3 +158,34 @@ def test_an_object_the_server_refuses_goes_to_lost_and_found_once(
     assert refused["path"] == "d/bad\nname" and refused["kept_as"] == key
     assert os.listdir(m.path / "d") == []
     assert keys_in(s3, bucket, "lost+found/") == [key]
+
+
+def test_an_object_refused_at_unmount_goes_to_lost_and_found_before_the_mount_exits(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """A closed file whose upload is still owed at unmount, and which the server then refuses
+    for good (moto's 404 to a key with a newline), is stored under lost+found/ by the unmount's
+    own uploads: it is in the bucket when ``umount`` returns, not only after the next mount's
+    recovery. The log says so once, and the unmount counts no file as failed."""
+    m = pmounter(bucket, "async_upload", "timeout=2")
+    (m.path / "d").mkdir()
+    proxy.set_faults([NO_PUTS])
+    (m.path / "d" / "bad\nname").write_bytes(b"keep me")
+    # The background upload fails until its next retry (backoff 1, 2, 4, then 8 s) is further
+    # off than the unmount: the refusal comes in the uploads after the unmount.
+    deadline = time.monotonic() + 120
+    while m.log().count("retrying later") < 4:
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.2)
+    proxy.clear()
+    r = run([*S3MOUNT, "umount", str(m.path)], env=m.env, check=False, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (key,) = keys_in(s3, bucket, "lost+found/")
+    assert key.startswith("lost+found/d/bad%0Aname.")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"keep me"
+    assert keys_in(s3, bucket, "d/") == ["d/"]
+    staged = [p for p in m.cache_dir.rglob("slot-*/*") if p.name != ".lock"]
+    assert staged == [], staged  # nothing left for the next mount to recover a second time
+    log = m.log()
+    after = log[log.index("unmounted; uploading 1 file(s) still pending"):]
+    assert log.count("refuses to store") == 1 and f"stored as {key!r} instead" in after, log
+    assert "could not upload" not in log and "could not be stored" not in log, log

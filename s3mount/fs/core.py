@@ -17,7 +17,8 @@ attributes name them, so a reader goes from here to the code in one step):
 * ``names`` (``Namespace``): lookup, getattr, forget, readlink; what a path is.
 * ``registry`` (``OpenFiles``): open files, their handles and staging files.
 * ``space`` (``CacheSpace``): staged bytes against the cache limit.
-* ``uploader`` (``Uploader``): storing a file's staged data; ``writeback``: the background queue.
+* ``uploader`` (``Uploader``): storing a file's staged data; ``writeback``: the background queue
+  and the uploads owed at unmount.
 * ``files`` (``FileIO``): open, read, write, flush, fsync, release, create, truncate.
 * ``dirops`` (``DirOps``): mkdir, symlink, mknod, unlink, rmdir, rename.
 * ``attrops`` (``AttrOps``): setattr, extended attributes, statfs.
@@ -100,10 +101,10 @@ class Filesystem:
         upload_budget = Budget(config.buffer_limit - config.buffer_limit // 3)
         self.uploader = uploader = Uploader(runner, mapper, config, meta, registry, names,
                                             listings, inodes, upload_budget)
-        self.writeback = Writeback(uploader, registry, listings, runner, mapper,
-                                   config.part_size)
+        self.writeback = writeback = Writeback(uploader, registry, listings, runner, mapper,
+                                               config.part_size)
         self.files = files = FileIO(runner, mapper, config, names, listings, inodes, registry,
-                                    self.space, uploader, self.writeback,
+                                    self.space, uploader, writeback,
                                     Budget(config.buffer_limit // 3), upload_budget)
         self.dirops = dirops = DirOps(runner, mapper, config, meta, names, listings, inodes,
                                       registry, uploader, files)
@@ -125,7 +126,7 @@ class Filesystem:
         self.create, self.open, self.read, self.write = (files.create, files.open, files.read,
                                                          files.write)
         self.flush, self.fsync, self.release = files.flush, files.fsync, files.release
-        self.flush_all, self.pending_uploads = uploader.flush_all, uploader.pending_uploads
+        self.flush_all, self.pending_uploads = writeback.flush_all, uploader.pending_uploads
         self.upload_progress = uploader.upload_progress
 
     @property

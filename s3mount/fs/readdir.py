@@ -4,8 +4,8 @@ hands them to the kernel (readdirplus: with attributes, each counting as a looku
 opendir installs every listed entry: files whose metadata a cache knows as they are, the rest
 *provisional* (attributes guessed from the listing, described when somebody asks: see
 ``listedattrs``), so a names-only readdir costs LISTs, and the shared index's GETs when some
-file's metadata is in no cache: read before the entries are installed, what it knows goes to the
-kernel with the readdirplus reply, real attributes with full timeouts, and ``ls -l`` from a
+file's metadata is in no cache: read before those entries are installed, what it knows goes to
+the kernel with the readdirplus reply, real attributes with full timeouts, and ``ls -l`` from a
 second machine needs no FUSE request per entry. Cached inodes the listing no longer shows were
 removed behind our back and are detached.
 """
@@ -21,7 +21,7 @@ import trio
 from ..errors import FsError
 from .inodes import Inode, InodeTable
 from .listedattrs import Describer
-from .listing import DirEntry, Listing, Listings
+from .listing import DirEntry, Listings
 from .metacache import MetaCache
 from .namespace import Namespace
 from .paths import KeyMapper, join, split
@@ -71,16 +71,19 @@ class DirReader:
                 node.valid_until = self._names.fresh_until()
                 continue
             todo.append((name, e))
-        # Files whose metadata is known (cached by version, or not wanted) are installed here
-        # and now; the rest get attributes guessed from the listing, and their metadata is
-        # fetched when something asks for it (listedattrs): a names-only readdir costs LISTs.
+        # Entries whose metadata is known (cached by version, or not wanted) are installed here
+        # and now. When some file's is in no cache, the shared index is read into the cache, and
+        # those are tried again; the rest get attributes guessed from the listing, and their
+        # metadata is fetched when something asks for it (listedattrs): a names-only readdir
+        # costs LISTs.
         self.meta.load([self.keys.file_key(join(path, name)) for name, e in todo if not e.is_dir])
-        await self._index_first(path, lst, todo)
-        for name, e in todo:
-            if e.is_dir and not self.cfg.posix_metadata:
-                self._names.install_dir(join(path, name), None)
-            elif e.is_dir or self._names.install_known(join(path, name), e) is None:
-                self._names.install_provisional(join(path, name), e)
+        unknown = [(name, e) for name, e in todo if not self._install_known(join(path, name), e)]
+        files_unknown = any(not e.is_dir and e.etag is not None for _, e in unknown)
+        if files_unknown and await self._describer.read_index(path, lst):
+            unknown = [(name, e) for name, e in unknown
+                       if not self._install_known(join(path, name), e)]
+        for name, e in unknown:
+            self._names.install_provisional(join(path, name), e)
         for name in sorted(lst.entries):
             node = self._inodes.at(join(path, name))
             if node is not None:
@@ -90,15 +93,15 @@ class DirReader:
         self._handles[fh] = DirHandle(self._names.node(ino), entries)
         return fh
 
-    async def _index_first(self, path: str, lst: Listing, todo: list[tuple[str, DirEntry]]
-                           ) -> None:
-        """Read ``path``'s shared index (see module doc) when the metadata of some file among
-        ``todo``, the listed entries about to be installed, is in no cache."""
-        if self.cfg.posix_metadata and any(
-                not e.is_dir and e.etag is not None and
-                self.meta.get(self.keys.file_key(join(path, name)), e.etag, e.last_modified) is None
-                for name, e in todo):
-            await self._describer.read_index(path, lst)
+    def _install_known(self, path: str, e: DirEntry) -> bool:
+        """Install a listed entry if that needs no request (``Namespace.install_known``; a
+        directory when POSIX metadata is off); whether it was."""
+        if e.is_dir:
+            if self.cfg.posix_metadata:
+                return False  # its marker's metadata is fetched when asked for (listedattrs)
+            self._names.install_dir(path, None)
+            return True
+        return self._names.install_known(path, e) is not None
 
     def readdir(self, fh: int, start: int, reply: Callable[[str, Inode, int], bool]) -> None:
         """Hand ``reply`` the entries from index ``start`` on, each with the index to continue

@@ -22,7 +22,6 @@ import trio
 from ..errors import FsError, S3MountError
 from .attrs import metadata_for
 from .budget import Budget
-from .concurrency import gather
 from .inodes import InodeTable
 from .listing import DirEntry, Listings
 from .metacache import MetaCache
@@ -183,26 +182,6 @@ class Uploader:
         if not of.explicit_mtime:
             del md["mtime"], md["ctime"]
         return md
-
-    async def flush_all(self) -> int:
-        """Store every dirty file (unmount, SIGTERM); returns how many could not be stored.
-
-        What cannot be stored stays in the cache directory with its record, and the next mount
-        of the same bucket uploads it. Uploads run here directly (not through the writeback
-        task), so this works while the mount is being torn down.
-        """
-        async def one(of: OpenFile) -> None:
-            try:
-                await self.upload(of)
-            except S3MountError as exc:
-                log.error("could not upload %r before unmount (%s); it stays in %s for the next "
-                          "mount", of.node.path, exc, of.staging.path if of.staging else "?")
-                return
-            await self.settle(of)
-
-        dirty = [of for of in self._files.open_files.values() if of.dirty]
-        await gather([functools.partial(one, of) for of in dirty], limit=8)
-        return sum(1 for of in self._files.open_files.values() if of.dirty)
 
     def pending_uploads(self) -> int:
         return sum(1 for of in self._files.open_files.values()

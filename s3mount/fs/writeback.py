@@ -1,4 +1,5 @@
-"""Background uploads: the ``async_upload`` queue, retries of failed uploads, crash recovery.
+"""Background uploads: the ``async_upload`` queue, retries of failed uploads, the uploads owed at
+unmount (``flush_all``), crash recovery.
 
 Nothing written is dropped. A file whose upload failed (server down, keys expired) stays dirty in
 its staging file and is queued here; the queue retries it with exponential backoff until it is
@@ -9,9 +10,10 @@ after a crash (``kill -9``, reboot) the next mount of the same bucket finds them
 bucket meanwhile, in which case the local version is stored beside it under ``lost+found/`` and a
 warning is logged, so neither version is lost. Data a writer never closed goes to ``lost+found/``
 too: a partial file never replaces the last closed version. A file the server refuses for good
-(``Refused``: a key or object it cannot hold) is not retried: ``rescue`` stores its closed data
-under ``lost+found/`` with the characters servers choke on percent-encoded, says so once in the
-log and in ``refused`` (``s3mount status``), and the name that could not be stored goes away.
+(``Refused``: a key or object it cannot hold) is not retried, whether at close, in the queue or
+at unmount: ``rescue`` stores its closed data under ``lost+found/`` with the characters servers
+choke on percent-encoded, says so once in the log and in ``refused`` (``s3mount status``), and the
+name that could not be stored goes away.
 Data the bucket already holds (the crash came between a completed upload and the deletion of its
 record) is recognised by its ETag and dropped, and multipart uploads the crash cut off are
 aborted.
@@ -23,6 +25,7 @@ file's lock like any other writer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -35,6 +38,7 @@ import trio
 from ..errors import NotFound, Refused, S3MountError
 from ..store.base import ObjectInfo, multipart_etag
 from .attrs import metadata_for
+from .concurrency import gather
 from .listing import Listings
 from .openfile import OpenFile
 from .paths import KeyMapper
@@ -212,6 +216,30 @@ class Writeback:
             of.dirty = False
             self._files.drop_record(of)
             of.node.valid_until = -math.inf  # the name shows the bucket's version, if any
+
+    async def flush_all(self) -> int:
+        """Store every dirty file (unmount, SIGTERM); returns how many could not be stored.
+
+        A closed file the server refuses for good goes to lost+found/ (``rescue``), as in the
+        queue. What cannot be stored stays in the cache directory with its record, and the next
+        mount of the same bucket uploads it. Uploads run here directly (not through the queue's
+        task), so this works while the mount is being torn down.
+        """
+        async def one(of: OpenFile) -> None:
+            try:
+                await self._uploader.upload(of)
+            except S3MountError as exc:
+                if not (isinstance(exc, Refused) and of.confirmed):
+                    log.error("could not upload %r before unmount (%s); it stays in %s for the "
+                              "next mount", of.node.path, exc,
+                              of.staging.path if of.staging else "?")
+                    return
+                await self.rescue(of, exc)  # it says where the data went
+            await self._uploader.settle(of)
+
+        dirty = [of for of in self._files.open_files.values() if of.dirty]
+        await gather([functools.partial(one, of) for of in dirty], limit=8)
+        return sum(1 for of in self._files.open_files.values() if of.dirty)
 
     def _check_idle(self) -> None:
         if not self._due and not self._running:
