@@ -292,10 +292,30 @@ def test_stream_broken_by_outage_leaves_no_parts_behind(pmounter: Mounter, proxy
         time.sleep(0.5)
 
 
+def test_a_proxy_reached_over_tls_is_refused_at_mount_in_one_line(
+        mounter: Mounter, sandbox: SandboxProcess, bucket: str, tmp_path: Path) -> None:
+    """A proxy URL the mount cannot speak to (https://) is named in one line at mount, with
+    its password nowhere, rather than tried until timeout with every request."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    proxy = "https://bob:hunter2@127.0.0.1:3128"
+    env = dict(mounter.env_for(sandbox.issue_keys([bucket])), HTTP_PROXY=proxy,
+               http_proxy=proxy, NO_PROXY="", no_proxy="")
+    mounter.mounts.append(Mount(mp, bucket, env, [], tmp_path / "cache", tmp_path / "m.log"))
+    r = subprocess.run(
+        [*S3MOUNT, "mount", f"s3://{bucket}", str(mp), "--endpoint-url", sandbox.url,
+         "-o", f"timeout=5,cache_dir={tmp_path / 'cache'},log_file={tmp_path / 'm.log'}"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and not os.path.ismount(mp)
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "https://127.0.0.1:3128 is not supported: give its http:// address" in r.stderr
+    assert "hunter2" not in r.stderr + (tmp_path / "m.log").read_text(errors="replace")
+
+
 def test_http_proxy_from_the_environment_carries_every_request(
         mounter: Mounter, proxy: FaultProxy, sandbox: SandboxProcess, bucket: str, s3) -> None:
-    """HTTP_PROXY is honoured by both request paths (boto3 for multipart, the lean one for the
-    rest). Nothing listens at the endpoint itself, so only requests sent through the proxy
+    """HTTP_PROXY carries every kind of request (store/http1.py's absolute-form request line).
+    Nothing listens at the endpoint itself, so only requests sent through the proxy
     (which forwards everything to the sandbox) can work: a small file, a streamed 20 MiB file,
     a listing and a delete."""
     with socket.socket() as s:

@@ -351,3 +351,42 @@ def test_a_proxy_spoken_to_over_tls_is_refused_in_one_line(
                        r"give its http:// address") as e:
         store.head("k")
     assert "secret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_line_break_in_a_header_is_refused(raw: tuple[http1.Pool, Raw]) -> None:
+    """Else what follows the break would go out as headers of its own (or a second request)."""
+    pool, script = raw
+    for bad in ({"x-amz-meta-a": "1\r\nX-Injected: 1"}, {"x-amz-meta-a": "1\nX: 1"},
+                {"x-amz-meta-a\r\nX": "1"}, {"x-amz-meta-a": "1\r"}):
+        with pytest.raises(ValueError, match="line break"):
+            pool.request("PUT", "/bkt/k", bad, b"", connect=5, read=5)
+    assert script.heads == []
+
+
+def test_an_answer_sent_before_the_body_was_taken_is_read(raw: tuple[http1.Pool, Raw]) -> None:
+    """A server may refuse an upload by its headers, answer, and close without reading the body:
+    the answer is what the request gets (not a broken pipe, which would be retried until
+    ``timeout`` instead of reporting the refusal)."""
+    pool, script = raw
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = b"<Error><Code>EntityTooLarge</Code></Error>"
+    answer = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(body), body))
+
+    def refuse() -> None:
+        sock, _ = listener.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        sock.sendall(answer)
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(1)
+        sock.close()  # with the body unread: a reset
+
+    threading.Thread(target=refuse, daemon=True).start()
+    early = http1.Pool("http", "127.0.0.1", listener.getsockname()[1], size=1)
+    try:
+        r = early.request("PUT", "/bkt/k", {}, b"x" * (64 << 20), connect=5, read=5)
+        assert r.status == 400 and r.data == body
+    finally:
+        listener.close()

@@ -105,10 +105,18 @@ class Pool:
                 connect: float, read: float) -> Response:
         """One exchange: ``target`` is the path and query (made absolute for a plain-HTTP proxy);
         ``connect`` bounds a new connection's set-up, ``read`` each wait for the answer."""
+        head = self._head(method, target, headers, len(body))
         conn = self._take(connect)
         try:
             conn.sock.settimeout(read)
-            self._send(conn, method, target, headers, body)
+            try:
+                _send(conn.sock, head, body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The server answered before it took the whole body (an upload it refuses by
+                # its headers) and closed: its answer says why, if it came.
+                answer, _ = _read_answer(conn.reader, method)
+                conn.close()
+                return answer
             answer, reusable = _read_answer(conn.reader, method)
         except BaseException:
             conn.close()
@@ -182,22 +190,30 @@ class Pool:
 
     # -- one exchange ------------------------------------------------------------------------
 
-    def _send(self, conn: _Conn, method: str, target: str, headers: Mapping[str, str],
-              body: bytes) -> None:
+    def _head(self, method: str, target: str, headers: Mapping[str, str], length: int) -> bytes:
+        """The request line and headers. A line break in a header would end the request early
+        and start another one with what follows (names and values come from metadata, xattrs
+        included): refused, as http.client refuses it."""
         if self._proxy is not None and self._tls is None:
             target = f"http://{_authority(self.host, self.port)}{target}"
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        if body or method in ("PUT", "POST"):
-            lines.append(f"Content-Length: {len(body)}")
+        if length or method in ("PUT", "POST"):
+            lines.append(f"Content-Length: {length}")
         if self._proxy is not None and self._tls is None and self._proxy.auth:
             lines.append(f"Proxy-Authorization: {self._proxy.auth}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if len(body) <= WHOLE_WRITE:
-            conn.sock.sendall(head + body)
-        else:
-            conn.sock.sendall(head)
-            conn.sock.sendall(body)
+        text = "\r\n".join(lines)
+        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+            raise ValueError("a line break in a request header")
+        return (text + "\r\n\r\n").encode("latin-1")
+
+
+def _send(sock: socket.socket, head: bytes, body: bytes) -> None:
+    if len(body) <= WHOLE_WRITE:
+        sock.sendall(head + body)
+    else:
+        sock.sendall(head)
+        sock.sendall(body)
 
 
 def _authority(host: str, port: int | None) -> str:
