@@ -25,13 +25,16 @@ It makes one attempt and says what went wrong; whether to try again is the polic
 
 from __future__ import annotations
 
+import io
+import math
 import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 MAX_LINE = 65536
 """Longest status or header line read: an answer with longer ones is ``Broken``."""
@@ -65,12 +68,41 @@ class Proxy:
     auth: str | None = None
 
 
+class _Timed(io.RawIOBase):
+    """A socket's reading side where each wait is bounded by ``wait`` seconds and all of them
+    together end at ``until`` (``time.monotonic()``): a server that sends its answer a byte at a
+    time (each wait short) must still not hold the request past its operation's deadline."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.wait: float | None = None
+        self.until = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.sock.settimeout(_bound(self.wait, self.until))
+        return self.sock.recv_into(buffer)
+
+
+def _bound(wait: float | None, until: float) -> float | None:
+    """The timeout for one wait: ``wait``, or less when ``until`` is nearer (past: TimeoutError)."""
+    if until == math.inf:
+        return wait
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the answer did not end before the deadline")
+    return left if wait is None else min(wait, left)
+
+
 class _Conn:
     """One connection: its socket and the buffered reader answers are read from."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader: BinaryIO = sock.makefile("rb")  # type: ignore[assignment]
+        self.timed = _Timed(sock)
+        self.reader: BinaryIO = io.BufferedReader(self.timed)  # type: ignore[assignment]
 
     def close(self) -> None:
         self.reader.close()
@@ -102,13 +134,15 @@ class Pool:
         self._lock = threading.Lock()
 
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes, *,
-                connect: float, read: float) -> Response:
+                connect: float, read: float, until: float = math.inf) -> Response:
         """One exchange: ``target`` is the path and query (made absolute for a plain-HTTP proxy);
-        ``connect`` bounds a new connection's set-up, ``read`` each wait for the answer."""
+        ``connect`` bounds a new connection's set-up, ``read`` each wait for the answer, and
+        ``until`` (``time.monotonic()``) the whole exchange (TimeoutError past it)."""
         head = self._head(method, target, headers, len(body))
         conn = self._take(connect)
         try:
-            conn.sock.settimeout(read)
+            conn.timed.wait, conn.timed.until = read, until
+            conn.sock.settimeout(_bound(read, until))
             try:
                 _send(conn.sock, head, body)
             except (BrokenPipeError, ConnectionResetError):

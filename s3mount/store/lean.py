@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import calendar
 import ipaddress
+import math
 import re
 import ssl
 import urllib.request
@@ -79,13 +80,14 @@ class TlsError(Exception):
 @dataclass(frozen=True)
 class Attempt:
     """Which try of a request this is (sent as ``amz-sdk-request``, as the AWS SDKs do, so a
-    server or proxy can tell a retry), and its bounds: seconds to connect, and to wait for each
-    read of the answer."""
+    server or proxy can tell a retry), and its bounds: seconds to connect, to wait for each
+    read of the answer, and when (``time.monotonic()``) the whole attempt must have ended."""
 
     number: int
     of: int
     connect: float
     read: float
+    until: float = math.inf
 
 
 @dataclass
@@ -247,7 +249,8 @@ class LeanS3:
             # The target goes out verbatim (a client that normalised "a/../b" in keys would ask
             # for another object); the body is read whole here, so a body that breaks off is a
             # failed attempt like any other.
-            r = self._pool.request(method, target, signed, body, connect=t.connect, read=t.read)
+            r = self._pool.request(method, target, signed, body, connect=t.connect, read=t.read,
+                                   until=t.until)
         except http1.HandshakeFailed as exc:
             raise TlsError(self._origin, str(exc)) from None
         except OSError as exc:
