@@ -390,3 +390,26 @@ def test_an_answer_sent_before_the_body_was_taken_is_read(raw: tuple[http1.Pool,
         assert r.status == 400 and r.data == body
     finally:
         listener.close()
+
+
+def test_a_connection_cut_during_the_tls_handshake_is_a_network_failure() -> None:
+    """A connection that closes halfway through the handshake (a flaky network, a server
+    restarting) says nothing about the certificate: a broken connection the policy tries again,
+    not HandshakeFailed (which it reports at once as an untrusted server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def cut() -> None:
+        sock, _ = listener.accept()
+        sock.recv(65536)  # the ClientHello
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(1)
+        sock.close()
+
+    threading.Thread(target=cut, daemon=True).start()
+    pool = http1.Pool("https", "127.0.0.1", listener.getsockname()[1], size=1,
+                      tls=ssl.create_default_context())
+    try:
+        with pytest.raises(ConnectionError):
+            _get(pool)
+    finally:
+        listener.close()

@@ -16,7 +16,7 @@ file (bench/README.md). This module does only what these requests need, and each
   close; HEAD, 1xx, 204 and 304 answers have none. A body cut short is ``Broken``;
 * TLS verifies the certificate and host name (against ``ca_certs`` or the system's store) unless
   told not to; a failed handshake is ``HandshakeFailed``, so it is never mistaken for a network
-  failure worth retrying;
+  failure worth retrying (one the connection's close cut short is ``Broken``, as any other);
 * through a proxy: plain HTTP asks it with the absolute URL in the request line, HTTPS opens a
   ``CONNECT`` tunnel first; either way with the proxy's ``Proxy-Authorization`` when it has one.
 
@@ -197,6 +197,10 @@ class Pool:
                 self._tunnel(sock)
             try:
                 tls = self._tls.wrap_socket(sock, server_hostname=self.host)
+            except ssl.SSLEOFError:
+                # Closed halfway (a flaky network, a restarting server): nothing was learnt
+                # about the certificate, and the next connection may well get through.
+                raise Broken("the connection closed during the TLS handshake") from None
             except ssl.SSLError as exc:
                 raise HandshakeFailed(str(exc)) from None
             except ssl.CertificateError as exc:  # pragma: no cover - raised as SSLError since 3.7
