@@ -160,9 +160,19 @@ def test_interim_answers_are_skipped_and_headers_lowered_and_joined(
     b"SSH-2.0-OpenSSH_9.2\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
     b"",
-], ids=["length", "chunk", "chunk-size", "headers", "not-http", "bad-length", "nothing"])
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999999\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nshort",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nshort",
+], ids=["length", "chunk", "chunk-size", "headers", "not-http", "bad-length", "nothing",
+        "latin-1-digit-length", "petabyte-length", "huge-length", "huge-chunk", "negative-chunk"])
 def test_an_answer_that_breaks_off_is_an_error_and_the_connection_goes(
         raw: tuple[http1.Pool, Raw], answer: bytes) -> None:
+    """Whatever the bytes, a broken answer is a connection error (``Broken``), which the policy
+    tries again: any other exception (a ValueError from a Content-Length of "²", a MemoryError
+    from one of a petabyte) escaped as an internal error, and one in a background upload
+    stopped the mount."""
     pool, script = raw
     script.answer = lambda n, head: answer if n == 1 else OK
     script.close = lambda n: n == 1

@@ -42,6 +42,9 @@ MAX_HEADERS = 1000
 """Most header lines in one answer (S3's metadata is at most 2 KiB; this only bounds a bad one)."""
 WHOLE_WRITE = 65536
 """Bodies up to this size go out with the request head in one ``sendall``."""
+READ_STEP = 16 << 20
+"""A body (or chunk) longer than this is read this much at a time: the memory it takes follows
+the bytes that arrive, not the length the answer claims (a petabyte was a MemoryError)."""
 
 
 class Broken(ConnectionError):
@@ -301,12 +304,26 @@ def _read_answer(reader: BinaryIO, method: str) -> tuple[Response, bool]:
     length = headers.get("content-length")
     if length is None:
         return Response(status, headers, reader.read()), False  # the body ends at the close
-    if not length.isdigit():
+    # ASCII digits only: str.isdigit() takes "²" too, which int() refuses.
+    if not (length.isascii() and length.isdigit()):
         raise Broken("a Content-Length that is no number")
-    data = reader.read(int(length))
-    if len(data) != int(length):
-        raise Broken(f"the body broke off at {len(data)} of {length} bytes")
-    return Response(status, headers, data), reusable
+    return Response(status, headers, _read_exact(reader, int(length), "the body")), reusable
+
+
+def _read_exact(reader: BinaryIO, size: int, what: str) -> bytes:
+    if size <= READ_STEP:
+        data = reader.read(size)
+        if len(data) != size:
+            raise Broken(f"{what} broke off at {len(data)} of {size} bytes")
+        return data
+    parts, got = [], 0
+    while got < size:
+        piece = reader.read(min(size - got, READ_STEP))
+        if not piece:
+            raise Broken(f"{what} broke off at {got} of {size} bytes")
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
 
 
 def _read_chunked(reader: BinaryIO) -> bytes:
@@ -314,16 +331,13 @@ def _read_chunked(reader: BinaryIO) -> bytes:
     while True:
         line = reader.readline(MAX_LINE + 1)
         size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise Broken("a chunk without a size") from None
+        # Hex digits only: int(..., 16) also takes a sign, "0x" and underscores.
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise Broken("a chunk without a size")
+        size = int(size_text, 16)
         if size == 0:
             break
-        chunk = reader.read(size + 2)
-        if len(chunk) != size + 2:
-            raise Broken("a chunk broke off")
-        parts.append(chunk[:size])
+        parts.append(_read_exact(reader, size + 2, "a chunk")[:size])
     for _ in range(MAX_HEADERS + 1):  # trailers, up to the empty line
         line = reader.readline(MAX_LINE + 1)
         if line in (b"\r\n", b"\n"):
