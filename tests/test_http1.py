@@ -5,8 +5,6 @@ with credentials, to the sandbox behind a self-signed certificate."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
 import os
 import select
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from faultlib import ConnectProxy
 
 from s3mount.errors import S3MountError
 from s3mount.sandbox.faultproxy import FaultProxy
@@ -229,57 +228,6 @@ def test_idle_connections_are_kept_up_to_the_pool_size(raw: tuple[http1.Pool, Ra
 
 
 # -- HTTPS through a CONNECT proxy with credentials ------------------------------------------
-
-
-class ConnectProxy:
-    """An HTTP proxy that only tunnels (``CONNECT``), and only for ``user:password``."""
-
-    def __init__(self, auth: str) -> None:
-        self.auth = "Basic " + base64.b64encode(auth.encode()).decode()
-        self.asked: list[str] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
-
-    def _tunnel(self, client: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += client.recv(4096)
-        lines = head.decode().split("\r\n")
-        self.asked.append(lines[0])
-        if f"Proxy-Authorization: {self.auth}" not in lines:
-            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                           b"Content-Length: 0\r\n\r\n")
-            client.close()
-            return
-        host, _, port = lines[0].split()[1].rpartition(":")
-        upstream = socket.create_connection((host, int(port)), timeout=10)
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
-
-
-def _pipe(a: socket.socket, b: socket.socket) -> None:
-    try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
 
 
 def test_https_through_a_connect_proxy_with_credentials(
