@@ -371,3 +371,17 @@ def test_a_connection_cut_during_the_tls_handshake_is_a_network_failure() -> Non
             _get(pool)
     finally:
         listener.close()
+
+
+def test_an_answer_framed_two_ways_does_not_keep_its_connection(
+        raw: tuple[http1.Pool, Raw]) -> None:
+    """Content-Length and chunked at once: the chunks frame the body (RFC 9112, 6.3), but a
+    party on the way that went by the length reads the rest as the next answer; the
+    connection is not used again, so no later request gets bytes meant as this one's."""
+    pool, script = raw
+    script.answer = lambda n, head: (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                                     if n == 1 else OK)
+    assert _get(pool).data == b"ok"
+    assert _get(pool).data == b"ok"
+    assert script.connections == 2

@@ -300,6 +300,8 @@ def _read_answer(reader: BinaryIO, method: str) -> tuple[Response, bool]:
     if method == "HEAD" or status in (204, 304):
         return Response(status, headers, b""), reusable
     if "chunked" in headers.get("transfer-encoding", "").lower():
+        # With a Content-Length too, someone on the way may frame it by that: not used again.
+        reusable = reusable and "content-length" not in headers
         return Response(status, headers, _read_chunked(reader)), reusable
     length = headers.get("content-length")
     if length is None:
