@@ -23,6 +23,7 @@ from s3mount.errors import S3MountError
 from s3mount.sandbox.faultproxy import FaultProxy
 from s3mount.store import http1
 from s3mount.store.base import KeySet
+from s3mount.store.lean import Attempt, LeanS3, TransportError
 from s3mount.store.s3 import S3Store, StoreConfig
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -385,3 +386,31 @@ def test_an_answer_framed_two_ways_does_not_keep_its_connection(
     assert _get(pool).data == b"ok"
     assert _get(pool).data == b"ok"
     assert script.connections == 2
+
+
+def _ok(body: bytes, headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, len(body), body)
+
+
+@pytest.mark.parametrize("method, answer", [
+    ("list", _ok(b"<ListBucketResult><Contents><Key>")),
+    ("list", _ok(b"<ListBucketResult><Contents><Key>a</Key><Size>many</Size></Contents>"
+                 b"</ListBucketResult>")),
+    ("head", _ok(b"")),
+    ("head", _ok(b"", b"Last-Modified: yesterday\r\n")),
+], ids=["cut-xml", "bad-size", "no-last-modified", "bad-date"])
+def test_a_success_answer_that_is_not_s3s_is_a_failed_attempt(
+        raw: tuple[http1.Pool, Raw], method: str, answer: bytes) -> None:
+    """A 200 whose body or headers cannot be read (cut by a middlebox, or another server):
+    TransportError, which the policy tries again and reports as EIO, not an internal error
+    (a ParseError or ValueError escaped the policy, with a traceback in the log)."""
+    pool, script = raw
+    script.answer = lambda n, head: answer
+    lean = LeanS3(f"http://127.0.0.1:{pool.port}", "us-east-1", "bkt", ca_certs=None,
+                  verify=True, pool_size=1, addressing_style="path")
+    keys, attempt = KeySet("AKID", "secret"), Attempt(1, 1, connect=5, read=5)
+    with pytest.raises(TransportError):
+        if method == "list":
+            lean.list_page(keys, attempt, {"prefix": ""})
+        else:
+            lean.head("k", keys, attempt)
