@@ -82,3 +82,10 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
                     "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
                     "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+@pytest.fixture
+def tls_front(sandbox: SandboxProcess, self_signed: tuple[str, str]) -> Iterator[FaultProxy]:
+    """HTTPS with the self-signed certificate in front of the (plain HTTP) sandbox."""
+    with FaultProxy(sandbox.url, tls=self_signed) as p:
+        yield p

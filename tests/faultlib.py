@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import socket
+import threading
+
 from mountlib import Mount, Mounter
 
 from s3mount.sandbox.client import SandboxProcess
@@ -37,3 +42,79 @@ def crash(m: Mount, proxy: FaultProxy) -> None:
     m.kill9()
     assert proxy.wait_idle(30), "the killed mount's connections to the proxy stayed open"
     proxy.clear()
+
+
+class ConnectProxy:
+    """An HTTP proxy that only tunnels (``CONNECT``); with ``auth`` (``user:password``) only for
+    those credentials. While ``cuts`` is above zero, each new tunnel is broken, in turn: closed
+    right after the 200, closed after the client's first bytes (the ClientHello: the handshake
+    breaks off), or cut after 3,000 bytes of the server's (the end of the handshake, or an
+    answer, breaks off)."""
+
+    def __init__(self, auth: str | None = None) -> None:
+        self.auth = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
+        self.asked: list[str] = []
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                how = self.cuts % 3 + 1 if self.cuts > 0 else 0
+                self.cuts = max(self.cuts - 1, 0)
+            threading.Thread(target=self._tunnel, args=(client, how), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket, how: int) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            got = client.recv(4096)
+            if not got:
+                client.close()
+                return
+            head += got
+        lines = head.decode().split("\r\n")
+        self.asked.append(lines[0])
+        if self.auth and f"Proxy-Authorization: {self.auth}" not in lines:
+            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                           b"Content-Length: 0\r\n\r\n")
+            client.close()
+            return
+        host, _, port = lines[0].split()[1].rpartition(":")
+        upstream = socket.create_connection((host, int(port)), timeout=10)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if how in (1, 2):
+            if how == 2:
+                client.recv(65536)
+            for s in (client, upstream):
+                s.close()
+            return
+        threading.Thread(target=_pipe, args=(client, upstream, None), daemon=True).start()
+        threading.Thread(target=_pipe, args=(upstream, client, 3000 if how == 3 else None),
+                         daemon=True).start()
+
+
+def _pipe(a: socket.socket, b: socket.socket, limit: int | None) -> None:
+    """Copy ``a`` to ``b`` (at most ``limit`` bytes), then shut both down."""
+    sent = 0
+    try:
+        while data := a.recv(65536):
+            if limit is not None and sent + len(data) >= limit:
+                b.sendall(data[:limit - sent])
+                break
+            b.sendall(data)
+            sent += len(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)

@@ -5,8 +5,6 @@ with credentials, to the sandbox behind a self-signed certificate."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
 import os
 import select
@@ -19,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from faultlib import ConnectProxy
 
 from s3mount.errors import S3MountError
 from s3mount.sandbox.faultproxy import FaultProxy
 from s3mount.store import http1
 from s3mount.store.base import KeySet
+from s3mount.store.lean import Attempt, LeanS3, TransportError
 from s3mount.store.s3 import S3Store, StoreConfig
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -160,9 +160,19 @@ def test_interim_answers_are_skipped_and_headers_lowered_and_joined(
     b"SSH-2.0-OpenSSH_9.2\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
     b"",
-], ids=["length", "chunk", "chunk-size", "headers", "not-http", "bad-length", "nothing"])
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999999\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\nshort",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nshort",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nshort",
+], ids=["length", "chunk", "chunk-size", "headers", "not-http", "bad-length", "nothing",
+        "latin-1-digit-length", "petabyte-length", "huge-length", "huge-chunk", "negative-chunk"])
 def test_an_answer_that_breaks_off_is_an_error_and_the_connection_goes(
         raw: tuple[http1.Pool, Raw], answer: bytes) -> None:
+    """Whatever the bytes, a broken answer is a connection error (``Broken``), which the policy
+    tries again: any other exception (a ValueError from a Content-Length of "²", a MemoryError
+    from one of a petabyte) escaped as an internal error, and one in a background upload
+    stopped the mount."""
     pool, script = raw
     script.answer = lambda n, head: answer if n == 1 else OK
     script.close = lambda n: n == 1
@@ -219,57 +229,6 @@ def test_idle_connections_are_kept_up_to_the_pool_size(raw: tuple[http1.Pool, Ra
 
 
 # -- HTTPS through a CONNECT proxy with credentials ------------------------------------------
-
-
-class ConnectProxy:
-    """An HTTP proxy that only tunnels (``CONNECT``), and only for ``user:password``."""
-
-    def __init__(self, auth: str) -> None:
-        self.auth = "Basic " + base64.b64encode(auth.encode()).decode()
-        self.asked: list[str] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
-
-    def _tunnel(self, client: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += client.recv(4096)
-        lines = head.decode().split("\r\n")
-        self.asked.append(lines[0])
-        if f"Proxy-Authorization: {self.auth}" not in lines:
-            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                           b"Content-Length: 0\r\n\r\n")
-            client.close()
-            return
-        host, _, port = lines[0].split()[1].rpartition(":")
-        upstream = socket.create_connection((host, int(port)), timeout=10)
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
-
-
-def _pipe(a: socket.socket, b: socket.socket) -> None:
-    try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
 
 
 def test_https_through_a_connect_proxy_with_credentials(
@@ -390,3 +349,68 @@ def test_an_answer_sent_before_the_body_was_taken_is_read(raw: tuple[http1.Pool,
         assert r.status == 400 and r.data == body
     finally:
         listener.close()
+
+
+def test_a_connection_cut_during_the_tls_handshake_is_a_network_failure() -> None:
+    """A connection that closes halfway through the handshake (a flaky network, a server
+    restarting) says nothing about the certificate: a broken connection the policy tries again,
+    not HandshakeFailed (which it reports at once as an untrusted server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def cut() -> None:
+        sock, _ = listener.accept()
+        sock.recv(65536)  # the ClientHello
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(1)
+        sock.close()
+
+    threading.Thread(target=cut, daemon=True).start()
+    pool = http1.Pool("https", "127.0.0.1", listener.getsockname()[1], size=1,
+                      tls=ssl.create_default_context())
+    try:
+        with pytest.raises(ConnectionError):
+            _get(pool)
+    finally:
+        listener.close()
+
+
+def test_an_answer_framed_two_ways_does_not_keep_its_connection(
+        raw: tuple[http1.Pool, Raw]) -> None:
+    """Content-Length and chunked at once: the chunks frame the body (RFC 9112, 6.3), but a
+    party on the way that went by the length reads the rest as the next answer; the
+    connection is not used again, so no later request gets bytes meant as this one's."""
+    pool, script = raw
+    script.answer = lambda n, head: (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                                     if n == 1 else OK)
+    assert _get(pool).data == b"ok"
+    assert _get(pool).data == b"ok"
+    assert script.connections == 2
+
+
+def _ok(body: bytes, headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, len(body), body)
+
+
+@pytest.mark.parametrize("method, answer", [
+    ("list", _ok(b"<ListBucketResult><Contents><Key>")),
+    ("list", _ok(b"<ListBucketResult><Contents><Key>a</Key><Size>many</Size></Contents>"
+                 b"</ListBucketResult>")),
+    ("head", _ok(b"")),
+    ("head", _ok(b"", b"Last-Modified: yesterday\r\n")),
+], ids=["cut-xml", "bad-size", "no-last-modified", "bad-date"])
+def test_a_success_answer_that_is_not_s3s_is_a_failed_attempt(
+        raw: tuple[http1.Pool, Raw], method: str, answer: bytes) -> None:
+    """A 200 whose body or headers cannot be read (cut by a middlebox, or another server):
+    TransportError, which the policy tries again and reports as EIO, not an internal error
+    (a ParseError or ValueError escaped the policy, with a traceback in the log)."""
+    pool, script = raw
+    script.answer = lambda n, head: answer
+    lean = LeanS3(f"http://127.0.0.1:{pool.port}", "us-east-1", "bkt", ca_certs=None,
+                  verify=True, pool_size=1, addressing_style="path")
+    keys, attempt = KeySet("AKID", "secret"), Attempt(1, 1, connect=5, read=5)
+    with pytest.raises(TransportError):
+        if method == "list":
+            lean.list_page(keys, attempt, {"prefix": ""})
+        else:
+            lean.head("k", keys, attempt)

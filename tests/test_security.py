@@ -149,13 +149,6 @@ def test_token_file_must_be_private(xdg: tuple[Path, dict[str, str]],
 # -- TLS -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tls_front(sandbox: SandboxProcess, self_signed: tuple[str, str]) -> Iterator[FaultProxy]:
-    """HTTPS with the self-signed certificate in front of the (plain HTTP) sandbox."""
-    with FaultProxy(sandbox.url, tls=self_signed) as p:
-        yield p
-
-
 def test_tls_certificate_is_verified_by_default(mounter: Mounter, sandbox: SandboxProcess,
                                                 bucket: str, s3, tls_front: FaultProxy,
                                                 self_signed: tuple[str, str],

@@ -113,3 +113,27 @@ def test_lookups_of_new_names_at_once_each_end_within_the_timeout(
         assert isinstance(err, OSError) and err.errno == errno.EIO, (name, err)
     slowest = max(took for took, _ in results.values())
     assert slowest < TIMEOUT + MARGIN, sorted(round(t, 1) for t, _ in results.values())
+
+
+def test_a_server_answering_byte_by_byte_ends_within_the_timeout(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """A slowloris server: every answer comes a byte at a time, so no single read of it ever
+    waits long, yet it never ends. Each operation still ends within ``timeout`` of its start
+    (each wait for a byte bounded alone, an answer took as long as the server liked)."""
+    files = [f"f{i}" for i in range(6)]
+    for name in files:
+        s3.put_object(Bucket=bucket, Key=name, Body=os.urandom(200_000))
+    m = pmounter(bucket, f"timeout={TIMEOUT:g}", "attr_timeout=600", "dir_timeout=600")
+    assert sorted(os.listdir(m.path)) == files
+    for name in files:
+        os.stat(m.path / name)
+    proxy.set_faults([Fault("dribble", probability=1.0, delay=0.3)])
+    results = _timed({
+        **{f"read {n}": (lambda n=n: (m.path / n).read_bytes()) for n in files},
+        "write new": lambda: _write(m.path / "new"),
+    })
+    proxy.clear()
+    late = {name: round(t, 1) for name, (t, _) in results.items() if t > TIMEOUT + MARGIN}
+    assert not late, f"past timeout={TIMEOUT:g} s + {MARGIN} s: {late}"
+    for name, (_, err) in results.items():
+        assert isinstance(err, OSError) and err.errno == errno.EIO, (name, err)

@@ -13,6 +13,8 @@ when told to, breaks one exchange in a way real networks and servers do:
               reach while a request is in flight is then certain, not a race against the server
 ``cut``       forward, send the response head with its full Content-Length, then close the
               connection after half of the body (only responses with a Content-Length body)
+``dribble``   forward, then send the response head one byte every ``delay`` seconds (a
+              slowloris server: never silent for long, yet its answer never ends)
 
 Each ``Fault`` hits either the next ``count`` matching requests, or each matching request with
 ``probability`` (one seeded RNG for the proxy, so a single-threaded client sees the same faults on
@@ -66,7 +68,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_faultproxy/"
 TOKEN_HEADER = "X-Faultproxy-Token"
-KINDS = ("drop", "slowdown", "internal", "delay", "hold", "cut")
+KINDS = ("drop", "slowdown", "internal", "delay", "hold", "cut", "dribble")
 IDLE_TIMEOUT = 120.0
 """Seconds a connection may sit idle (or an upstream may stay silent) before the proxy closes it."""
 DRAIN_TIMEOUT = 5.0
@@ -397,7 +399,13 @@ class FaultProxy:
             self._stopped.wait(fault.delay)
         elif fault is not None and fault.kind == "hold":
             self._released.wait(fault.delay or IDLE_TIMEOUT)
-        client.sock.sendall(resp.raw)
+        if fault is not None and fault.kind == "dribble":
+            for i in range(len(resp.raw)):
+                if self._stopped.wait(fault.delay):
+                    return False
+                client.sock.sendall(resp.raw[i:i + 1])
+        else:
+            client.sock.sendall(resp.raw)
         body = response_framing(resp, req.method)
         if fault is not None and fault.kind == "cut" and body.kind == "length" and body.length > 1:
             upstream.copy(body.length // 2, client.sock)

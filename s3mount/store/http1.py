@@ -16,7 +16,7 @@ file (bench/README.md). This module does only what these requests need, and each
   close; HEAD, 1xx, 204 and 304 answers have none. A body cut short is ``Broken``;
 * TLS verifies the certificate and host name (against ``ca_certs`` or the system's store) unless
   told not to; a failed handshake is ``HandshakeFailed``, so it is never mistaken for a network
-  failure worth retrying;
+  failure worth retrying (one the connection's close cut short is ``Broken``, as any other);
 * through a proxy: plain HTTP asks it with the absolute URL in the request line, HTTPS opens a
   ``CONNECT`` tunnel first; either way with the proxy's ``Proxy-Authorization`` when it has one.
 
@@ -25,13 +25,16 @@ It makes one attempt and says what went wrong; whether to try again is the polic
 
 from __future__ import annotations
 
+import io
+import math
 import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 MAX_LINE = 65536
 """Longest status or header line read: an answer with longer ones is ``Broken``."""
@@ -39,6 +42,9 @@ MAX_HEADERS = 1000
 """Most header lines in one answer (S3's metadata is at most 2 KiB; this only bounds a bad one)."""
 WHOLE_WRITE = 65536
 """Bodies up to this size go out with the request head in one ``sendall``."""
+READ_STEP = 16 << 20
+"""A body (or chunk) longer than this is read this much at a time: the memory it takes follows
+the bytes that arrive, not the length the answer claims (a petabyte was a MemoryError)."""
 
 
 class Broken(ConnectionError):
@@ -65,12 +71,41 @@ class Proxy:
     auth: str | None = None
 
 
+class _Timed(io.RawIOBase):
+    """A socket's reading side where each wait is bounded by ``wait`` seconds and all of them
+    together end at ``until`` (``time.monotonic()``): a server that sends its answer a byte at a
+    time (each wait short) must still not hold the request past its operation's deadline."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.wait: float | None = None
+        self.until = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.sock.settimeout(_bound(self.wait, self.until))
+        return self.sock.recv_into(buffer)
+
+
+def _bound(wait: float | None, until: float) -> float | None:
+    """The timeout for one wait: ``wait``, or less when ``until`` is nearer (past: TimeoutError)."""
+    if until == math.inf:
+        return wait
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the answer did not end before the deadline")
+    return left if wait is None else min(wait, left)
+
+
 class _Conn:
     """One connection: its socket and the buffered reader answers are read from."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader: BinaryIO = sock.makefile("rb")  # type: ignore[assignment]
+        self.timed = _Timed(sock)
+        self.reader: BinaryIO = io.BufferedReader(self.timed)  # type: ignore[assignment]
 
     def close(self) -> None:
         self.reader.close()
@@ -102,13 +137,15 @@ class Pool:
         self._lock = threading.Lock()
 
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes, *,
-                connect: float, read: float) -> Response:
+                connect: float, read: float, until: float = math.inf) -> Response:
         """One exchange: ``target`` is the path and query (made absolute for a plain-HTTP proxy);
-        ``connect`` bounds a new connection's set-up, ``read`` each wait for the answer."""
+        ``connect`` bounds a new connection's set-up, ``read`` each wait for the answer, and
+        ``until`` (``time.monotonic()``) the whole exchange (TimeoutError past it)."""
         head = self._head(method, target, headers, len(body))
         conn = self._take(connect)
         try:
-            conn.sock.settimeout(read)
+            conn.timed.wait, conn.timed.until = read, until
+            conn.sock.settimeout(_bound(read, until))
             try:
                 _send(conn.sock, head, body)
             except (BrokenPipeError, ConnectionResetError):
@@ -163,6 +200,10 @@ class Pool:
                 self._tunnel(sock)
             try:
                 tls = self._tls.wrap_socket(sock, server_hostname=self.host)
+            except ssl.SSLEOFError:
+                # Closed halfway (a flaky network, a restarting server): nothing was learnt
+                # about the certificate, and the next connection may well get through.
+                raise Broken("the connection closed during the TLS handshake") from None
             except ssl.SSLError as exc:
                 raise HandshakeFailed(str(exc)) from None
             except ssl.CertificateError as exc:  # pragma: no cover - raised as SSLError since 3.7
@@ -259,16 +300,32 @@ def _read_answer(reader: BinaryIO, method: str) -> tuple[Response, bool]:
     if method == "HEAD" or status in (204, 304):
         return Response(status, headers, b""), reusable
     if "chunked" in headers.get("transfer-encoding", "").lower():
+        # With a Content-Length too, someone on the way may frame it by that: not used again.
+        reusable = reusable and "content-length" not in headers
         return Response(status, headers, _read_chunked(reader)), reusable
     length = headers.get("content-length")
     if length is None:
         return Response(status, headers, reader.read()), False  # the body ends at the close
-    if not length.isdigit():
+    # ASCII digits only: str.isdigit() takes "²" too, which int() refuses.
+    if not (length.isascii() and length.isdigit()):
         raise Broken("a Content-Length that is no number")
-    data = reader.read(int(length))
-    if len(data) != int(length):
-        raise Broken(f"the body broke off at {len(data)} of {length} bytes")
-    return Response(status, headers, data), reusable
+    return Response(status, headers, _read_exact(reader, int(length), "the body")), reusable
+
+
+def _read_exact(reader: BinaryIO, size: int, what: str) -> bytes:
+    if size <= READ_STEP:
+        data = reader.read(size)
+        if len(data) != size:
+            raise Broken(f"{what} broke off at {len(data)} of {size} bytes")
+        return data
+    parts, got = [], 0
+    while got < size:
+        piece = reader.read(min(size - got, READ_STEP))
+        if not piece:
+            raise Broken(f"{what} broke off at {got} of {size} bytes")
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
 
 
 def _read_chunked(reader: BinaryIO) -> bytes:
@@ -276,16 +333,13 @@ def _read_chunked(reader: BinaryIO) -> bytes:
     while True:
         line = reader.readline(MAX_LINE + 1)
         size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise Broken("a chunk without a size") from None
+        # Hex digits only: int(..., 16) also takes a sign, "0x" and underscores.
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise Broken("a chunk without a size")
+        size = int(size_text, 16)
         if size == 0:
             break
-        chunk = reader.read(size + 2)
-        if len(chunk) != size + 2:
-            raise Broken("a chunk broke off")
-        parts.append(chunk[:size])
+        parts.append(_read_exact(reader, size + 2, "a chunk")[:size])
     for _ in range(MAX_HEADERS + 1):  # trailers, up to the empty line
         line = reader.readline(MAX_LINE + 1)
         if line in (b"\r\n", b"\n"):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import calendar
 import ipaddress
+import math
 import re
 import ssl
 import urllib.request
@@ -67,6 +68,16 @@ class TransportError(Exception):
     """No (whole) answer: refused, reset, timed out, or a body that broke off."""
 
 
+MALFORMED = (ET.ParseError, KeyError, ValueError, TypeError)
+"""What reading a success answer that is not S3's raises (XML cut short, a missing or unreadable
+header or field): a failed attempt like a broken connection (``_malformed``), never an error
+that escapes the policy."""
+
+
+def _malformed(exc: Exception) -> TransportError:
+    return TransportError(f"an answer S3 would not send ({type(exc).__name__}: {exc})"[:200])
+
+
 class TlsError(Exception):
     """The TLS handshake with ``origin`` failed (an untrusted certificate, most often)."""
 
@@ -79,13 +90,14 @@ class TlsError(Exception):
 @dataclass(frozen=True)
 class Attempt:
     """Which try of a request this is (sent as ``amz-sdk-request``, as the AWS SDKs do, so a
-    server or proxy can tell a retry), and its bounds: seconds to connect, and to wait for each
-    read of the answer."""
+    server or proxy can tell a retry), and its bounds: seconds to connect, to wait for each
+    read of the answer, and when (``time.monotonic()``) the whole attempt must have ended."""
 
     number: int
     of: int
     connect: float
     read: float
+    until: float = math.inf
 
 
 @dataclass
@@ -133,14 +145,21 @@ class LeanS3:
 
     def head(self, key: str, keys: KeySet, t: Attempt) -> ObjectInfo:
         r = self.send("HEAD", key, keys, t)
-        return _info(key, r.headers, int(r.headers.get("content-length", 0)))
+        try:
+            return _info(key, r.headers, int(r.headers.get("content-length", 0)))
+        except MALFORMED as exc:
+            raise _malformed(exc) from None
 
     def peek(self, key: str, keys: KeySet, t: Attempt, length: int) -> tuple[ObjectInfo, bytes]:
         """What ``head`` tells, and the object's first ``length`` bytes: one ranged GET. The
         size is the total of Content-Range (a server that ignores Range sends it all, 200)."""
         r = self.send("GET", key, keys, t, headers={"Range": f"bytes=0-{length - 1}"})
         total = r.headers.get("content-range", "").rpartition("/")[2] if r.status == 206 else ""
-        return _info(key, r.headers, int(total) if total.isdigit() else len(r.data)), r.data
+        try:
+            size = int(total) if total.isascii() and total.isdigit() else len(r.data)
+            return _info(key, r.headers, size), r.data
+        except MALFORMED as exc:
+            raise _malformed(exc) from None
 
     def get(self, key: str, keys: KeySet, t: Attempt, *,
             byte_range: tuple[int, int] | None = None, etag: str | None = None) -> bytes:
@@ -228,7 +247,11 @@ class LeanS3:
         Keys are asked URL-encoded (as botocore does), so names with characters XML 1.0 cannot
         carry still arrive intact."""
         query = {"list-type": "2", "encoding-type": "url", **params}
-        return _parse_listing(self.send("GET", None, keys, t, query=query).data)
+        data = self.send("GET", None, keys, t, query=query).data
+        try:
+            return _parse_listing(data)
+        except MALFORMED as exc:
+            raise _malformed(exc) from None
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -247,7 +270,8 @@ class LeanS3:
             # The target goes out verbatim (a client that normalised "a/../b" in keys would ask
             # for another object); the body is read whole here, so a body that breaks off is a
             # failed attempt like any other.
-            r = self._pool.request(method, target, signed, body, connect=t.connect, read=t.read)
+            r = self._pool.request(method, target, signed, body, connect=t.connect, read=t.read,
+                                   until=t.until)
         except http1.HandshakeFailed as exc:
             raise TlsError(self._origin, str(exc)) from None
         except OSError as exc:

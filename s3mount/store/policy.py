@@ -172,7 +172,7 @@ class RequestPolicy:
             number += 1
             remaining = end - time.monotonic()
             bounds = Attempt(number, self.max_attempts, connect=min(CONNECT_MAX, remaining),
-                             read=min(per_attempt, remaining))
+                             read=min(per_attempt, remaining), until=end)
             try:
                 return attempt(keys, bounds)
             except (HttpError, TransportError, TlsError) as exc:
