@@ -56,10 +56,7 @@ UNREACHABLE_MEMO = 1.0
 The kernel lets one lookup of a name run at a time: callers waiting for the same name (every
 path walk through a directory whose entry expired) look it up again once it failed, so without
 this each would wait out the timeout after the one before it (ten ``stat``s through one
-directory: EIO after 4, 8, ... 40 s with ``timeout=4``). They get the failure at once. The same
-holds for the directory: lookups of different new names in one directory reached the mount one
-after another too (measured: five ``stat``s at once in a listed directory ended at 4, 8, ... 20 s),
-so a failure also answers the other names of that directory that need the server, for as long."""
+directory: EIO after 4, 8, ... 40 s with ``timeout=4``). They get the failure at once."""
 SYMLINK_MAX = 4096
 
 OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "ctime", "atime", "rdev"})
@@ -402,14 +399,13 @@ class Namespace:
         if path in self.negative or hidden(self.keys, path):
             return None
         memo = self.unreachable
-        in_dir = parent_path + "/"  # the directory's entry: no path ends with "/"
-        if memo is not None and (why := memo.get(path) or memo.get(in_dir)) is not None:
+        if memo is not None and (why := memo.get(path)) is not None:
             raise Unavailable(why)
         try:
             return await self._ask(path, parent_path, name, node)
         except Unavailable as exc:
             if memo is not None:
-                memo[path] = memo[in_dir] = str(exc)
+                memo[path] = str(exc)
             raise
 
     async def _ask(self, path: str, parent_path: str, name: str, node: Inode | None
