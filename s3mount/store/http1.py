@@ -122,17 +122,18 @@ class _Conn:
 class Pool:
     """Connections to ``host``:``port`` over ``scheme``, kept for reuse; safe across threads."""
 
-    def __init__(self, scheme: str, host: str, port: int, *, size: int,
+    def __init__(self, scheme: str, host: str, port: int | None, *, size: int,
                  tls: ssl.SSLContext | None = None, proxy: Proxy | None = None) -> None:
+        """``port`` None: the scheme's default."""
+        default = 443 if scheme == "https" else 80
         self.scheme = scheme
         self.host = host
-        self.port = port
+        self.port = port or default
         self.size = size
         self._tls = tls if scheme == "https" else None
         self._proxy = proxy
-        default = 443 if scheme == "https" else 80
         # As the signer derives ``host`` (``sigv4.host_of``): the default port left out.
-        self._host = _authority(host, port) if port != default else _authority(host, None)
+        self._host = _authority(host, None if self.port == default else self.port)
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
 
@@ -204,9 +205,7 @@ class Pool:
                 # Closed halfway (a flaky network, a restarting server): nothing was learnt
                 # about the certificate, and the next connection may well get through.
                 raise Broken("the connection closed during the TLS handshake") from None
-            except ssl.SSLError as exc:
-                raise HandshakeFailed(str(exc)) from None
-            except ssl.CertificateError as exc:  # pragma: no cover - raised as SSLError since 3.7
+            except ssl.SSLError as exc:  # a certificate not trusted among them
                 raise HandshakeFailed(str(exc)) from None
             return _Conn(tls)
         except BaseException:
@@ -236,7 +235,7 @@ class Pool:
         and start another one with what follows (names and values come from metadata, xattrs
         included): refused, as http.client refuses it."""
         if self._proxy is not None and self._tls is None:
-            target = f"http://{_authority(self.host, self.port)}{target}"
+            target = f"http://{self._host}{target}"
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if length or method in ("PUT", "POST"):
@@ -313,11 +312,8 @@ def _read_answer(reader: BinaryIO, method: str) -> tuple[Response, bool]:
 
 
 def _read_exact(reader: BinaryIO, size: int, what: str) -> bytes:
-    if size <= READ_STEP:
-        data = reader.read(size)
-        if len(data) != size:
-            raise Broken(f"{what} broke off at {len(data)} of {size} bytes")
-        return data
+    """``size`` bytes, ``READ_STEP`` at a time (a body that fits in one step is one read, and
+    the join hands back that very object: no copy)."""
     parts, got = [], 0
     while got < size:
         piece = reader.read(min(size - got, READ_STEP))

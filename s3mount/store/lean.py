@@ -131,9 +131,8 @@ class LeanS3:
                 tls.check_hostname = False
                 tls.verify_mode = ssl.CERT_NONE
         proxy = _proxy_for(parts.scheme, host)
-        host_port = urlsplit(self._origin)
-        self._pool = http1.Pool(parts.scheme, host_port.hostname or "",
-                                host_port.port or (443 if parts.scheme == "https" else 80),
+        origin = urlsplit(self._origin)
+        self._pool = http1.Pool(parts.scheme, origin.hostname or "", origin.port,
                                 size=pool_size, tls=tls,
                                 proxy=_proxy_of(proxy) if proxy else None)
 
