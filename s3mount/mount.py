@@ -368,6 +368,9 @@ class MountRunner:
                 nursery.start_soon(self.fs.writeback.run)
                 nursery.start_soon(self.fs.shared.run)
                 nursery.start_soon(self._recover)
+                # Published before the mount is reported ready, so a `s3mount umount` run right
+                # after `s3mount mount` returns finds this process and waits for its uploads.
+                self._publish_once()
                 if on_ready is not None:
                     on_ready()
                 await pyfuse3.main()

@@ -278,9 +278,13 @@ def _pid_alive(pid: object) -> bool:
 
 
 def read_all() -> list[dict[str, Any]]:
-    """State of every live mount, sorted by mountpoint; stale entries are deleted on the way."""
-    mounted = mounted_paths()
-    found: dict[str, dict[str, Any]] = {}
+    """State of every live mount, sorted by mountpoint; stale entries are deleted on the way.
+
+    The mount table is read after the entries: a mount is made before its first entry is
+    written, so a table read before could lack a mount that started meanwhile, and its fresh
+    entry would be deleted as stale (then a ``umount`` right after found nothing to wait for).
+    """
+    read: list[tuple[str, int, Any]] = []
     for directory in _existing_dirs():
         for name in sorted(os.listdir(directory)):
             if name.endswith(OUTCOME_SUFFIX):
@@ -290,6 +294,7 @@ def read_all() -> list[dict[str, Any]]:
             path = os.path.join(directory, name)
             try:
                 with open(path) as f:
+                    ino = os.fstat(f.fileno()).st_ino
                     entry = json.load(f)
             except FileNotFoundError:  # withdrawn meanwhile
                 continue
@@ -297,15 +302,19 @@ def read_all() -> list[dict[str, Any]]:
                 log.warning("removing unreadable runtime entry %s: %s", path, exc)
                 _remove(path)
                 continue
-            if (not isinstance(entry, dict) or not _pid_alive(entry.get("pid"))
-                    or (entry.get("mountpoint") not in mounted and not entry.get("detached"))):
-                log.debug("removing stale runtime entry %s", path)
-                _remove(path)
-                continue
-            key = (entry["mountpoint"], entry["pid"] if entry.get("detached") else 0)
-            prev = found.get(key)
-            if prev is None or entry.get("updated_at", 0) > prev.get("updated_at", 0):
-                found[key] = entry
+            read.append((path, ino, entry))
+    mounted = mounted_paths()
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for path, ino, entry in read:
+        if (not isinstance(entry, dict) or not _pid_alive(entry.get("pid"))
+                or (entry.get("mountpoint") not in mounted and not entry.get("detached"))):
+            log.debug("removing stale runtime entry %s", path)
+            _remove_if_same(path, ino)
+            continue
+        key = (entry["mountpoint"], entry["pid"] if entry.get("detached") else 0)
+        prev = found.get(key)
+        if prev is None or entry.get("updated_at", 0) > prev.get("updated_at", 0):
+            found[key] = entry
     return [found[k] for k in sorted(found)]
 
 
@@ -327,6 +336,14 @@ def _remove_if_older(path: str, age: float) -> None:
     mount process that no ``umount`` waited for)."""
     with contextlib.suppress(OSError):
         if time.time() - os.stat(path).st_mtime > age:
+            os.unlink(path)
+
+
+def _remove_if_same(path: str, ino: int) -> None:
+    """Remove ``path`` unless it was replaced since it was read as inode ``ino``: a mount that
+    started again at the same mountpoint has published a live entry under the same name."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_ino == ino:
             os.unlink(path)
 
 

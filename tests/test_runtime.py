@@ -90,6 +90,46 @@ def test_entry_of_unmounted_path_is_removed(rundir, mounted, tmp_path):
     assert list(rundir.iterdir()) == []
 
 
+def test_a_mount_made_while_entries_are_read_is_not_taken_for_stale(rundir, mounted, tmp_path,
+                                                                     monkeypatch):
+    """Another process's ``status`` or ``umount`` reads the runtime directory while a mount starts:
+    its fresh entry stays (it once was deleted, and a ``umount`` right after found nothing to wait
+    for and returned before the mount's uploads were stored)."""
+    mp = str(tmp_path / "mnt")
+    monkeypatch.setattr(runtime, "mounted_paths", lambda: set(mounted))  # the table as read then
+    dirs = runtime._existing_dirs
+
+    def mount_starts_meanwhile():
+        mounted.add(mp)  # the mount is made, then its process publishes its first entry
+        runtime.publish(mp, {"bucket": "b"})
+        return dirs()
+
+    monkeypatch.setattr(runtime, "_existing_dirs", mount_starts_meanwhile)
+    assert [e["bucket"] for e in runtime.read_all()] == ["b"]
+    monkeypatch.setattr(runtime, "_existing_dirs", dirs)
+    assert runtime.find(mp) is not None
+
+
+def test_a_stale_entry_replaced_by_a_new_mount_is_kept(rundir, mounted, tmp_path, monkeypatch):
+    """The entry of a dead mount process is replaced by the one of a mount started again at the
+    same mountpoint between being read and being removed: the new one stays."""
+    mp = str(tmp_path / "mnt")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    runtime.publish(mp, {"pid": dead.pid})
+    paths = runtime.mounted_paths
+
+    def remounted_meanwhile():
+        mounted.add(mp)
+        runtime.publish(mp, {"bucket": "again"})
+        return paths()
+
+    monkeypatch.setattr(runtime, "mounted_paths", remounted_meanwhile)
+    assert runtime.read_all() == []  # this reader saw only the dead entry
+    monkeypatch.setattr(runtime, "mounted_paths", paths)
+    assert [e["bucket"] for e in runtime.read_all()] == ["again"]
+
+
 def test_corrupt_entry_is_removed(rundir, mounted, tmp_path):
     mp = str(tmp_path / "mnt")
     mounted.add(mp)
