@@ -1286,6 +1286,18 @@ def test_rename_dir_onto_empty_dir(rig: Rig) -> None:
     assert list(seen) == ["b"] and seen["b"].mode == 0o750
 
 
+def test_rename_dir_onto_a_changed_empty_dir_keeps_the_source_times(rig: Rig) -> None:
+    """The target's own times (moved when an entry was removed from it) go with it: the renamed
+    directory shows the mtime it was given (found by the reference model on the real store)."""
+    rig.ok(rig.k.mkdir, "b", 0o755)
+    rig.ok(rig.k.setattr, "b", AttrChanges(mtime_ns=1_331_660_465_000_000_123))
+    rig.ok(rig.k.mkdir, "d", 0o755)
+    rig.ok(rig.k.mkdir, "d/a", 0o755)
+    rig.ok(rig.k.rmdir, "d/a")  # d's mtime moves to now
+    rig.ok(rig.k.rename, "b", "d", 0)
+    assert rig.snapshot()["d"].mtime_ns == 1_331_660_465_000_000_123
+
+
 def test_dir_attrs_after_marker_deleted_behind_back(rig: Rig) -> None:
     rig.ok(rig.k.mkdir, "d", 0o700)
     rig.ok(rig.k.create, "d/f", b"x", 0o644)

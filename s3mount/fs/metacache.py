@@ -125,7 +125,11 @@ class MetaCache:
             self._dir_pending[key] = (mtime_ns, ctime_ns)
 
     def move_dir_times(self, old: str, new: str) -> None:
-        """A directory was renamed: the kept times of it and every directory below it move."""
+        """A directory was renamed: the kept times of it and every directory below it move.
+        Those of an empty directory it replaced go first: newer than the source's marker, they
+        would otherwise win over it (``Namespace.install`` keeps the newer)."""
+        for key in [k for k in self._dir_times if k.startswith(new)]:
+            self.drop_dir_times(key)
         for key in [k for k in self._dir_times if k.startswith(old)]:
             mtime, ctime = self._dir_times.pop(key)
             if self._db is not None:
