@@ -631,3 +631,61 @@ def test_other_tools_directory_objects(mounter: Mounter, bucket: str, s3) -> Non
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {"olds3fs", "olds3fs/in", "renamed/", "page.html"}
     assert s3.head_object(Bucket=bucket, Key="page.html")["ContentType"] == "text/html"
+
+
+def test_fifty_callers_in_one_directory_agree(mounter: Mounter, bucket: str, s3) -> None:
+    """Lookups and listings of one directory run at once (FUSE_PARALLEL_DIROPS, .ci/build-libfuse)
+    while files are made, renamed and removed in it: no caller sees an error or a wrong size,
+    a listing never lacks a name that existed throughout, and the bucket ends as the callers
+    left it. Zero timeouts, so every operation reaches the mount."""
+    shared = [f"e{i:02d}" for i in range(20)]
+    for name in shared:
+        s3.put_object(Bucket=bucket, Key=f"d/{name}", Body=name.encode() * 3)
+    m = mounter(bucket, "dir_timeout=0", "attr_timeout=0", "neg_timeout=0")
+    d = m.path / "d"
+    errors: list[str] = []
+    kept: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        rng = random.Random(n)
+        mine: list[str] = []
+        try:
+            for k in range(8):
+                op = rng.choice(["stat", "stat", "list", "make", "make", "rename", "remove"])
+                if op == "stat":
+                    name = rng.choice(shared)
+                    if os.stat(d / name).st_size != 3 * len(name):
+                        errors.append(f"{n}: wrong size of {name}")
+                elif op == "list":
+                    seen = set(os.listdir(d))
+                    if not seen >= {*shared, *mine}:
+                        errors.append(f"{n}: listing lacks {sorted({*shared, *mine} - seen)}")
+                elif op == "make":
+                    name = f"t{n:02d}_{k}"
+                    (d / name).write_bytes(name.encode())
+                    mine.append(name)
+                elif op == "rename" and mine:
+                    old = mine.pop(rng.randrange(len(mine)))
+                    os.rename(d / old, d / f"{old}r")
+                    mine.append(f"{old}r")
+                elif op == "remove" and mine:
+                    os.unlink(d / mine.pop(rng.randrange(len(mine))))
+        except OSError as exc:
+            errors.append(f"{n}: {exc!r}")
+        with lock:
+            kept.update({name: name.rstrip("r").encode() for name in mine})
+
+    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "callers still blocked after 120 s"
+    assert not errors, errors[:10]
+    assert sorted(os.listdir(d)) == sorted([*shared, *kept])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="d/")
+    in_bucket = {o["Key"][2:] for page in pages for o in page.get("Contents", [])}
+    assert in_bucket == {*shared, *kept}
+    for name, data in kept.items():
+        assert s3.get_object(Bucket=bucket, Key=f"d/{name}")["Body"].read() == data
