@@ -284,7 +284,7 @@ def read_all() -> list[dict[str, Any]]:
     written, so a table read before could lack a mount that started meanwhile, and its fresh
     entry would be deleted as stale (then a ``umount`` right after found nothing to wait for).
     """
-    read: list[tuple[str, int, Any]] = []
+    read: list[tuple[str, tuple[int, int], Any]] = []
     for directory in _existing_dirs():
         for name in sorted(os.listdir(directory)):
             if name.endswith(OUTCOME_SUFFIX):
@@ -294,7 +294,7 @@ def read_all() -> list[dict[str, Any]]:
             path = os.path.join(directory, name)
             try:
                 with open(path) as f:
-                    ino = os.fstat(f.fileno()).st_ino
+                    st = os.fstat(f.fileno())
                     entry = json.load(f)
             except FileNotFoundError:  # withdrawn meanwhile
                 continue
@@ -302,14 +302,14 @@ def read_all() -> list[dict[str, Any]]:
                 log.warning("removing unreadable runtime entry %s: %s", path, exc)
                 _remove(path)
                 continue
-            read.append((path, ino, entry))
+            read.append((path, (st.st_ino, st.st_mtime_ns), entry))
     mounted = mounted_paths()
     found: dict[tuple[str, int], dict[str, Any]] = {}
-    for path, ino, entry in read:
+    for path, seen, entry in read:
         if (not isinstance(entry, dict) or not _pid_alive(entry.get("pid"))
                 or (entry.get("mountpoint") not in mounted and not entry.get("detached"))):
             log.debug("removing stale runtime entry %s", path)
-            _remove_if_same(path, ino)
+            _remove_if_same(path, seen)
             continue
         key = (entry["mountpoint"], entry["pid"] if entry.get("detached") else 0)
         prev = found.get(key)
@@ -339,11 +339,12 @@ def _remove_if_older(path: str, age: float) -> None:
             os.unlink(path)
 
 
-def _remove_if_same(path: str, ino: int) -> None:
-    """Remove ``path`` unless it was replaced since it was read as inode ``ino``: a mount that
-    started again at the same mountpoint has published a live entry under the same name."""
+def _remove_if_same(path: str, seen: tuple[int, int]) -> None:
+    """Remove ``path`` unless it was replaced since it was read as ``seen`` (inode, mtime): a
+    mount that started again at the same mountpoint has published a live entry under that name."""
     with contextlib.suppress(FileNotFoundError):
-        if os.stat(path).st_ino == ino:
+        st = os.stat(path)
+        if (st.st_ino, st.st_mtime_ns) == seen:
             os.unlink(path)
 
 
