@@ -126,6 +126,21 @@ def test_error_replies(proxy: FaultProxy, keys: KeySet, bucket: str, s3, kind: s
     assert proxy.stats()[kind] == 3
 
 
+def test_a_fault_given_again_counts_again(proxy: FaultProxy, keys: KeySet, bucket: str) -> None:
+    """A fault kept in a constant and given to the proxy by several tests hits ``count`` requests
+    each time: the proxy counts on its own copy (it used up the caller's object, so a second
+    test's ``hold`` held nothing and that test failed, depending on which worker ran it)."""
+    c = client(proxy.url, keys)
+    once = Fault("internal", count=1, methods=("GET",))
+    for n in (1, 2):
+        proxy.set_faults([once])
+        with pytest.raises(ClientError):
+            c.list_objects_v2(Bucket=bucket)
+        c.list_objects_v2(Bucket=bucket)
+        assert proxy.stats()["internal"] == n
+    assert once.count == 1
+
+
 def test_drop(proxy: FaultProxy, keys: KeySet, bucket: str) -> None:
     c = client(proxy.url, keys)
     proxy.set_faults([Fault("drop", count=1)])

@@ -55,7 +55,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -217,8 +217,11 @@ class FaultProxy:
 
     def set_faults(self, faults: Iterable[Fault], *, seed: int | None = None) -> None:
         """Replace the fault list (first matching fault wins); reseed the RNG if ``seed`` given.
-        A ``hold`` in the new list holds its responses until the next ``release()``."""
-        faults = list(faults)
+        A ``hold`` in the new list holds its responses until the next ``release()``.
+
+        The proxy counts ``count`` down on copies: a fault kept in a constant and given again
+        (by the next test) hits its ``count`` requests again."""
+        faults = [replace(f) for f in faults]
         with self._lock:
             self._faults = faults
             if seed is not None:
