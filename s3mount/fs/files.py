@@ -71,8 +71,10 @@ class FileIO:
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
             self.cfg.check_writable()
-        keep_cache = node.open_count == 0 and node.etag is not None and \
-            node.etag == node.kernel_cache_etag
+        # Whether other descriptors are open does not matter: the kernel's pages follow local
+        # writes, and FUSE sends a close's RELEASE in the background, so "still open" is often
+        # a descriptor already closed (a GET per re-read of an unchanged file, under load).
+        keep_cache = node.etag is not None and node.etag == node.kernel_cache_etag
         of = self._files.open(node)
         try:
             if flags & os.O_TRUNC:
