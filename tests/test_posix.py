@@ -6,6 +6,7 @@ import base64
 import ctypes
 import errno
 import functools
+import io
 import json
 import os
 import random
@@ -689,3 +690,29 @@ def test_fifty_callers_in_one_directory_agree(mounter: Mounter, bucket: str, s3)
     assert in_bucket == {*shared, *kept}
     for name, data in kept.items():
         assert s3.get_object(Bucket=bucket, Key=f"d/{name}")["Body"].read() == data
+
+
+def test_a_file_open_across_mv_keeps_reading(mounter: Mounter, bucket: str, s3) -> None:
+    """POSIX: a descriptor keeps working when its file is renamed, here by the mount itself (a
+    copy, then the old key deleted): parts it had not read yet come from the new key. Also when
+    the copy has another ETag (a source uploaded in parts) and when a directory above moves.
+    (Reads failed with ENOENT past what the kernel had cached.)"""
+    from boto3.s3.transfer import TransferConfig
+
+    size, at = 40 * 1024 * 1024, 30 * 1024 * 1024
+    parts = os.urandom(size)
+    s3.upload_fileobj(io.BytesIO(parts), bucket, "parts",
+                      Config=TransferConfig(multipart_threshold=8 * 1024 * 1024,
+                                            multipart_chunksize=8 * 1024 * 1024))
+    assert "-" in s3.head_object(Bucket=bucket, Key="parts")["ETag"]
+    whole = os.urandom(size)
+    s3.put_object(Bucket=bucket, Key="d/whole", Body=whole)
+    m = mounter(bucket)
+    for path, moves, new, data in [("parts", ("parts", "moved"), "moved", parts),
+                                   ("d/whole", ("d", "e"), "e/whole", whole)]:
+        with open(m.path / path, "rb") as f:
+            assert f.read(4096) == data[:4096]
+            os.rename(m.path / moves[0], m.path / moves[1])
+            f.seek(at)
+            assert f.read(65536) == data[at:at + 65536], path
+        assert (m.path / new).stat().st_size == size

@@ -241,8 +241,11 @@ class DirOps:
         md = {**src.extra, **metadata_for(src.attrs)} if self.cfg.posix_metadata else None
         # CopyObject replaces the target in one step, so a reader of the target sees the old or
         # the new content, never a missing or partial file.
+        before = src.etag
         src.etag = await self._runner.run(self._runner.store.copy, old_key, new_key, metadata=md,
                                           size=src.attrs.size)
+        if src.etag is not None and src.etag != before:
+            src.copied_as = {**(src.copied_as or {}), before: src.etag}
         src.s3_mtime = None
         if md is not None:
             self.meta.put(new_key, src.etag, None, md)
@@ -272,9 +275,19 @@ class DirOps:
                                    content_type="application/x-directory")
         # Copy everything first, then delete: a failure half-way leaves both trees, never a loss.
         run, store = self._runner.run, self._runner.store
-        await gather([functools.partial(run, store.copy, o.key,
-                                        new_prefix + o.key[len(old_prefix):], size=o.size)
-                      for o in keys], limit=HEAD_PARALLELISM)
+
+        async def copy(o: ObjectInfo) -> None:
+            rel = o.key[len(old_prefix):]
+            etag = await run(store.copy, o.key, new_prefix + rel, size=o.size)
+            node = None if rel.endswith("/") else self._inodes.at(f"{old}/{rel}")
+            if node is not None and node.etag == o.etag and etag and etag != o.etag:
+                # A big object is copied in parts and gets another ETag: descriptors open on
+                # the version follow it (FileIO._moved), and our own copy is not taken for
+                # a change made by someone else.
+                node.copied_as = {**(node.copied_as or {}), o.etag: etag}
+                node.etag = etag
+
+        await gather([functools.partial(copy, o) for o in keys], limit=HEAD_PARALLELISM)
         await gather([functools.partial(run, store.delete, o.key) for o in keys],
                      limit=HEAD_PARALLELISM)
         for o in keys:

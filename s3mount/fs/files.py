@@ -18,7 +18,7 @@ import os
 import stat
 import time
 
-from ..errors import FsError, PreconditionFailed, Refused, S3MountError
+from ..errors import FsError, NotFound, PreconditionFailed, Refused, S3MountError
 from .attrs import new_attrs
 from .budget import Budget
 from .inodes import Inode, InodeTable
@@ -159,11 +159,32 @@ class FileIO:
             if start == 0 and (head := self._names.take_peeked(key, etag)) is not None \
                     and len(head) == length:
                 return head  # fetched whole by the lookup just before
-            return await self._runner.run(self._runner.store.get_range, key, start, length,
-                                          etag=etag)
+            try:
+                return await self._runner.run(self._runner.store.get_range, key, start, length,
+                                              etag=etag)
+            except NotFound:
+                moved = self._moved(node, key, etag)
+                if moved is None:
+                    raise
+                return await self._runner.run(self._runner.store.get_range, moved[0], start,
+                                              length, etag=moved[1])
 
         return Reader(fetch, node.attrs.size, self._runner.nursery, self._read_budget,
                       part_size=self.cfg.part_size)
+
+    def _moved(self, node: Inode, key: str, etag: str) -> tuple[str, str] | None:
+        """Where the version opened as ``key``/``etag`` is now if this mount renamed the file
+        since (the file or a directory above it: a rename copies, then deletes the old key), as
+        (key, ETag); None if it was not moved. A descriptor open across ``mv`` keeps reading
+        (POSIX); if the version was replaced at the new name too, reading it fails as usual."""
+        if node.path is None or (now := self.keys.file_key(node.path)) == key:
+            return None
+        aliases = node.copied_as or {}
+        for _ in range(len(aliases)):
+            if etag not in aliases:
+                break
+            etag = aliases[etag]
+        return now, etag
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._files.handle(fh)

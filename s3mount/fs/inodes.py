@@ -40,6 +40,10 @@ class Inode:
     provisional: bool = False
     """``attrs`` are guessed from a listing: the object's POSIX metadata is not known yet
     (see ``listedattrs``)."""
+    copied_as: dict[str, str] | None = None
+    """ETag a version of this file was copied under by our own renames, by its ETag before (a
+    rename copies the object; the copy of an object uploaded in parts gets another ETag), so
+    a descriptor opened before a rename still finds its version (``FileIO._moved``)."""
 
     @property
     def is_dir(self) -> bool:
