@@ -302,6 +302,21 @@ def test_changes_behind_the_mount_show_after_ttl(mounter: Mounter, bucket: str, 
     assert not (m.path / "g").exists()
 
 
+def test_a_file_replaced_behind_the_mount_reads_whole_at_once(
+        mounter: Mounter, bucket: str, s3) -> None:
+    """Read right after another tool replaced it by a longer one: the open finds the new
+    version, and the kernel, which still held the old size (attr_timeout), cut the read at it
+    (100,000 bytes of the new file) until the open made it ask for the size again."""
+    old, new = b"o" * 100_000, b"n" * 200_000  # more than a lookup fetches, less than an open
+    s3.put_object(Bucket=bucket, Key="f", Body=old)
+    m = mounter(bucket, "attr_timeout=600")
+    assert os.stat(m.path / "f").st_size == len(old)
+    s3.put_object(Bucket=bucket, Key="f", Body=new)
+    with open(m.path / "f", "rb") as f:
+        assert f.read() == new
+        assert os.fstat(f.fileno()).st_size == len(new)
+
+
 def test_odd_keys_are_skipped_or_resolved(mounter: Mounter, bucket: str, s3) -> None:
     s3.put_object(Bucket=bucket, Key="a", Body=b"file")
     s3.put_object(Bucket=bucket, Key="a/x", Body=b"in dir")

@@ -35,11 +35,33 @@ class Inode:
     """LastModified of the object version ``etag`` names; None when unknown (our own upload)."""
     kernel_cache_etag: str | None = None
     """ETag of the content the kernel's page cache holds for this inode (keep_cache decision)."""
+    shown_etag: str | None = None
+    """ETag of the version whose attributes the latest reply handed the kernel..."""
+    shown_until: float = 0.0
+    """... and the trio clock time until which it may keep them (it cuts reads at that size)."""
+    other_until: float = 0.0
+    """Until when the kernel may keep the attributes of a version shown before: of concurrent
+    replies it keeps the first it receives, which need not be the last one sent."""
     extra: dict[str, str] = field(default_factory=dict)
     """Foreign user metadata we do not interpret; kept across our own rewrites of the object."""
     provisional: bool = False
     """``attrs`` are guessed from a listing: the object's POSIX metadata is not known yet
     (see ``listedattrs``)."""
+
+    def shown(self, now: float, timeout: float) -> None:
+        """The kernel was handed this version's attributes, to keep ``timeout`` seconds."""
+        if timeout > 0:
+            if self.shown_etag != self.etag and self.shown_until > now:
+                self.other_until = max(self.other_until, self.shown_until)
+            self.shown_etag, self.shown_until = self.etag, now + timeout
+
+    def kernel_holds_other(self, now: float) -> bool:
+        """Whether the kernel may still hold the attributes of a version other than ours."""
+        return self.other_until > now or self.shown_etag != self.etag and self.shown_until > now
+
+    def kernel_forgot_attrs(self) -> None:
+        """The kernel was told to drop its attributes (and ignores replies sent before)."""
+        self.shown_until = self.other_until = 0.0
 
     @property
     def is_dir(self) -> bool:
