@@ -393,6 +393,7 @@ class Namespace:
         node = self.inodes.at(path)
         if node is not None and node.provisional:
             await self.describer.wait(path)  # a walk may be describing it
+            node = self.inodes.at(path)  # (see _ask)
         if node is not None and (node.valid_until > trio.current_time() or
                                  node.open_count or node.etag is None and not node.is_dir):
             return node
@@ -402,16 +403,19 @@ class Namespace:
         if memo is not None and (why := memo.get(path)) is not None:
             raise Unavailable(why)
         try:
-            return await self._ask(path, parent_path, name, node)
+            return await self._ask(path, parent_path, name)
         except Unavailable as exc:
             if memo is not None:
                 memo[path] = str(exc)
             raise
 
-    async def _ask(self, path: str, parent_path: str, name: str, node: Inode | None
-                   ) -> Inode | None:
+    async def _ask(self, path: str, parent_path: str, name: str) -> Inode | None:
         """``resolve``'s question to the listing or the bucket, for a path not cached."""
         lst = await self.listings.for_lookup(parent_path, name)
+        # The inode found before may be gone meanwhile: dropped once the kernel forgot it (a
+        # lookup of the same name can be under way then), or replaced. Handing it out would
+        # give the kernel a number the table no longer knows.
+        node = self.inodes.at(path)
         if lst is None:
             found = await self._stat_name(parent_path, name)
         elif (entry := lst.entries.get(name)) is None:
