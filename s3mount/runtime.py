@@ -182,12 +182,25 @@ def _write(name: str, entry: dict[str, Any]) -> None:
 
 
 def withdraw(mountpoint: str, *, detached: bool = False) -> None:
-    """Remove the entry of ``mountpoint`` (on unmount), or with ``detached`` the one this process
-    published after the unmount; missing entries are fine."""
+    """Remove the entry this process published for ``mountpoint`` (on unmount), or with
+    ``detached`` the one it published after the unmount; missing entries are fine.
+
+    An entry another process published under the name is left: a mount made again at the same
+    mountpoint while this one, unmounted lazily, still served its open files."""
     name = _entry_name(mountpoint, os.getpid() if detached else None)
     for directory in _existing_dirs():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, name))
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                ino = os.fstat(f.fileno()).st_ino
+                entry = json.load(f)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            _remove(path)
+            continue
+        if not isinstance(entry, dict) or entry.get("pid") == os.getpid():
+            _remove_if_same(path, ino)
 
 
 OUTCOME_SUFFIX = ".exit"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
+from mountlib import S3MOUNT, Mount, Mounter, _find_pid, mount_status, run
 
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
@@ -120,6 +120,22 @@ def test_lazy_umount_stores_the_open_file_when_it_is_closed(mnt: Mount, s3,
     assert _exited(mnt.pid, 60), "the mount process did not exit after the last close"
     assert s3.get_object(Bucket=mnt.bucket, Key="w")["Body"].read() == b"first\nsecond\n"
     assert "1 open file(s) keep working" in mnt.log()
+
+
+def test_a_detached_mount_that_ends_leaves_the_entry_of_the_next_mount_there(
+        mounter: Mounter, bucket: str, writer: StartWriter) -> None:
+    """Mounted again at the same mountpoint while the lazily unmounted process still serves a
+    file: when that process ends, it withdrew the entry under the mountpoint's name, which was
+    the new mount's. ``status`` lacked the live mount, and a ``umount`` then did not wait for
+    its uploads (until it published again, up to 5 s later)."""
+    m1 = mounter(bucket)
+    w = writer(m1.path / "w")
+    assert _umount(m1, "--lazy").returncode == 0
+    m2 = mounter(bucket, path=m1.path)
+    _finish(w)
+    assert m1.pid is not None and _exited(m1.pid, 60), "the detached process did not end"
+    here = [e["pid"] for e in _statuses(m2.env) if e["mountpoint"] == str(m2.path)]
+    assert here == [_find_pid(m2.path)]  # (m2.pid may name the first process: it was alive)
 
 
 def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3, writer: StartWriter) -> None:
