@@ -252,6 +252,18 @@ def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
     return paths
 
 
+def devices_at(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """The devices (``major:minor``) mounted at ``mountpoint``, the topmost last: which mount
+    is there, when the path alone cannot tell (unmounted lazily, then mounted again)."""
+    found = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                found.append(fields[2])
+    return found
+
+
 def fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, list[str]]:
     """Mountpoints of s3mount file systems (``fuse.s3mount``), of any user, with their options."""
     found = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountlib import S3MOUNT, Mount, Mounter, _find_pid, mount_status, run
+from mountlib import S3MOUNT, Mount, Mounter, mount_status, run
 
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
@@ -134,8 +134,31 @@ def test_a_detached_mount_that_ends_leaves_the_entry_of_the_next_mount_there(
     m2 = mounter(bucket, path=m1.path)
     _finish(w)
     assert m1.pid is not None and _exited(m1.pid, 60), "the detached process did not end"
-    here = [e["pid"] for e in _statuses(m2.env) if e["mountpoint"] == str(m2.path)]
-    assert here == [_find_pid(m2.path)]  # (m2.pid may name the first process: it was alive)
+    assert [e["pid"] for e in _statuses(m2.env) if e["mountpoint"] == str(m2.path)] == [m2.pid]
+
+
+def test_a_mount_unmounted_from_outside_and_mounted_again_shows_as_detached(
+        mounter: Mounter, bucket: str, writer: StartWriter) -> None:
+    """``fusermount3 -uz`` (no word to the process), then a new mount at the same mountpoint:
+    the old process saw its mountpoint still mounted, published its entry under the
+    mountpoint's name again, over the new mount's, and ``status`` and ``umount`` took it for
+    the live mount (a umount then waited for the old process, not for the new one's uploads).
+    It now tells its own mount from the new one by the device in the mount table."""
+    m1 = mounter(bucket)
+    w = writer(m1.path / "w")
+    run(["fusermount3", "-uz", str(m1.path)])
+    m2 = mounter(bucket, path=m1.path)
+    deadline = time.monotonic() + 20  # the old process publishes every 5 s
+    while True:
+        here = {e["pid"]: e["detached"] for e in _statuses(m2.env)
+                if e["mountpoint"] == str(m2.path)}
+        assert here.get(m2.pid) is False and here.get(m1.pid) is not False, here
+        if here.get(m1.pid):
+            break
+        assert time.monotonic() < deadline, f"the old process never showed as detached: {here}"
+        time.sleep(0.5)
+    _finish(w)
+    assert m1.pid is not None and _exited(m1.pid, 60), "the detached process did not end"
 
 
 def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3, writer: StartWriter) -> None:
