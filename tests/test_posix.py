@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from mountlib import Mount, Mounter, run
 
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
+
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
@@ -315,6 +317,58 @@ def test_a_file_replaced_behind_the_mount_reads_whole_at_once(
     with open(m.path / "f", "rb") as f:
         assert f.read() == new
         assert os.fstat(f.fileno()).st_size == len(new)
+
+
+def _while_held(proxy: FaultProxy, method: str, op: Callable[[], object],
+                meanwhile: Callable[[], object]) -> None:
+    """Run ``op`` with its first ``method`` request forwarded but its answer held, ``meanwhile``
+    while it is held, then let it answer; ``op`` must succeed."""
+    proxy.set_faults([Fault("hold", count=1, methods=(method,))])
+    failed: list[BaseException] = []
+
+    def run_op() -> None:
+        try:
+            op()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    t = threading.Thread(target=run_op, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while proxy.stats().get("hold", 0) < 1:
+            assert time.monotonic() < deadline, f"no {method} was held"
+            time.sleep(0.05)
+        meanwhile()
+    finally:
+        proxy.release()
+        t.join(60)
+    assert not t.is_alive() and not failed, failed
+
+
+@pytest.mark.parametrize("op", ["unlink", "rename"])
+def test_removing_a_name_while_the_directory_is_listed(pmounter: Mounter, proxy: FaultProxy,
+                                                       bucket: str, s3, op: str) -> None:
+    """A listing of the directory (opendir) made while an unlink or rename waits for its
+    DELETE's answer no longer shows the name and takes its inode's path away: an unlink then
+    failed with EIO ("internal error": it made a key of that path, None), a rename left the
+    file under a new inode number, its own inode nameless."""
+    s3.put_object(Bucket=bucket, Key="d/keep", Body=b"k")
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"data")
+    m = pmounter(bucket)
+    d = m.path / "d"
+    assert sorted(os.listdir(d)) == ["f", "keep"]
+    ino = os.stat(d / "f").st_ino
+    listed: list[int] = []
+    _while_held(proxy, "DELETE", lambda: os.unlink(d / "f") if op == "unlink" else
+                os.rename(d / "f", d / "g"),
+                lambda: listed.append(os.open(d, os.O_RDONLY | os.O_DIRECTORY)))
+    os.close(listed[0])
+    assert sorted(os.listdir(d)) == (["keep"] if op == "unlink" else ["g", "keep"])
+    assert not os.path.lexists(d / "f")
+    if op == "rename":
+        assert (d / "g").read_bytes() == b"data"
+        assert os.stat(d / "g").st_ino == ino
 
 
 def test_odd_keys_are_skipped_or_resolved(mounter: Mounter, bucket: str, s3) -> None:

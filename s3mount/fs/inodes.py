@@ -136,6 +136,15 @@ class InodeTable:
                 self.detach(shadowed)  # a stale inode below the replaced target
             self._name(n)
 
+    def attach(self, node: Inode, path: str) -> None:
+        """Name ``node`` ``path`` again (detached meanwhile, it was moved there after all),
+        in place of any inode named so since."""
+        if (other := self.by_path.get(path)) is not None and other is not node:
+            self.detach(other)
+        node.path = path
+        self.by_ino[node.ino] = node
+        self._name(node)
+
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)
         if node is None or ino == ROOT_INODE:
