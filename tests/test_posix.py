@@ -371,6 +371,23 @@ def test_removing_a_name_while_the_directory_is_listed(pmounter: Mounter, proxy:
         assert os.stat(d / "g").st_ino == ino
 
 
+def test_a_lookup_answered_after_an_unlink_of_its_name_does_not_bring_it_back(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """stat() of a listed file asks the bucket (its GET held) while another program unlinks
+    it (the kernel holds neither back: both revalidate the listed entry; the stat then finds
+    it or not, both are right as it overlaps the unlink). The stat's answer,
+    older than the unlink, installed the file again: it stayed for attr_timeout after the
+    unlink had returned (stat found it, an O_EXCL create failed with EEXIST)."""
+    s3.put_object(Bucket=bucket, Key="d/keep", Body=b"k")
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"data")
+    m = pmounter(bucket, "attr_timeout=600", "dir_timeout=600", "neg_timeout=600")
+    d = m.path / "d"
+    assert sorted(os.listdir(d)) == ["f", "keep"]  # f listed, its metadata not known yet
+    _while_held(proxy, "GET", lambda: os.path.lexists(d / "f"), lambda: os.unlink(d / "f"))
+    assert not os.path.lexists(d / "f")
+    os.close(os.open(d / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+
+
 def test_odd_keys_are_skipped_or_resolved(mounter: Mounter, bucket: str, s3) -> None:
     s3.put_object(Bucket=bucket, Key="a", Body=b"file")
     s3.put_object(Bucket=bucket, Key="a/x", Body=b"in dir")
