@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mountlib import Mount, Mounter, run
+from mountlib import Mount, Mounter, _alive, mount_status, run
 
 from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
@@ -403,6 +403,38 @@ def test_a_directory_read_after_an_unlink_does_not_bring_the_name_back(mnt: Moun
     finally:
         os.close(fd)
     assert not os.path.lexists(d / "f")
+
+
+def test_a_listing_during_a_background_upload_does_not_end_the_mount(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """async_upload: a file rewritten and closed is being stored (its PUT held at the
+    server) when another tool deletes it and the directory is listed: the listing no longer shows it and takes its
+    inode's path away. The upload, once answered, used that path (None): the mount process
+    died of the exception in its writeback task."""
+    s3.put_object(Bucket=bucket, Key="f", Body=b"old")
+    m = pmounter(bucket, "async_upload")
+    f = m.path / "f"
+    proxy.set_faults([Fault("hold", count=1, methods=("PUT",), path=r"/f($|\?)")])
+    f.write_bytes(b"new")
+    deadline = time.monotonic() + 30
+    while proxy.stats().get("hold", 0) < 1:
+        assert time.monotonic() < deadline, "the upload did not start"
+        time.sleep(0.05)
+    s3.delete_object(Bucket=bucket, Key="f")
+    try:
+        assert os.listdir(m.path) == []
+    finally:
+        proxy.release()
+        released = time.time()
+    deadline = time.monotonic() + 30
+    while m.pid is not None and _alive(m.pid):
+        st = mount_status(m.path, m.env)
+        if st["updated_at"] > released and not st["pending_uploads"]:
+            break
+        assert time.monotonic() < deadline, "the upload did not end"
+        time.sleep(0.2)
+    assert m.pid is not None and _alive(m.pid), "the mount process died"
+    assert os.listdir(m.path) == []  # stored, then deleted by the other tool
 
 
 def test_odd_keys_are_skipped_or_resolved(mounter: Mounter, bucket: str, s3) -> None:
