@@ -328,6 +328,8 @@ class MountRunner:
         """How many refused uploads the published status lists (a new one is shown at once)."""
         self.stopping = False
         self.detached = False
+        self.device: str | None = None
+        """Our mount's device (``major:minor``) in the mount table, once mounted."""
 
     def mount(self) -> None:
         """Mount (raises MountError when the kernel refuses); the loop runs in ``serve``."""
@@ -342,6 +344,7 @@ class MountRunner:
             # pyfuse3's ("fuse_session_mount failed") only that it failed.
             raise MountError(f"cannot mount on {self.p.spec.mountpoint}: "
                              f"{said[-1] if said else failure}")
+        self.device = (runtime.devices_at(self.p.spec.mountpoint) or [None])[-1]
 
     def serve(self, on_ready: Any = None) -> int:
         """Run until unmounted or signalled; returns the number of uploads that failed at exit."""
@@ -505,8 +508,10 @@ class MountRunner:
         }
 
     def _publish_once(self) -> dict[str, Any]:
-        if not self.detached and self.p.spec.mountpoint not in runtime.mounted_paths():
-            self._note_detached("was unmounted")  # umount -l from outside
+        if not self.detached and self.device not in runtime.devices_at(self.p.spec.mountpoint):
+            # umount -l from outside; the mountpoint may be mounted again already (by another
+            # process, whose entry has the same name: this one must not replace it)
+            self._note_detached("was unmounted")
         state = self.status()
         self._refused_shown = len(state["refused_uploads"])
         try:

@@ -182,12 +182,25 @@ def _write(name: str, entry: dict[str, Any]) -> None:
 
 
 def withdraw(mountpoint: str, *, detached: bool = False) -> None:
-    """Remove the entry of ``mountpoint`` (on unmount), or with ``detached`` the one this process
-    published after the unmount; missing entries are fine."""
+    """Remove the entry this process published for ``mountpoint`` (on unmount), or with
+    ``detached`` the one it published after the unmount; missing entries are fine.
+
+    An entry another process published under the name is left: a mount made again at the same
+    mountpoint while this one, unmounted lazily, still served its open files."""
     name = _entry_name(mountpoint, os.getpid() if detached else None)
     for directory in _existing_dirs():
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, name))
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                ino = os.fstat(f.fileno()).st_ino
+                entry = json.load(f)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            _remove(path)
+            continue
+        if not isinstance(entry, dict) or entry.get("pid") == os.getpid():
+            _remove_if_same(path, ino)
 
 
 OUTCOME_SUFFIX = ".exit"
@@ -237,6 +250,18 @@ def mounted_paths(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
             if len(fields) > 4:
                 paths.add(_unescape(fields[4]))
     return paths
+
+
+def devices_at(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """The devices (``major:minor``) mounted at ``mountpoint``, the topmost last: which mount
+    is there, when the path alone cannot tell (unmounted lazily, then mounted again)."""
+    found = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                found.append(fields[2])
+    return found
 
 
 def fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, list[str]]:

@@ -130,10 +130,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _find_pid(mountpoint: Path) -> int | None:
+def _find_pid(mountpoint: Path, others: set[int | None] | frozenset[int] = frozenset()
+              ) -> int | None:
+    """The mount process serving ``mountpoint``, other than ``others`` (earlier mounts of it,
+    which may still serve open files after a lazy unmount)."""
     target = str(mountpoint)
     for d in os.listdir("/proc"):
-        if not d.isdigit():
+        if not d.isdigit() or int(d) in others:
             continue
         try:
             args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
@@ -196,7 +199,7 @@ class Mounter:
                            env=env)
         if r.returncode != 0:
             raise AssertionError(f"mount failed ({r.returncode}): {r.stderr}\n{m.log()}")
-        m.pid = _find_pid(path)
+        m.pid = _find_pid(path, {o.pid for o in self.mounts if o.path == path})
         m.conn = os.minor(os.stat(path).st_dev)
         m._watchdog = threading.Timer(deadline, m.abort)
         m._watchdog.daemon = True

@@ -122,6 +122,45 @@ def test_lazy_umount_stores_the_open_file_when_it_is_closed(mnt: Mount, s3,
     assert "1 open file(s) keep working" in mnt.log()
 
 
+def test_a_detached_mount_that_ends_leaves_the_entry_of_the_next_mount_there(
+        mounter: Mounter, bucket: str, writer: StartWriter) -> None:
+    """Mounted again at the same mountpoint while the lazily unmounted process still serves a
+    file: when that process ends, it withdrew the entry under the mountpoint's name, which was
+    the new mount's. ``status`` lacked the live mount, and a ``umount`` then did not wait for
+    its uploads (until it published again, up to 5 s later)."""
+    m1 = mounter(bucket)
+    w = writer(m1.path / "w")
+    assert _umount(m1, "--lazy").returncode == 0
+    m2 = mounter(bucket, path=m1.path)
+    _finish(w)
+    assert m1.pid is not None and _exited(m1.pid, 60), "the detached process did not end"
+    assert [e["pid"] for e in _statuses(m2.env) if e["mountpoint"] == str(m2.path)] == [m2.pid]
+
+
+def test_a_mount_unmounted_from_outside_and_mounted_again_shows_as_detached(
+        mounter: Mounter, bucket: str, writer: StartWriter) -> None:
+    """``fusermount3 -uz`` (no word to the process), then a new mount at the same mountpoint:
+    the old process saw its mountpoint still mounted, published its entry under the
+    mountpoint's name again, over the new mount's, and ``status`` and ``umount`` took it for
+    the live mount (a umount then waited for the old process, not for the new one's uploads).
+    It now tells its own mount from the new one by the device in the mount table."""
+    m1 = mounter(bucket)
+    w = writer(m1.path / "w")
+    run(["fusermount3", "-uz", str(m1.path)])
+    m2 = mounter(bucket, path=m1.path)
+    deadline = time.monotonic() + 20  # the old process publishes every 5 s
+    while True:
+        here = {e["pid"]: e["detached"] for e in _statuses(m2.env)
+                if e["mountpoint"] == str(m2.path)}
+        assert here.get(m2.pid) is False and here.get(m1.pid) is not False, here
+        if here.get(m1.pid):
+            break
+        assert time.monotonic() < deadline, f"the old process never showed as detached: {here}"
+        time.sleep(0.5)
+    _finish(w)
+    assert m1.pid is not None and _exited(m1.pid, 60), "the detached process did not end"
+
+
 def test_stop_by_signal_keeps_serving_the_open_file(mnt: Mount, s3, writer: StartWriter) -> None:
     """systemd's stop is a SIGTERM to the mount process: it must keep the same promise."""
     w = writer(mnt.path / "w")

@@ -21,7 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mountlib import Mount, Mounter, run
+from mountlib import Mount, Mounter, _alive, mount_status, run
+
+from s3mount.sandbox.faultproxy import Fault, FaultProxy
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -301,6 +303,139 @@ def test_changes_behind_the_mount_show_after_ttl(mounter: Mounter, bucket: str, 
     s3.delete_object(Bucket=bucket, Key="g")
     time.sleep(1.2)
     assert not (m.path / "g").exists()
+
+
+def test_a_file_replaced_behind_the_mount_reads_whole_at_once(
+        mounter: Mounter, bucket: str, s3) -> None:
+    """Read right after another tool replaced it by a longer one: the open finds the new
+    version, and the kernel, which still held the old size (attr_timeout), cut the read at it
+    (100,000 bytes of the new file) until the open made it ask for the size again."""
+    old, new = b"o" * 100_000, b"n" * 200_000  # more than a lookup fetches, less than an open
+    s3.put_object(Bucket=bucket, Key="f", Body=old)
+    m = mounter(bucket, "attr_timeout=600")
+    assert os.stat(m.path / "f").st_size == len(old)
+    s3.put_object(Bucket=bucket, Key="f", Body=new)
+    with open(m.path / "f", "rb") as f:
+        assert f.read() == new
+        assert os.fstat(f.fileno()).st_size == len(new)
+
+
+def _while_held(proxy: FaultProxy, method: str, op: Callable[[], object],
+                meanwhile: Callable[[], object]) -> None:
+    """Run ``op`` with its first ``method`` request forwarded but its answer held, ``meanwhile``
+    while it is held, then let it answer; ``op`` must succeed."""
+    proxy.set_faults([Fault("hold", count=1, methods=(method,))])
+    failed: list[BaseException] = []
+
+    def run_op() -> None:
+        try:
+            op()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    t = threading.Thread(target=run_op, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while proxy.stats().get("hold", 0) < 1:
+            assert time.monotonic() < deadline, f"no {method} was held"
+            time.sleep(0.05)
+        meanwhile()
+    finally:
+        proxy.release()
+        t.join(60)
+    assert not t.is_alive() and not failed, failed
+
+
+@pytest.mark.parametrize("op", ["unlink", "rename"])
+def test_removing_a_name_while_the_directory_is_listed(pmounter: Mounter, proxy: FaultProxy,
+                                                       bucket: str, s3, op: str) -> None:
+    """A listing of the directory (opendir) made while an unlink or rename waits for its
+    DELETE's answer no longer shows the name and takes its inode's path away: an unlink then
+    failed with EIO ("internal error": it made a key of that path, None), a rename left the
+    file under a new inode number, its own inode nameless."""
+    s3.put_object(Bucket=bucket, Key="d/keep", Body=b"k")
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"data")
+    m = pmounter(bucket)
+    d = m.path / "d"
+    assert sorted(os.listdir(d)) == ["f", "keep"]
+    ino = os.stat(d / "f").st_ino
+    listed: list[int] = []
+    _while_held(proxy, "DELETE", lambda: os.unlink(d / "f") if op == "unlink" else
+                os.rename(d / "f", d / "g"),
+                lambda: listed.append(os.open(d, os.O_RDONLY | os.O_DIRECTORY)))
+    os.close(listed[0])
+    assert sorted(os.listdir(d)) == (["keep"] if op == "unlink" else ["g", "keep"])
+    assert not os.path.lexists(d / "f")
+    if op == "rename":
+        assert (d / "g").read_bytes() == b"data"
+        assert os.stat(d / "g").st_ino == ino
+
+
+def test_a_lookup_answered_after_an_unlink_of_its_name_does_not_bring_it_back(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """stat() of a listed file asks the bucket (its GET held) while another program unlinks
+    it (the kernel holds neither back: both revalidate the listed entry; the stat then finds
+    it or not, both are right as it overlaps the unlink). The stat's answer,
+    older than the unlink, installed the file again: it stayed for attr_timeout after the
+    unlink had returned (stat found it, an O_EXCL create failed with EEXIST)."""
+    s3.put_object(Bucket=bucket, Key="d/keep", Body=b"k")
+    s3.put_object(Bucket=bucket, Key="d/f", Body=b"data")
+    m = pmounter(bucket, "attr_timeout=600", "dir_timeout=600", "neg_timeout=600")
+    d = m.path / "d"
+    assert sorted(os.listdir(d)) == ["f", "keep"]  # f listed, its metadata not known yet
+    _while_held(proxy, "GET", lambda: os.path.lexists(d / "f"), lambda: os.unlink(d / "f"))
+    assert not os.path.lexists(d / "f")
+    os.close(os.open(d / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+
+
+def test_a_directory_read_after_an_unlink_does_not_bring_the_name_back(mnt: Mount) -> None:
+    """A directory opened before an unlink and read after it: readdirplus handed the kernel
+    the removed name with its attributes, and lookups found it again (for attr_timeout).
+    Whether readdir lists it is unspecified (POSIX); a lookup must not find it."""
+    d = mnt.path / "d"
+    d.mkdir()
+    for name in ("f", "g"):
+        (d / name).write_bytes(b"x")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.unlink(d / "f")
+        assert "g" in os.listdir(fd)  # the listing opendir took before the unlink
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(d / "f")
+
+
+def test_a_listing_during_a_background_upload_does_not_end_the_mount(
+        pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
+    """async_upload: a file rewritten and closed is being stored (its PUT held at the
+    server) when another tool deletes it and the directory is listed: the listing no longer shows it and takes its
+    inode's path away. The upload, once answered, used that path (None): the mount process
+    died of the exception in its writeback task."""
+    s3.put_object(Bucket=bucket, Key="f", Body=b"old")
+    m = pmounter(bucket, "async_upload")
+    f = m.path / "f"
+    proxy.set_faults([Fault("hold", count=1, methods=("PUT",), path=r"/f($|\?)")])
+    f.write_bytes(b"new")
+    deadline = time.monotonic() + 30
+    while proxy.stats().get("hold", 0) < 1:
+        assert time.monotonic() < deadline, "the upload did not start"
+        time.sleep(0.05)
+    s3.delete_object(Bucket=bucket, Key="f")
+    try:
+        assert os.listdir(m.path) == []
+    finally:
+        proxy.release()
+        released = time.time()
+    deadline = time.monotonic() + 30
+    while m.pid is not None and _alive(m.pid):
+        st = mount_status(m.path, m.env)
+        if st["updated_at"] > released and not st["pending_uploads"]:
+            break
+        assert time.monotonic() < deadline, "the upload did not end"
+        time.sleep(0.2)
+    assert m.pid is not None and _alive(m.pid), "the mount process died"
+    assert os.listdir(m.path) == []  # stored, then deleted by the other tool
 
 
 def test_odd_keys_are_skipped_or_resolved(mounter: Mounter, bucket: str, s3) -> None:

@@ -1343,6 +1343,35 @@ def test_symlink_changed_behind_back(rig: Rig) -> None:
     assert rig.snapshot()["l"].content == b"new-target"
 
 
+def test_a_lookup_the_kernel_forgets_the_inode_of_meanwhile_hands_out_a_known_one(
+        rig: Rig) -> None:
+    """Lookups of one name overlap a FORGET of its inode (the kernel dropped the name's old
+    dentry while a new lookup of it was under way: zero timeouts, parallel lookups). The
+    lookup answered with the inode it had found before its LIST, dropped from the table
+    meanwhile: the kernel then held a number the mount did not know (getattr: ESTALE)."""
+    rig.ok(rig.k.create, "f", b"x", 0o644)
+    fs = rig.fs
+
+    async def race() -> Inode:
+        first = await fs.lookup(ROOT_INODE, b"f")
+        rig.store.slow("list_page", 0.3)
+        found: list[Inode] = []
+
+        async def look() -> None:
+            found.append(await fs.lookup(ROOT_INODE, b"f"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(look)
+            await trio.sleep(0.1)  # the lookup waits for its LIST
+            fs.forget([(first.ino, 1)])
+        rig.store.clear()
+        return found[0]
+
+    node = rig.loop.run(race)
+    assert fs.inodes.get(node.ino) is node
+    assert rig.loop.run(fs.getattr, node.ino) is node
+
+
 def test_write_after_unlink_while_open(rig: Rig) -> None:
     """Write to an open file after unlinking it (POSIX allows it; temporary files do it), then
     close: nothing is left to upload and the staging file is gone."""

@@ -175,8 +175,10 @@ def test_mountinfo_parsing_unescapes(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text(
         "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/root rw\n"
-        "99 22 0:50 / /tmp/a\\040b rw,nosuid,nodev - fuse.s3mount s3://b rw,user_id=0\n")
+        "99 22 0:50 / /tmp/a\\040b rw,nosuid,nodev - fuse.s3mount s3://b rw,user_id=0\n"
+        "120 99 0:61 / /tmp/a\\040b rw,nosuid,nodev - fuse.s3mount s3://b rw,user_id=0\n")
     assert runtime.mounted_paths(str(info)) == {"/", "/tmp/a b"}
+    assert runtime.devices_at("/tmp/a b", str(info)) == ["0:50", "0:61"]
 
 
 def test_mountpoint_key_resolves_only_the_parent(tmp_path):

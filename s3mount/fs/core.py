@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import stat
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -128,6 +129,15 @@ class Filesystem:
         self.flush, self.fsync, self.release = files.flush, files.fsync, files.release
         self.flush_all, self.pending_uploads = writeback.flush_all, uploader.pending_uploads
         self.upload_progress = uploader.upload_progress
+
+    @property
+    def forget_kernel_attrs(self) -> Callable[[int], None]:
+        return self.files.forget_kernel_attrs
+
+    @forget_kernel_attrs.setter
+    def forget_kernel_attrs(self, forget: Callable[[int], None]) -> None:
+        """How to make the kernel ask for an inode's attributes again (the FUSE adapter's)."""
+        self.files.forget_kernel_attrs = forget
 
     @property
     def nursery(self) -> trio.Nursery | None:

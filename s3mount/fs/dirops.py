@@ -113,22 +113,23 @@ class DirOps:
         self._names.touch_dir(parent_path, attrs.mtime_ns)
         return node
 
-    async def _existing(self, parent: int, raw_name: bytes) -> tuple[str, str, Inode]:
-        """(parent path, name, inode) of an existing entry, for the calls that remove or move
-        one; ENOENT when there is none."""
+    async def _existing(self, parent: int, raw_name: bytes) -> tuple[str, str, str, Inode]:
+        """(parent path, name, path, inode) of an existing entry, for the calls that remove or
+        move one; ENOENT when there is none. The callers use the path, not ``node.path``, after
+        their first request: a listing taken meanwhile (opendir of the directory, which the
+        kernel does not hold back) no longer shows the name and takes the inode's path away."""
         parent_path = self._names.dir_path(parent)
         name = decode_name(raw_name)
         node = await self._names.resolve(parent_path, name)
         if node is None or node.path is None:
             raise FsError("no such file or directory", errno=errno.ENOENT)
-        return parent_path, name, node
+        return parent_path, name, node.path, node
 
     async def unlink(self, parent: int, raw_name: bytes) -> None:
         self.cfg.check_writable()
-        parent_path, name, node = await self._existing(parent, raw_name)
+        parent_path, name, path, node = await self._existing(parent, raw_name)
         if node.is_dir:
             raise FsError("is a directory", errno=errno.EISDIR)
-        assert node.path is not None
         of = self._files.open_files.get(node.ino)
         if of is not None:
             async with of.lock:
@@ -139,28 +140,27 @@ class DirOps:
                 of.dirty = False  # nothing of it may reach the bucket any more
                 self._files.drop_record(of)
         if node.etag is not None:
-            await self._runner.run(self._runner.store.delete, self.keys.file_key(node.path))
+            await self._runner.run(self._runner.store.delete, self.keys.file_key(path))
         self._listings.remove(parent_path, name)
-        self.meta.drop(self.keys.file_key(node.path))
-        self._names.negative[node.path] = True
+        self.meta.drop(self.keys.file_key(path))
+        self._names.negative[path] = True
         self._inodes.detach(node)
         self._names.touch_dir(parent_path)
         node.attrs.ctime_ns = time.time_ns()
 
     async def rmdir(self, parent: int, raw_name: bytes) -> None:
         self.cfg.check_writable()
-        parent_path, name, node = await self._existing(parent, raw_name)
+        parent_path, name, path, node = await self._existing(parent, raw_name)
         if not node.is_dir:
             raise FsError("not a directory", errno=errno.ENOTDIR)
-        assert node.path is not None
-        await self._check_empty(node.path)
-        await self._runner.run(self._runner.store.delete, self.keys.dir_prefix(node.path))
-        if (legacy := self._listings.legacy_markers.pop(node.path, None)) is not None:
+        await self._check_empty(path)
+        await self._runner.run(self._runner.store.delete, self.keys.dir_prefix(path))
+        if (legacy := self._listings.legacy_markers.pop(path, None)) is not None:
             await self._runner.run(self._runner.store.delete, legacy)
         self._listings.remove(parent_path, name)
-        self._listings.drop(node.path)
-        self.meta.drop_dir_times(self.keys.dir_prefix(node.path))
-        self._names.negative[node.path] = True
+        self._listings.drop(path)
+        self.meta.drop_dir_times(self.keys.dir_prefix(path))
+        self._names.negative[path] = True
         self._inodes.detach(node)
         self._names.touch_dir(parent_path)
 
@@ -179,17 +179,16 @@ class DirOps:
         self.cfg.check_writable()
         if flags & RENAME_EXCHANGE:
             raise FsError("RENAME_EXCHANGE cannot be done atomically on S3", errno=errno.EINVAL)
-        old_parent, old_name, src = await self._existing(parent_old, raw_old)
+        old_parent, old_name, old_path, src = await self._existing(parent_old, raw_old)
         new_parent = self._names.dir_path(parent_new)
         new_name = decode_name(raw_new)
-        assert src.path is not None
         new_path = join(new_parent, new_name)
-        if new_path == src.path:
+        if new_path == old_path:
             return
         self.keys.check_length(new_path, is_dir=src.is_dir)
         if hidden(self.keys, new_path):
             raise FsError("name reserved for the shared index", errno=errno.EPERM)
-        if src.is_dir and (new_path + "/").startswith(src.path + "/"):
+        if src.is_dir and (new_path + "/").startswith(old_path + "/"):
             raise FsError("cannot move a directory into itself", errno=errno.EINVAL)
         dst = await self._names.resolve(new_parent, new_name)
         if dst is not None:
@@ -206,17 +205,18 @@ class DirOps:
         # _rename_dir writes for an implicit source) takes the same key.
         now = time.time_ns()
         if src.is_dir:
-            await self._rename_dir(src.path, new_path)
-            if (legacy := self._listings.legacy_markers.pop(src.path, None)) is not None:
+            await self._rename_dir(old_path, new_path)
+            if (legacy := self._listings.legacy_markers.pop(old_path, None)) is not None:
                 await self._runner.run(self._runner.store.delete, legacy)
-            self.meta.move_dir_times(self.keys.dir_prefix(src.path),
+            self.meta.move_dir_times(self.keys.dir_prefix(old_path),
                                      self.keys.dir_prefix(new_path))
             src.attrs.ctime_ns = now
         else:
-            await self._rename_file(src, new_path, now)
-        old_path = src.path
+            await self._rename_file(src, old_path, new_path, now)
         self._listings.drop_tree(old_path)
         self._inodes.move(old_path, new_path)
+        if src.path is None:  # a listing taken meanwhile showed the old name gone already
+            self._inodes.attach(src, new_path)
         self._listings.remove(old_parent, old_name)
         self._listings.add(new_parent, DirEntry(new_name, src.is_dir, src.attrs.size, src.etag,
                                                 time.time()))
@@ -226,15 +226,14 @@ class DirOps:
         self._names.touch_dir(old_parent, now)
         self._names.touch_dir(new_parent, now)
 
-    async def _rename_file(self, src: Inode, new_path: str, now: int) -> None:
+    async def _rename_file(self, src: Inode, old_path: str, new_path: str, now: int) -> None:
         """Copy and delete. The copy carries the metadata anew (as ext4 does, a rename moves
         the ctime), which also has the store guess the Content-Type again from the new name."""
-        assert src.path is not None
         of = self._files.open_files.get(src.ino)
         if of is not None and of.dirty:
             await self._uploader.upload(of)  # copy what the writer has so far, not an older version
         src.attrs.ctime_ns = now
-        old_key, new_key = self.keys.file_key(src.path), self.keys.file_key(new_path)
+        old_key, new_key = self.keys.file_key(old_path), self.keys.file_key(new_path)
         if src.etag is None:
             return  # nothing in the bucket yet; the pending upload goes to the new name
         # With no_posix_metadata the object's own metadata was never read: it is copied as it is.

@@ -17,6 +17,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
+
+import trio
 
 from ..errors import FsError, NotFound, PreconditionFailed, Refused, S3MountError
 from .attrs import new_attrs
@@ -62,6 +65,8 @@ class FileIO:
         self._writeback = writeback
         self._read_budget = read_budget
         self._upload_budget = upload_budget
+        self.forget_kernel_attrs: Callable[[int], None] = lambda ino: None
+        """Makes the kernel ask for an inode's attributes again (set by the FUSE adapter)."""
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, keep_cache)."""
@@ -108,6 +113,13 @@ class FileIO:
         h = self._files.add_handle(node, of)
         h.reader = reader
         node.kernel_cache_etag = node.etag
+        if reader is not None and node.kernel_holds_other(trio.current_time()):
+            # The kernel would cut reads at the size of the version it holds: the object was
+            # found replaced while opening, or a listing or a lookup showed a new one. Without
+            # this a file replaced by a longer one read as the new content cut to the old
+            # length. (Replies to requests sent before this are ignored for attributes.)
+            self.forget_kernel_attrs(node.ino)
+            node.kernel_forgot_attrs()
         return h.fh, keep_cache
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from ..errors import S3MountError
 from .attrops import AttrChanges
@@ -49,6 +50,15 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _forget_attrs(ino: int) -> None:
+    """The kernel asks for the attributes of ``ino`` again before it next uses them (no
+    writeback cache here, so this never waits for the kernel)."""
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError as exc:  # ENOENT: the kernel holds the inode no more
+        log.debug("invalidating the attributes of inode %d: %s", ino, exc)
+
+
 def _xattrs_on(fs: Filesystem) -> None:
     """ENOSYS for an extended-attribute request under ``-o no_xattr``: the kernel then stops
     sending that kind of request (and answers ENOTSUP itself)."""
@@ -66,6 +76,7 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem) -> None:
         super().__init__()
         self.fs = fs
+        fs.forget_kernel_attrs = _forget_attrs
 
     def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
         a = node.attrs
@@ -74,6 +85,7 @@ class FuseOperations(pyfuse3.Operations):
         e.generation = 0
         # Guessed attributes (listedattrs) must not be kept by the kernel: a stat asks again.
         e.entry_timeout = e.attr_timeout = 0 if node.provisional else self.fs.cfg.attr_timeout
+        node.shown(trio.current_time(), e.attr_timeout)
         e.st_mode = a.mode
         e.st_nlink = self.fs.nlink(node)
         e.st_uid = a.uid

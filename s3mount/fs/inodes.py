@@ -35,6 +35,13 @@ class Inode:
     """LastModified of the object version ``etag`` names; None when unknown (our own upload)."""
     kernel_cache_etag: str | None = None
     """ETag of the content the kernel's page cache holds for this inode (keep_cache decision)."""
+    shown_etag: str | None = None
+    """ETag of the version whose attributes the latest reply handed the kernel..."""
+    shown_until: float = 0.0
+    """... and the trio clock time until which it may keep them (it cuts reads at that size)."""
+    other_until: float = 0.0
+    """Until when the kernel may keep the attributes of a version shown before: of concurrent
+    replies it keeps the first it receives, which need not be the last one sent."""
     extra: dict[str, str] = field(default_factory=dict)
     """Foreign user metadata we do not interpret; kept across our own rewrites of the object."""
     provisional: bool = False
@@ -44,6 +51,21 @@ class Inode:
     """ETag a version of this file was copied under by our own renames, by its ETag before (a
     rename copies the object; the copy of an object uploaded in parts gets another ETag), so
     a descriptor opened before a rename still finds its version (``FileIO._moved``)."""
+
+    def shown(self, now: float, timeout: float) -> None:
+        """The kernel was handed this version's attributes, to keep ``timeout`` seconds."""
+        if timeout > 0:
+            if self.shown_etag != self.etag and self.shown_until > now:
+                self.other_until = max(self.other_until, self.shown_until)
+            self.shown_etag, self.shown_until = self.etag, now + timeout
+
+    def kernel_holds_other(self, now: float) -> bool:
+        """Whether the kernel may still hold the attributes of a version other than ours."""
+        return self.other_until > now or self.shown_etag != self.etag and self.shown_until > now
+
+    def kernel_forgot_attrs(self) -> None:
+        """The kernel was told to drop its attributes (and ignores replies sent before)."""
+        self.shown_until = self.other_until = 0.0
 
     @property
     def is_dir(self) -> bool:
@@ -117,6 +139,15 @@ class InodeTable:
             if (shadowed := self.by_path.get(n.path)) is not None:
                 self.detach(shadowed)  # a stale inode below the replaced target
             self._name(n)
+
+    def attach(self, node: Inode, path: str) -> None:
+        """Name ``node`` ``path`` again (detached meanwhile, it was moved there after all),
+        in place of any inode named so since."""
+        if (other := self.by_path.get(path)) is not None and other is not node:
+            self.detach(other)
+        node.path = path
+        self.by_ino[node.ino] = node
+        self._name(node)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)

@@ -38,7 +38,7 @@ from ..errors import NotFound, S3MountError
 from ..store.base import ObjectInfo
 from .inodes import Inode, InodeTable
 from .listing import DirEntry, Listing, Listings
-from .paths import KeyMapper, join
+from .paths import KeyMapper, join, split
 from .runner import StoreRunner
 from .settings import FsConfig
 from .sharedindex import SharedIndex
@@ -192,9 +192,12 @@ class Describer:
                 installer.install_dir(child, None)
         if not heads:
             return
+        since = self.listings.seq
         found = await self._runner.run(self._runner.store.head_many, list(heads))
         for key, info in found.items():
             child, e = heads[key]
+            if self.listings.changed_since(path, split(child)[1], since):
+                continue  # made, removed or renamed here meanwhile: the answer is older
             if isinstance(info, NotFound):
                 if e.is_dir:
                     installer.install_dir(child, None)  # a prefix without a marker object

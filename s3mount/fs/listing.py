@@ -178,6 +178,21 @@ class Listings:
         if lst is not None:
             lst.entries.pop(name, None)
 
+    @property
+    def seq(self) -> int:
+        """Counts our own directory changes: taken before a question to the bucket, it tells
+        (``changed_since``) whether one of ours overtook the answer."""
+        return self._seq
+
+    def changed_since(self, parent: str, name: str, since: int) -> bool:
+        """Whether we made, removed or renamed ``parent/name`` after ``seq`` was ``since``."""
+        for seq, changed, _ in reversed(self._changes.get(parent, ())):
+            if seq <= since:
+                return False
+            if changed == name:
+                return True
+        return False
+
     def _journal(self, parent: str, name: str, entry: DirEntry | None) -> None:
         """Remember our own change to ``parent``: a LIST under way may have missed it (an upload
         that completes while the directory is being listed is in neither the listing nor the

@@ -237,7 +237,7 @@ class Namespace:
         if self.node(ino).provisional:
             await self.getattr(ino)
 
-    async def _stat_name(self, parent: str, name: str) -> Inode | None:
+    async def _stat_name(self, parent: str, name: str, since: int) -> Inode | None:
         """A lookup in a big directory whose listing has expired. A name that listing showed as
         a file is checked with one HEAD (a directory of the same name made since then shows at
         the next listing); anything else needs the full question (HEAD, LIST and marker HEAD)."""
@@ -246,9 +246,21 @@ class Namespace:
         entry = old.entries.get(name) if old is not None else None
         if entry is not None and not entry.is_dir:
             info = await self._describe_listed(self.keys.file_key(path), entry.size)
+            if self.overtaken(path, since):
+                return self._as_known(path)
             if info is not None:
                 return self.install_info(path, info)
-        return await self._stat_path(path)
+        return await self._stat_path(path, None, since)
+
+    def overtaken(self, path: str, since: int) -> bool:
+        """Whether we made, removed or renamed ``path`` while the bucket was asked about it
+        (``since``: ``listings.seq`` before the question): the answer is older than what we
+        know, and installing it would bring an unlinked file back, or an older version."""
+        return self.listings.changed_since(*split(path), since)
+
+    def _as_known(self, path: str) -> Inode | None:
+        """What our own latest change left at ``path``."""
+        return None if path in self.negative else self.inodes.at(path)
 
     async def head_or_none(self, key: str) -> ObjectInfo | None:
         try:
@@ -261,10 +273,11 @@ class Namespace:
                                       max_keys=1)
         return bool(page.objects or page.prefixes)
 
-    async def _stat_path(self, path: str, hint: DirEntry | None = None) -> Inode | None:
-        """Ask S3 what ``path`` is; install and return its inode, or None if it does not exist."""
+    async def _stat_path(self, path: str, hint: DirEntry | None, since: int) -> Inode | None:
+        """Ask S3 what ``path`` is; install and return its inode, or None if it does not exist
+        (or what we made of it since ``since``: see ``overtaken``)."""
         if hint is not None and not hint.is_dir:
-            return await self._install_file(path, hint)
+            return await self._install_file(path, hint, since)
         file_info: ObjectInfo | None = None
         marker: ObjectInfo | None = None
         is_dir = hint is not None and hint.is_dir
@@ -283,6 +296,8 @@ class Namespace:
             is_dir = await self._dir_exists(path)
 
         await gather([head_marker] if hint is not None else [head_file, list_dir, head_marker])
+        if self.overtaken(path, since):
+            return self._as_known(path)
         if is_dir or marker is not None:
             if file_info is not None:
                 self.listings.warn_conflict(path)
@@ -317,12 +332,14 @@ class Namespace:
         self.meta.put(info.key, info.etag, info.last_modified, md)
         return self.install(path, attrs, info.etag, md, info.last_modified)
 
-    async def _install_file(self, path: str, entry: DirEntry) -> Inode | None:
+    async def _install_file(self, path: str, entry: DirEntry, since: int) -> Inode | None:
         """A file seen in a listing: metadata from the cache by ETag, else one HEAD."""
         node = self.install_known(path, entry)
         if node is not None:
             return node
         info = await self._describe_listed(self.keys.file_key(path), entry.size)
+        if self.overtaken(path, since):
+            return self._as_known(path)
         if info is None:
             return None
         return self.install_info(path, info)
@@ -393,6 +410,7 @@ class Namespace:
         node = self.inodes.at(path)
         if node is not None and node.provisional:
             await self.describer.wait(path)  # a walk may be describing it
+            node = self.inodes.at(path)  # (see _ask)
         if node is not None and (node.valid_until > trio.current_time() or
                                  node.open_count or node.etag is None and not node.is_dir):
             return node
@@ -402,18 +420,22 @@ class Namespace:
         if memo is not None and (why := memo.get(path)) is not None:
             raise Unavailable(why)
         try:
-            return await self._ask(path, parent_path, name, node)
+            return await self._ask(path, parent_path, name)
         except Unavailable as exc:
             if memo is not None:
                 memo[path] = str(exc)
             raise
 
-    async def _ask(self, path: str, parent_path: str, name: str, node: Inode | None
-                   ) -> Inode | None:
+    async def _ask(self, path: str, parent_path: str, name: str) -> Inode | None:
         """``resolve``'s question to the listing or the bucket, for a path not cached."""
+        since = self.listings.seq
         lst = await self.listings.for_lookup(parent_path, name)
+        # The inode found before may be gone meanwhile: dropped once the kernel forgot it (a
+        # lookup of the same name can be under way then), or replaced. Handing it out would
+        # give the kernel a number the table no longer knows.
+        node = self.inodes.at(path)
         if lst is None:
-            found = await self._stat_name(parent_path, name)
+            found = await self._stat_name(parent_path, name, since)
         elif (entry := lst.entries.get(name)) is None:
             found = None
         elif node is not None and self.unchanged(node, entry):
@@ -423,7 +445,7 @@ class Namespace:
                 parent_path, name, self) and not node.provisional and node is self.inodes.at(path):
             found = node  # described by the shared index or with its neighbours
         else:
-            found = await self._stat_path(path, entry)
+            found = await self._stat_path(path, entry, since)
         if found is None:
             if node is not None:
                 self.inodes.detach(node)

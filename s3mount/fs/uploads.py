@@ -68,7 +68,8 @@ class Uploader:
             if of.staging is None:
                 self._files.fresh_staging(of)
             assert of.staging is not None
-            key = self.keys.file_key(node.path)
+            path = node.path  # (a listing taken during the upload may detach the inode)
+            key = self.keys.file_key(path)
             self._files.save_record(of)
             with self._files.storing(of):
                 etag, md = await self._send(of, key)
@@ -81,7 +82,7 @@ class Uploader:
             node.s3_mtime = None  # a PUT does not say; the next listing does
             self.meta.put(key, etag, None, md)
             self._files.drop_record(of)
-            parent, name = split(node.path)
+            parent, name = split(path)
             self._listings.add(parent, DirEntry(name, False, node.attrs.size, etag, time.time()))
 
     async def _send(self, of: OpenFile, key: str) -> tuple[str, dict[str, str]]:
