@@ -192,7 +192,7 @@ def withdraw(mountpoint: str, *, detached: bool = False) -> None:
         path = os.path.join(directory, name)
         try:
             with open(path) as f:
-                ino = os.fstat(f.fileno()).st_ino
+                st = os.fstat(f.fileno())
                 entry = json.load(f)
         except FileNotFoundError:
             continue
@@ -200,7 +200,7 @@ def withdraw(mountpoint: str, *, detached: bool = False) -> None:
             _remove(path)
             continue
         if not isinstance(entry, dict) or entry.get("pid") == os.getpid():
-            _remove_if_same(path, ino)
+            _remove_if_same(path, (st.st_ino, st.st_mtime_ns))
 
 
 OUTCOME_SUFFIX = ".exit"
