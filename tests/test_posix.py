@@ -406,6 +406,26 @@ def test_a_directory_read_after_an_unlink_does_not_bring_the_name_back(mnt: Moun
     assert not os.path.lexists(d / "f")
 
 
+def test_a_directory_read_after_a_rename_does_not_bring_the_old_name_back(mnt: Mount) -> None:
+    """The same for a rename: the inode, listed under its old name by the opendir before it,
+    keeps its number at the new name, and readdirplus handed it to the kernel under the old
+    name too: the renamed file was found at both names, and the old one stayed after unlink
+    of the new one (seen with 16 threads making, renaming and listing one directory)."""
+    d = mnt.path / "d"
+    d.mkdir()
+    for name in ("f", "g"):
+        (d / name).write_bytes(b"x")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rename(d / "f", d / "h")
+        assert "g" in os.listdir(fd)  # the listing opendir took before the rename
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(d / "f")
+    os.unlink(d / "h")
+    assert sorted(os.listdir(d)) == ["g"]
+
+
 def test_a_listing_during_a_background_upload_does_not_end_the_mount(
         pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
     """async_upload: a file rewritten and closed is being stored (its PUT held at the

@@ -115,11 +115,15 @@ class DirReader:
         for i in range(start, len(dh.entries)):
             name, node = dh.entries[i]
             where = join(dh.node.path, name) if dh.node.path is not None else None
-            if node.path is None and (where is None or self._inodes.at(where) is None):
-                # Removed since opendir (unlinked, renamed away): POSIX lets readdir leave it
-                # out or not, but readdirplus would give the kernel an entry for the name,
-                # and lookups of it would find it after the unlink returned.
-                continue
+            if node.path != where:
+                # Removed or renamed away since opendir: POSIX lets readdir leave it out or
+                # not, but readdirplus would give the kernel an entry for the name, and lookups
+                # of it would find it after the unlink or rename returned (a renamed inode
+                # under both names). A file made at the name since is handed out instead.
+                current = self._inodes.at(where) if where is not None else None
+                if current is None:
+                    continue
+                node = current
             node = self._inodes.remember(node, where)
             if not reply(name, node, i + 1):
                 break
