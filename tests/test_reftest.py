@@ -1507,6 +1507,65 @@ def test_readdir_during_upload() -> None:
         rig.close()
 
 
+class Gates(StoreWrapper):
+    """An ObjectStore wrapper that holds the next LIST once ``hold_list`` is called (``listing``
+    says it is held, ``list_go`` lets it answer) and every upload until ``upload_go``."""
+
+    def __init__(self, store: S3Store) -> None:
+        super().__init__(store)
+        self._hold = False
+        self.listing = threading.Event()
+        self.list_go = threading.Event()
+        self.upload_go = threading.Event()
+
+    def hold_list(self) -> None:
+        self._hold = True
+
+    def list_page(self, prefix: str, **kw: Any) -> Any:
+        if self._hold:
+            self._hold = False
+            self.listing.set()
+            assert self.list_go.wait(10), "the held LIST was never let go"
+        return self._store.list_page(prefix, **kw)
+
+    def upload(self, *args: Any, **kw: Any) -> str:
+        assert self.upload_go.wait(10), "the upload was never let go"
+        return self._store.upload(*args, **kw)
+
+
+def test_a_listing_answered_while_a_new_file_waits_for_its_upload_keeps_its_size() -> None:
+    """async_upload: a directory listing begins, a file is made in it, written and closed
+    (its upload queued), and then the listing is answered. It showed the file as it was when
+    made (empty: our own change replayed over the LIST) and opendir put that over the closed
+    file's inode: a read right after the close gave b'' (size 0), and so did the file after its
+    upload until the next listing (16 threads writing and reading back in one directory)."""
+    rig = Rig(async_upload=True)
+    try:
+        gates = Gates(rig.fs.runner.store)
+        rig.fs.runner.store = gates
+        fs, data = rig.fs, bytes(range(256)) * 20
+
+        async def race() -> None:
+            gates.hold_list()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rig.k.list_dir, fs.inodes.get(ROOT_INODE))
+                while not gates.listing.is_set():
+                    await trio.sleep(0.01)
+                await rig.k.create("f", data, 0o644)  # closed; the upload waits
+                gates.list_go.set()
+            rig.k.forget_all()
+
+        rig.loop.run(race)
+        assert rig.ok(rig.k.walk, "f").attrs.size == len(data)
+        gates.upload_go.set()  # (a read waits for the upload under way: the file's lock)
+        assert rig.ok(rig.k.read, "f", 0, 2 * len(data)) == data
+        rig.settle()
+        assert rig.ok(rig.k.walk, "f").attrs.size == len(data)
+        assert rig.ok(rig.k.read, "f", 0, 2 * len(data)) == data
+    finally:
+        rig.close()
+
+
 class CountingStore(StoreWrapper):
     """An ObjectStore wrapper that records, in order, each request that describes or reads one
     object: ("head", key) for HEADs, singly or in batches, ("peek", key), ("get", key)."""

@@ -65,8 +65,9 @@ class DirReader:
             child = join(path, name)
             node = self._inodes.at(child)
             # Files are re-read only when their version moved; directories (whose marker has no
-            # version in a listing) when their attributes are older than attr_timeout.
-            if node is not None and (node.open_count or self._names.unchanged(node, e) and
+            # version in a listing) when their attributes are older than attr_timeout. A file
+            # open or owing an upload is as we have it (``InodeTable.local``).
+            if node is not None and (self._inodes.local(node) or self._names.unchanged(node, e) and
                                      (not node.is_dir or node.valid_until > now)):
                 node.valid_until = self._names.fresh_until()
                 continue
