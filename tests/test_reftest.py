@@ -1507,6 +1507,38 @@ def test_readdir_during_upload() -> None:
         rig.close()
 
 
+@pytest.mark.parametrize("change", ["unlink", "rename"])
+def test_a_directory_read_does_not_bring_back_a_forgotten_inode_of_a_name_gone_since(
+        rig: Rig, change: str) -> None:
+    """A directory is opened; the kernel then forgets the inode opendir listed for a name (it
+    is dropped), looks the name up again (a new inode) and removes or renames it; then reads
+    the directory. readdir registered the dropped inode again at its old path, which nothing
+    held any more: the removed name came back, for lookups too, until the inode expired (16
+    callers in one directory, a slow server: a name stayed after its unlink)."""
+    rig.ok(rig.k.create, "f", b"x", 0o644)
+    fs = rig.fs
+
+    async def race() -> list[str]:
+        fh = await fs.opendir(ROOT_INODE)
+        first = await fs.lookup(ROOT_INODE, b"f")
+        fs.forget([(first.ino, 1)])
+        assert fs.inodes.get(first.ino) is None  # dropped
+        again = await fs.lookup(ROOT_INODE, b"f")
+        if change == "unlink":
+            await fs.unlink(ROOT_INODE, b"f")
+        else:
+            await fs.rename(ROOT_INODE, b"f", ROOT_INODE, b"g", 0)
+        fs.forget([(again.ino, 1)])
+        names: list[str] = []
+        fs.readdir(fh, 0, lambda name, node, _next: names.append(name) is None)
+        fs.releasedir(fh)
+        return names
+
+    assert "f" not in rig.loop.run(race)
+    assert fs.inodes.at("f") is None
+    assert rig(rig.k.walk, "f") == (False, errno.ENOENT)
+
+
 class Gates(StoreWrapper):
     """An ObjectStore wrapper that holds the next LIST once ``hold_list`` is called (``listing``
     says it is held, ``list_go`` lets it answer) and every upload until ``upload_go``."""

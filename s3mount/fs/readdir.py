@@ -32,6 +32,8 @@ from .settings import FsConfig
 class DirHandle:
     node: Inode
     entries: list[tuple[str, Inode]]
+    seq: int
+    """``Listings.seq`` when the entries were taken: our changes of a name after it count."""
 
 
 class DirReader:
@@ -91,7 +93,7 @@ class DirReader:
                 entries.append((name, node))
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = DirHandle(self._names.node(ino), entries)
+        self._handles[fh] = DirHandle(self._names.node(ino), entries, self._listings.seq)
         return fh
 
     def _install_known(self, path: str, e: DirEntry) -> bool:
@@ -113,14 +115,17 @@ class DirReader:
         dh = self._handles.get(fh)
         if dh is None:
             raise FsError("bad directory handle", errno=errno.EBADF)
+        changed = self._listings.changed_names(dh.node.path or "", dh.seq)
         for i in range(start, len(dh.entries)):
             name, node = dh.entries[i]
             where = join(dh.node.path, name) if dh.node.path is not None else None
-            if node.path != where:
+            if node.path != where or name in changed:
                 # Removed or renamed away since opendir: POSIX lets readdir leave it out or
                 # not, but readdirplus would give the kernel an entry for the name, and lookups
                 # of it would find it after the unlink or rename returned (a renamed inode
-                # under both names). A file made at the name since is handed out instead.
+                # under both names; an inode dropped meanwhile registered again at a path
+                # another inode was removed from). A file made at the name since is handed
+                # out instead.
                 current = self._inodes.at(where) if where is not None else None
                 if current is None:
                     continue
