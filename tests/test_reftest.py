@@ -1539,6 +1539,75 @@ def test_a_directory_read_does_not_bring_back_a_forgotten_inode_of_a_name_gone_s
     assert rig(rig.k.walk, "f") == (False, errno.ENOENT)
 
 
+class HeldAnswers(StoreWrapper):
+    """An ObjectStore wrapper that sends a request at once but holds its answer: the next LIST
+    once ``hold_list`` is called, every DELETE (``deleted`` says it was done; ``*_go`` lets
+    the answer through)."""
+
+    def __init__(self, store: S3Store) -> None:
+        super().__init__(store)
+        self._hold = False
+        self.listed, self.list_go = threading.Event(), threading.Event()
+        self.deleted, self.delete_go = threading.Event(), threading.Event()
+
+    def hold_list(self) -> None:
+        self._hold = True
+
+    def list_page(self, prefix: str, **kw: Any) -> Any:
+        held, self._hold = self._hold, False
+        page = self._store.list_page(prefix, **kw)
+        if held:
+            self.listed.set()
+            assert self.list_go.wait(10), "the held LIST was never let go"
+        return page
+
+    def delete(self, key: str) -> Any:
+        done = self._store.delete(key)
+        self.deleted.set()
+        assert self.delete_go.wait(10), "the held DELETE was never let go"
+        return done
+
+
+def test_an_unlink_removes_the_inode_a_listing_installed_at_its_name_meanwhile(rig: Rig) -> None:
+    """An unlink waits for its DELETE; meanwhile one listing, taken after the DELETE, takes
+    the inode's path away, and another, whose LIST was answered before it, installs the name
+    again as a new inode. The unlink took only its own inode out: the new one stayed at the
+    removed name, and readdir handed it to the kernel (16 callers in one directory, a slow
+    server: a name stayed after its unlink)."""
+    rig.ok(rig.k.create, "f", b"x", 0o644)
+    fs = rig.fs
+    held = HeldAnswers(fs.runner.store)
+    fs.runner.store = held
+
+    async def until(done: Callable[[], bool]) -> None:
+        while not done():
+            await trio.sleep(0.01)
+
+    async def race() -> list[str]:
+        before: list[int] = []
+        async with trio.open_nursery() as nursery:
+            held.hold_list()
+
+            async def open_before() -> None:
+                before.append(await fs.opendir(ROOT_INODE))
+
+            nursery.start_soon(open_before)
+            await until(held.listed.is_set)  # its LIST saw f
+            nursery.start_soon(fs.unlink, ROOT_INODE, b"f")
+            await until(held.deleted.is_set)
+            fs.releasedir(await fs.opendir(ROOT_INODE))  # f is gone from the bucket
+            held.list_go.set()
+            await until(lambda: bool(before))
+            held.delete_go.set()
+        names: list[str] = []
+        fs.readdir(before[0], 0, lambda name, node, _next: names.append(name) is None)
+        fs.releasedir(before[0])
+        return names
+
+    assert "f" not in rig.loop.run(race)
+    assert fs.inodes.at("f") is None
+
+
 class Gates(StoreWrapper):
     """An ObjectStore wrapper that holds the next LIST once ``hold_list`` is called (``listing``
     says it is held, ``list_go`` lets it answer) and every upload until ``upload_go``."""
