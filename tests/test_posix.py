@@ -406,6 +406,26 @@ def test_a_directory_read_after_an_unlink_does_not_bring_the_name_back(mnt: Moun
     assert not os.path.lexists(d / "f")
 
 
+def test_a_directory_read_after_a_rename_does_not_bring_the_old_name_back(mnt: Mount) -> None:
+    """The same for a rename: the inode, listed under its old name by the opendir before it,
+    keeps its number at the new name, and readdirplus handed it to the kernel under the old
+    name too: the renamed file was found at both names, and the old one stayed after unlink
+    of the new one (seen with 16 threads making, renaming and listing one directory)."""
+    d = mnt.path / "d"
+    d.mkdir()
+    for name in ("f", "g"):
+        (d / name).write_bytes(b"x")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rename(d / "f", d / "h")
+        assert "g" in os.listdir(fd)  # the listing opendir took before the rename
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(d / "f")
+    os.unlink(d / "h")
+    assert sorted(os.listdir(d)) == ["g"]
+
+
 def test_a_listing_during_a_background_upload_does_not_end_the_mount(
         pmounter: Mounter, proxy: FaultProxy, bucket: str, s3) -> None:
     """async_upload: a file rewritten and closed is being stored (its PUT held at the
@@ -825,6 +845,123 @@ def test_fifty_callers_in_one_directory_agree(mounter: Mounter, bucket: str, s3)
     assert in_bucket == {*shared, *kept}
     for name, data in kept.items():
         assert s3.get_object(Bucket=bucket, Key=f"d/{name}")["Body"].read() == data
+
+
+def test_sixteen_writers_in_one_directory_read_back_what_they_closed(
+        mounter: Mounter, bucket: str, s3) -> None:
+    """async_upload, default timeouts: 16 callers in one directory make, rewrite, rename and
+    remove files (mostly their own, some of others'), list it, read back each file right after
+    close() or rename and read others' files. Every read gives the content last closed (a file
+    read b'' after a listing answered while its upload waited), no name outlives its unlink or
+    rename (readdirplus handed a renamed file back under its old name), and the directory and
+    the bucket end as the callers left them."""
+    m = mounter(bucket, "async_upload")
+    d = m.path / "d"
+    d.mkdir()
+    errors: list[str] = []
+    lock = threading.Lock()
+    files: dict[str, bytes] = {}  # name -> content last closed
+    owner: dict[str, int] = {}
+    busy: set[str] = set()  # names a caller is rewriting, renaming or removing
+    rewrites: dict[str, int] = {}  # name -> rewrites begun or ended (odd: one under way)
+
+    def claim(rng: random.Random, n: int, own: bool) -> str | None:
+        with lock:
+            names = sorted(k for k in files if (owner[k] == n) == own and k not in busy)
+            name = rng.choice(names) if names else None
+            if name is not None:
+                busy.add(name)
+            return name
+
+    def read_back(n: int, name: str, want: bytes) -> None:
+        if (got := (d / name).read_bytes()) != want:
+            errors.append(f"{n}: {name} read back {len(got)} bytes, not {len(want)}")
+
+    def gone(n: int, name: str) -> None:
+        if os.path.lexists(d / name):
+            errors.append(f"{n}: {name} still there after it was renamed or removed")
+
+    def caller(n: int) -> None:
+        rng = random.Random(n)
+        for k in range(25):
+            op = rng.choice(["make", "make", "make", "rewrite", "rename", "rename", "remove",
+                             "read", "read", "take", "list", "list"])
+            data = rng.randbytes(rng.choice([1, 100, 5000, 70000]))
+            try:
+                if op == "make":
+                    name = f"t{n:02d}_{k}"
+                    (d / name).write_bytes(data)
+                    read_back(n, name, data)
+                    with lock:
+                        files[name], owner[name] = data, n
+                elif op == "rewrite" and (name := claim(rng, n, True)) is not None:
+                    with lock:
+                        rewrites[name] = rewrites.get(name, 0) + 1
+                    (d / name).write_bytes(data)
+                    read_back(n, name, data)
+                    with lock:
+                        files[name] = data
+                        rewrites[name] += 1
+                        busy.discard(name)
+                elif op in ("rename", "take") and \
+                        (name := claim(rng, n, op == "rename")) is not None:
+                    new = f"t{n:02d}_{k}r"
+                    os.rename(d / name, d / new)
+                    gone(n, name)
+                    with lock:
+                        data = files[new] = files.pop(name)
+                        owner[new] = n
+                        del owner[name]
+                        busy.symmetric_difference_update({name, new})
+                    read_back(n, new, data)
+                    with lock:
+                        busy.discard(new)
+                elif op == "remove" and (name := claim(rng, n, True)) is not None:
+                    os.unlink(d / name)
+                    gone(n, name)
+                    with lock:
+                        del files[name], owner[name]
+                        busy.discard(name)
+                elif op == "read":
+                    with lock:
+                        names = sorted(k for k in files if owner[k] != n)
+                        if not names:
+                            continue
+                        name = rng.choice(names)
+                        want, seen = files[name], rewrites.get(name, 0)
+                    try:
+                        got = (d / name).read_bytes()
+                    except FileNotFoundError:
+                        continue  # renamed or removed meanwhile
+                    with lock:
+                        if got != want and seen % 2 == 0 and rewrites.get(name, 0) == seen:
+                            errors.append(f"{n}: {name} of another read {len(got)} bytes, "
+                                          f"not {len(want)}")
+                elif op == "list":
+                    with lock:
+                        mine = {k for k in files if owner[k] == n}
+                    listed = set(os.listdir(d))
+                    with lock:
+                        mine &= {k for k in files if owner[k] == n and k not in busy}
+                    if not mine <= listed:
+                        errors.append(f"{n}: the listing lacks {sorted(mine - listed)}")
+            except OSError as exc:
+                errors.append(f"{n}: {op}: {exc!r}")
+
+    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "callers still blocked after 120 s"
+    assert not errors, errors[:10]
+    assert sorted(os.listdir(d)) == sorted(files)
+    m.unmount()
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="d/")
+    assert {o["Key"] for page in pages for o in page.get("Contents", [])} == \
+        {"d/", *(f"d/{name}" for name in files)}
+    for name, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=f"d/{name}")["Body"].read() == data, name
 
 
 def test_a_file_open_across_mv_keeps_reading(mounter: Mounter, bucket: str, s3) -> None:

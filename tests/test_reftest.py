@@ -1507,6 +1507,166 @@ def test_readdir_during_upload() -> None:
         rig.close()
 
 
+@pytest.mark.parametrize("change", ["unlink", "rename"])
+def test_a_directory_read_does_not_bring_back_a_forgotten_inode_of_a_name_gone_since(
+        rig: Rig, change: str) -> None:
+    """A directory is opened; the kernel then forgets the inode opendir listed for a name (it
+    is dropped), looks the name up again (a new inode) and removes or renames it; then reads
+    the directory. readdir registered the dropped inode again at its old path, which nothing
+    held any more: the removed name came back, for lookups too, until the inode expired (16
+    callers in one directory, a slow server: a name stayed after its unlink)."""
+    rig.ok(rig.k.create, "f", b"x", 0o644)
+    fs = rig.fs
+
+    async def race() -> list[str]:
+        fh = await fs.opendir(ROOT_INODE)
+        first = await fs.lookup(ROOT_INODE, b"f")
+        fs.forget([(first.ino, 1)])
+        assert fs.inodes.get(first.ino) is None  # dropped
+        again = await fs.lookup(ROOT_INODE, b"f")
+        if change == "unlink":
+            await fs.unlink(ROOT_INODE, b"f")
+        else:
+            await fs.rename(ROOT_INODE, b"f", ROOT_INODE, b"g", 0)
+        fs.forget([(again.ino, 1)])
+        names: list[str] = []
+        fs.readdir(fh, 0, lambda name, node, _next: names.append(name) is None)
+        fs.releasedir(fh)
+        return names
+
+    assert "f" not in rig.loop.run(race)
+    assert fs.inodes.at("f") is None
+    assert rig(rig.k.walk, "f") == (False, errno.ENOENT)
+
+
+class HeldAnswers(StoreWrapper):
+    """An ObjectStore wrapper that sends a request at once but holds its answer: the next LIST
+    once ``hold_list`` is called, every DELETE (``deleted`` says it was done; ``*_go`` lets
+    the answer through)."""
+
+    def __init__(self, store: S3Store) -> None:
+        super().__init__(store)
+        self._hold = False
+        self.listed, self.list_go = threading.Event(), threading.Event()
+        self.deleted, self.delete_go = threading.Event(), threading.Event()
+
+    def hold_list(self) -> None:
+        self._hold = True
+
+    def list_page(self, prefix: str, **kw: Any) -> Any:
+        held, self._hold = self._hold, False
+        page = self._store.list_page(prefix, **kw)
+        if held:
+            self.listed.set()
+            assert self.list_go.wait(10), "the held LIST was never let go"
+        return page
+
+    def delete(self, key: str) -> Any:
+        done = self._store.delete(key)
+        self.deleted.set()
+        assert self.delete_go.wait(10), "the held DELETE was never let go"
+        return done
+
+
+def test_an_unlink_removes_the_inode_a_listing_installed_at_its_name_meanwhile(rig: Rig) -> None:
+    """An unlink waits for its DELETE; meanwhile one listing, taken after the DELETE, takes
+    the inode's path away, and another, whose LIST was answered before it, installs the name
+    again as a new inode. The unlink took only its own inode out: the new one stayed at the
+    removed name, and readdir handed it to the kernel (16 callers in one directory, a slow
+    server: a name stayed after its unlink)."""
+    rig.ok(rig.k.create, "f", b"x", 0o644)
+    fs = rig.fs
+    held = HeldAnswers(fs.runner.store)
+    fs.runner.store = held
+
+    async def until(done: Callable[[], bool]) -> None:
+        while not done():
+            await trio.sleep(0.01)
+
+    async def race() -> list[str]:
+        before: list[int] = []
+        async with trio.open_nursery() as nursery:
+            held.hold_list()
+
+            async def open_before() -> None:
+                before.append(await fs.opendir(ROOT_INODE))
+
+            nursery.start_soon(open_before)
+            await until(held.listed.is_set)  # its LIST saw f
+            nursery.start_soon(fs.unlink, ROOT_INODE, b"f")
+            await until(held.deleted.is_set)
+            fs.releasedir(await fs.opendir(ROOT_INODE))  # f is gone from the bucket
+            held.list_go.set()
+            await until(lambda: bool(before))
+            held.delete_go.set()
+        names: list[str] = []
+        fs.readdir(before[0], 0, lambda name, node, _next: names.append(name) is None)
+        fs.releasedir(before[0])
+        return names
+
+    assert "f" not in rig.loop.run(race)
+    assert fs.inodes.at("f") is None
+
+
+class Gates(StoreWrapper):
+    """An ObjectStore wrapper that holds the next LIST once ``hold_list`` is called (``listing``
+    says it is held, ``list_go`` lets it answer) and every upload until ``upload_go``."""
+
+    def __init__(self, store: S3Store) -> None:
+        super().__init__(store)
+        self._hold = False
+        self.listing = threading.Event()
+        self.list_go = threading.Event()
+        self.upload_go = threading.Event()
+
+    def hold_list(self) -> None:
+        self._hold = True
+
+    def list_page(self, prefix: str, **kw: Any) -> Any:
+        if self._hold:
+            self._hold = False
+            self.listing.set()
+            assert self.list_go.wait(10), "the held LIST was never let go"
+        return self._store.list_page(prefix, **kw)
+
+    def upload(self, *args: Any, **kw: Any) -> str:
+        assert self.upload_go.wait(10), "the upload was never let go"
+        return self._store.upload(*args, **kw)
+
+
+def test_a_listing_answered_while_a_new_file_waits_for_its_upload_keeps_its_size() -> None:
+    """async_upload: a directory listing begins, a file is made in it, written and closed
+    (its upload queued), and then the listing is answered. It showed the file as it was when
+    made (empty: our own change replayed over the LIST) and opendir put that over the closed
+    file's inode: a read right after the close gave b'' (size 0), and so did the file after its
+    upload until the next listing (16 threads writing and reading back in one directory)."""
+    rig = Rig(async_upload=True)
+    try:
+        gates = Gates(rig.fs.runner.store)
+        rig.fs.runner.store = gates
+        fs, data = rig.fs, bytes(range(256)) * 20
+
+        async def race() -> None:
+            gates.hold_list()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rig.k.list_dir, fs.inodes.get(ROOT_INODE))
+                while not gates.listing.is_set():
+                    await trio.sleep(0.01)
+                await rig.k.create("f", data, 0o644)  # closed; the upload waits
+                gates.list_go.set()
+            rig.k.forget_all()
+
+        rig.loop.run(race)
+        assert rig.ok(rig.k.walk, "f").attrs.size == len(data)
+        gates.upload_go.set()  # (a read waits for the upload under way: the file's lock)
+        assert rig.ok(rig.k.read, "f", 0, 2 * len(data)) == data
+        rig.settle()
+        assert rig.ok(rig.k.walk, "f").attrs.size == len(data)
+        assert rig.ok(rig.k.read, "f", 0, 2 * len(data)) == data
+    finally:
+        rig.close()
+
+
 class CountingStore(StoreWrapper):
     """An ObjectStore wrapper that records, in order, each request that describes or reads one
     object: ("head", key) for HEADs, singly or in batches, ("peek", key), ("get", key)."""

@@ -144,9 +144,18 @@ class DirOps:
         self._listings.remove(parent_path, name)
         self.meta.drop(self.keys.file_key(path))
         self._names.negative[path] = True
-        self._inodes.detach(node)
+        self._removed(path, node)
         self._names.touch_dir(parent_path)
         node.attrs.ctime_ns = time.time_ns()
+
+    def _removed(self, path: str, node: Inode) -> None:
+        """``node``, removed from ``path``, is detached, and so is an inode installed at the
+        path while the removal waited for the bucket: a listing taken after the DELETE takes
+        ``node``'s path away, and one whose LIST was answered before it installs the name
+        again as a new inode, which would stay at the removed name."""
+        if (other := self._inodes.at(path)) is not None and other is not node:
+            self._inodes.detach(other)
+        self._inodes.detach(node)
 
     async def rmdir(self, parent: int, raw_name: bytes) -> None:
         self.cfg.check_writable()

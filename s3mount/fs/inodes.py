@@ -149,6 +149,14 @@ class InodeTable:
         self.by_ino[node.ino] = node
         self._name(node)
 
+    def local(self, node: Inode) -> bool:
+        """Whether this mount's own state of ``node`` is the truth, not a listing's: it is open,
+        or data of it is owed to the bucket (closed with async_upload and not stored yet, or its
+        upload failed). A listing must not put what it shows over it: one begun before a file
+        was made and answered while its upload waited showed it as made (empty), and reads of
+        the closed file ended at 0 bytes."""
+        return node.open_count > 0 or self._held(node.ino)
+
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)
         if node is None or ino == ROOT_INODE:

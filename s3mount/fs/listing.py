@@ -193,6 +193,15 @@ class Listings:
                 return True
         return False
 
+    def changed_names(self, parent: str, since: int) -> set[str]:
+        """The names in ``parent`` we made, removed or renamed after ``seq`` was ``since``."""
+        changed: set[str] = set()
+        for seq, name, _ in reversed(self._changes.get(parent, ())):
+            if seq <= since:
+                break
+            changed.add(name)
+        return changed
+
     def _journal(self, parent: str, name: str, entry: DirEntry | None) -> None:
         """Remember our own change to ``parent``: a LIST under way may have missed it (an upload
         that completes while the directory is being listed is in neither the listing nor the

@@ -32,6 +32,8 @@ from .settings import FsConfig
 class DirHandle:
     node: Inode
     entries: list[tuple[str, Inode]]
+    seq: int
+    """``Listings.seq`` when the entries were taken: our changes of a name after it count."""
 
 
 class DirReader:
@@ -65,8 +67,9 @@ class DirReader:
             child = join(path, name)
             node = self._inodes.at(child)
             # Files are re-read only when their version moved; directories (whose marker has no
-            # version in a listing) when their attributes are older than attr_timeout.
-            if node is not None and (node.open_count or self._names.unchanged(node, e) and
+            # version in a listing) when their attributes are older than attr_timeout. A file
+            # open or owing an upload is as we have it (``InodeTable.local``).
+            if node is not None and (self._inodes.local(node) or self._names.unchanged(node, e) and
                                      (not node.is_dir or node.valid_until > now)):
                 node.valid_until = self._names.fresh_until()
                 continue
@@ -90,7 +93,7 @@ class DirReader:
                 entries.append((name, node))
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = DirHandle(self._names.node(ino), entries)
+        self._handles[fh] = DirHandle(self._names.node(ino), entries, self._listings.seq)
         return fh
 
     def _install_known(self, path: str, e: DirEntry) -> bool:
@@ -112,14 +115,21 @@ class DirReader:
         dh = self._handles.get(fh)
         if dh is None:
             raise FsError("bad directory handle", errno=errno.EBADF)
+        changed = self._listings.changed_names(dh.node.path or "", dh.seq)
         for i in range(start, len(dh.entries)):
             name, node = dh.entries[i]
             where = join(dh.node.path, name) if dh.node.path is not None else None
-            if node.path is None and (where is None or self._inodes.at(where) is None):
-                # Removed since opendir (unlinked, renamed away): POSIX lets readdir leave it
-                # out or not, but readdirplus would give the kernel an entry for the name,
-                # and lookups of it would find it after the unlink returned.
-                continue
+            if node.path != where or name in changed:
+                # Removed or renamed away since opendir: POSIX lets readdir leave it out or
+                # not, but readdirplus would give the kernel an entry for the name, and lookups
+                # of it would find it after the unlink or rename returned (a renamed inode
+                # under both names; an inode dropped meanwhile registered again at a path
+                # another inode was removed from). A file made at the name since is handed
+                # out instead.
+                current = self._inodes.at(where) if where is not None else None
+                if current is None:
+                    continue
+                node = current
             node = self._inodes.remember(node, where)
             if not reply(name, node, i + 1):
                 break
