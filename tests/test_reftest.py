@@ -1568,13 +1568,18 @@ class HeldAnswers(StoreWrapper):
         return done
 
 
-def test_an_unlink_removes_the_inode_a_listing_installed_at_its_name_meanwhile(rig: Rig) -> None:
-    """An unlink waits for its DELETE; meanwhile one listing, taken after the DELETE, takes
-    the inode's path away, and another, whose LIST was answered before it, installs the name
-    again as a new inode. The unlink took only its own inode out: the new one stayed at the
-    removed name, and readdir handed it to the kernel (16 callers in one directory, a slow
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_an_unlink_removes_the_inode_a_listing_installed_at_its_name_meanwhile(
+        rig: Rig, kind: str) -> None:
+    """An unlink (rmdir) waits for its DELETE; meanwhile one listing, taken after the DELETE,
+    takes the inode's path away, and another, whose LIST was answered before it, installs the
+    name again as a new inode. The unlink took only its own inode out: the new one stayed at
+    the removed name, and readdir handed it to the kernel (16 callers in one directory, a slow
     server: a name stayed after its unlink)."""
-    rig.ok(rig.k.create, "f", b"x", 0o644)
+    if kind == "file":
+        rig.ok(rig.k.create, "f", b"x", 0o644)
+    else:
+        rig.ok(rig.k.mkdir, "f", 0o755)
     fs = rig.fs
     held = HeldAnswers(fs.runner.store)
     fs.runner.store = held
@@ -1593,7 +1598,7 @@ def test_an_unlink_removes_the_inode_a_listing_installed_at_its_name_meanwhile(r
 
             nursery.start_soon(open_before)
             await until(held.listed.is_set)  # its LIST saw f
-            nursery.start_soon(fs.unlink, ROOT_INODE, b"f")
+            nursery.start_soon(fs.unlink if kind == "file" else fs.rmdir, ROOT_INODE, b"f")
             await until(held.deleted.is_set)
             fs.releasedir(await fs.opendir(ROOT_INODE))  # f is gone from the bucket
             held.list_go.set()

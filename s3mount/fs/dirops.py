@@ -170,7 +170,7 @@ class DirOps:
         self._listings.drop(path)
         self.meta.drop_dir_times(self.keys.dir_prefix(path))
         self._names.negative[path] = True
-        self._inodes.detach(node)
+        self._removed(path, node)
         self._names.touch_dir(parent_path)
 
     async def _check_empty(self, path: str) -> None:
