@@ -190,17 +190,11 @@ def withdraw(mountpoint: str, *, detached: bool = False) -> None:
     name = _entry_name(mountpoint, os.getpid() if detached else None)
     for directory in _existing_dirs():
         path = os.path.join(directory, name)
-        try:
-            with open(path) as f:
-                st = os.fstat(f.fileno())
-                entry = json.load(f)
-        except FileNotFoundError:
+        if (got := _read(path)) is None:
             continue
-        except (OSError, ValueError):
-            _remove(path)
-            continue
+        entry, seen = got
         if not isinstance(entry, dict) or entry.get("pid") == os.getpid():
-            _remove_if_same(path, (st.st_ino, st.st_mtime_ns))
+            _remove_if_same(path, seen)
 
 
 OUTCOME_SUFFIX = ".exit"
@@ -226,14 +220,9 @@ def take_outcome(pid: int, mountpoint: str) -> int:
     key = mountpoint_key(mountpoint)
     for directory in _existing_dirs():
         path = os.path.join(directory, f"{pid}{OUTCOME_SUFFIX}")
-        try:
-            with open(path) as f:
-                entry = json.load(f)
-        except FileNotFoundError:
+        if (got := _read(path)) is None:
             continue
-        except (OSError, ValueError):
-            _remove(path)
-            continue
+        entry = got[0]
         _remove(path)
         if isinstance(entry, dict) and entry.get("mountpoint") == key \
                 and isinstance(entry.get("failed_uploads"), int):
@@ -317,17 +306,8 @@ def read_all() -> list[dict[str, Any]]:
             if not name.endswith(".json"):
                 continue
             path = os.path.join(directory, name)
-            try:
-                with open(path) as f:
-                    st = os.fstat(f.fileno())
-                    entry = json.load(f)
-            except FileNotFoundError:  # withdrawn meanwhile
-                continue
-            except (OSError, ValueError) as exc:
-                log.warning("removing unreadable runtime entry %s: %s", path, exc)
-                _remove(path)
-                continue
-            read.append((path, (st.st_ino, st.st_mtime_ns), entry))
+            if (got := _read(path)) is not None:
+                read.append((path, got[1], got[0]))
     mounted = mounted_paths()
     found: dict[tuple[str, int], dict[str, Any]] = {}
     for path, seen, entry in read:
@@ -362,6 +342,21 @@ def _remove_if_older(path: str, age: float) -> None:
     with contextlib.suppress(OSError):
         if time.time() - os.stat(path).st_mtime > age:
             os.unlink(path)
+
+
+def _read(path: str) -> tuple[Any, tuple[int, int]] | None:
+    """The JSON in runtime file ``path`` and the (inode, mtime) it was read as; None when it is
+    gone (withdrawn meanwhile) or unreadable, which is then removed."""
+    try:
+        with open(path) as f:
+            st = os.fstat(f.fileno())
+            return json.load(f), (st.st_ino, st.st_mtime_ns)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("removing unreadable runtime file %s: %s", path, exc)
+        _remove(path)
+        return None
 
 
 def _remove_if_same(path: str, seen: tuple[int, int]) -> None:

@@ -19,6 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mountlib import Mount, Mounter, _alive, mount_status, run
@@ -36,6 +37,23 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
     if rc != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+def run_callers(caller: Callable[[int], None], count: int) -> None:
+    """``caller(n)`` for n in range(count), all at once in threads; fails if any is still
+    blocked after 120 s."""
+    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "callers still blocked after 120 s"
+
+
+def keys_under(s3: Any, bucket: str, prefix: str) -> set[str]:
+    """Every key in ``bucket`` under ``prefix`` (all pages), read with boto3."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
 def make_tree(root: Path, files: int, *, depth: int = 3, seed: int = 1) -> None:
@@ -832,17 +850,10 @@ def test_fifty_callers_in_one_directory_agree(mounter: Mounter, bucket: str, s3)
         with lock:
             kept.update({name: name.rstrip("r").encode() for name in mine})
 
-    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "callers still blocked after 120 s"
+    run_callers(caller, 50)
     assert not errors, errors[:10]
     assert sorted(os.listdir(d)) == sorted([*shared, *kept])
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="d/")
-    in_bucket = {o["Key"][2:] for page in pages for o in page.get("Contents", [])}
-    assert in_bucket == {*shared, *kept}
+    assert {k[2:] for k in keys_under(s3, bucket, "d/")} == {*shared, *kept}
     for name, data in kept.items():
         assert s3.get_object(Bucket=bucket, Key=f"d/{name}")["Body"].read() == data
 
@@ -948,18 +959,11 @@ def test_sixteen_writers_in_one_directory_read_back_what_they_closed(
             except OSError as exc:
                 errors.append(f"{n}: {op}: {exc!r}")
 
-    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "callers still blocked after 120 s"
+    run_callers(caller, 16)
     assert not errors, errors[:10]
     assert sorted(os.listdir(d)) == sorted(files)
     m.unmount()
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="d/")
-    assert {o["Key"] for page in pages for o in page.get("Contents", [])} == \
-        {"d/", *(f"d/{name}" for name in files)}
+    assert keys_under(s3, bucket, "d/") == {"d/", *(f"d/{name}" for name in files)}
     for name, data in files.items():
         assert s3.get_object(Bucket=bucket, Key=f"d/{name}")["Body"].read() == data, name
 
