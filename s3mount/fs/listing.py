@@ -186,12 +186,7 @@ class Listings:
 
     def changed_since(self, parent: str, name: str, since: int) -> bool:
         """Whether we made, removed or renamed ``parent/name`` after ``seq`` was ``since``."""
-        for seq, changed, _ in reversed(self._changes.get(parent, ())):
-            if seq <= since:
-                return False
-            if changed == name:
-                return True
-        return False
+        return name in self.changed_names(parent, since)
 
     def changed_names(self, parent: str, since: int) -> set[str]:
         """The names in ``parent`` we made, removed or renamed after ``seq`` was ``since``."""
